@@ -1,0 +1,122 @@
+"""Checks on a composed config, made before anything heavy happens.
+
+Hydra composes whatever the user typed; these checks turn a bad value into a
+``ConfigError`` that names the key, the value and what is allowed, before an
+image is decoded or a weight is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nst.backbones import CHOICES as BACKBONES
+from nst.devices import DEVICES
+from nst.errors import ConfigError
+from nst.losses import NORMALIZATIONS, paper_style_layer_weights
+from nst.optimization import INIT_MODES, OPTIMIZERS, SPACES, OptimizerSettings
+
+
+def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, exclusive: bool = False,
+            integer: bool = False) -> float:
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if ok:
+        ok = math.isfinite(value) and (
+            minimum is None or (value > minimum if exclusive else value >= minimum))
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        bound = "" if minimum is None else f" {'>' if exclusive else '>='} {minimum:g}"
+        raise ConfigError(key, value, f"{kind}{bound}")
+    return int(value) if integer else float(value)
+
+
+def _choice(cfg: DictConfig, key: str, choices: Sequence[str]) -> str:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        raise ConfigError(key, value, f"one of {', '.join(choices)}")
+    return value
+
+
+def _layer_list(cfg: DictConfig, key: str) -> list[str]:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, ListConfig | list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, value if not isinstance(value, ListConfig) else list(value),
+                          "a non-empty list of layer names, e.g. [conv4_2]")
+    if len(set(value)) != len(value):
+        raise ConfigError(key, list(value), "each layer at most once")
+    return list(value)
+
+
+def layer_weights(cfg: DictConfig, layers_key: str, weights_key: str,
+                  channels: dict[str, int] | None = None) -> dict[str, float]:
+    """Pair each layer with its weight; ``auto`` means 1e3/n^2 for style layers, 1 for content."""
+    layers = _layer_list(cfg, layers_key)
+    weights = OmegaConf.select(cfg, weights_key)
+    if weights in (None, "auto"):
+        if weights_key.endswith("style_layer_weights") and channels is not None:
+            return dict(zip(layers, paper_style_layer_weights([channels[n] for n in layers]), strict=True))
+        return {name: 1.0 for name in layers}
+    if isinstance(weights, int | float) and not isinstance(weights, bool):
+        weights = [weights]
+    if not isinstance(weights, ListConfig | list):
+        raise ConfigError(weights_key, weights, f"auto, or a list of {len(layers)} numbers >= 0")
+    weights = list(weights)
+    if len(weights) != len(layers):
+        raise ConfigError(weights_key, weights,
+                          f"auto, or exactly one weight per layer of {layers_key} ({len(layers)}: {layers})")
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise ConfigError(weights_key, weights, "finite numbers >= 0")
+    return dict(zip(layers, map(float, weights), strict=True))
+
+
+def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
+    name = _choice(cfg, "optimizer.name", OPTIMIZERS)
+    settings = OptimizerSettings(
+        name=name,
+        lr=_number(cfg, "optimizer.lr", minimum=0, exclusive=True),
+        max_iter=_number(cfg, "optimizer.max_iter", minimum=1, integer=True),
+        space=_choice(cfg, "optimizer.space", SPACES),
+    )
+    if name == "lbfgs":
+        settings.history_size = _number(cfg, "optimizer.history_size", minimum=1, integer=True)
+        for key in ("tolerance_grad", "tolerance_change"):
+            if OmegaConf.select(cfg, f"optimizer.{key}") is not None:
+                setattr(settings, key, _number(cfg, f"optimizer.{key}"))
+    elif OmegaConf.select(cfg, "optimizer.betas") is not None:
+        betas = list(OmegaConf.select(cfg, "optimizer.betas"))
+        if len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+            raise ConfigError("optimizer.betas", betas, "two numbers in [0, 1)")
+        settings.betas = (float(betas[0]), float(betas[1]))
+    return settings
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value a run needs; raise ``ConfigError`` on the first bad one."""
+    for key in ("content", "style"):
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value is None or str(value).strip() == "":
+            raise ConfigError(key, value, f"a path or a sample asset name: pass {key}=<path|name>")
+    _choice(cfg, "model.name", BACKBONES)
+    _choice(cfg, "model.pooling", ("max", "avg"))
+    _choice(cfg, "loss.normalization", NORMALIZATIONS)
+    _choice(cfg, "init", INIT_MODES)
+    device = OmegaConf.select(cfg, "device")
+    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
+        raise ConfigError("device", device, f"one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
+    for key in ("loss.content_weight", "loss.style_weight", "loss.tv_weight"):
+        _number(cfg, key, minimum=0)
+    layer_weights(cfg, "loss.content_layers", "loss.content_layer_weights")
+    layer_weights(cfg, "loss.style_layers", "loss.style_layer_weights")
+    _number(cfg, "epochs", minimum=1, integer=True)
+    _number(cfg, "seed", integer=True)
+    _number(cfg, "image.size", minimum=16, integer=True)
+    _number(cfg, "image.style_scale", minimum=0, exclusive=True)
+    optimizer_settings(cfg)

@@ -1,0 +1,49 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad path, a bad value, weights that cannot be
+obtained) is an ``NSTError``: the CLI prints its message and exits with status 2,
+with no traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class NSTError(Exception):
+    """Base class of errors caused by input or environment, not by nst's code."""
+
+    exit_code = 2
+
+
+class ConfigError(NSTError):
+    """A config value is not allowed; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class ImageError(NSTError):
+    """An image file cannot be read or used."""
+
+
+class AssetError(NSTError):
+    """A sample asset name cannot be resolved to a verified local file."""
+
+
+class WeightsError(NSTError):
+    """Backbone weights cannot be obtained, or the cached copy is corrupt."""
+
+
+class DownloadError(NSTError):
+    """A download failed or its bytes do not match the expected sha256."""
+
+
+class NonFiniteLossError(NSTError):
+    """The loss became NaN or infinite; the last finite image is kept on the exception."""
+
+    def __init__(self, message: str, last_finite_image=None, evaluation: int | None = None,
+                 history: list | None = None):
+        super().__init__(message)
+        self.last_finite_image = last_finite_image
+        self.evaluation = evaluation
+        self.history = history if history is not None else []

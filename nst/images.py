@@ -1,0 +1,110 @@
+"""Image input and output.
+
+Whatever a user hands in (JPEG, PNG, WebP, TIFF, BMP; greyscale, palette,
+alpha, CMYK, 16-bit; rotated by an EXIF tag) becomes an RGB float tensor in
+[0, 1], because the backbones only understand three 8-bit-like channels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nst.errors import ImageError
+
+WHITE = (255, 255, 255)
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """Open ``path`` as an 8-bit RGB PIL image, upright per EXIF, alpha composited on white."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{what} image {path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{what} image {path}: is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{what} image {path}: the file is empty")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            return to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(
+            f"{what} image {path}: too many pixels to open safely "
+            f"(Pillow's limit is {Image.MAX_IMAGE_PIXELS} pixels): {exc}"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            f"{what} image {path}: not an image Pillow can read (JPEG, PNG, WebP, TIFF and BMP work)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{what} image {path}: cannot be decoded ({exc}); is it truncated?") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        # 16-bit images hold 0..65535; 32-bit integer ones that Pillow made from 16-bit files too.
+        top = 65535.0 if mode != "F" else max(float(array.max()), 1.0)
+        if mode == "I" and array.max() <= 255:
+            top = 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
+    """Scale ``image`` so that its longer side is ``long_side`` pixels, keeping the aspect ratio."""
+    width, height = image.size
+    scale = long_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def style_long_side(content_long_side: int, style_scale: float) -> int:
+    """The style image's long side: ``style_scale`` times the content's (jcjohnson's -style_scale)."""
+    return max(1, math.ceil(content_long_side * style_scale))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (1, 3, H, W) in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Tensor (1, 3, H, W) or (3, H, W) -> PIL RGB; values are clamped to [0, 1] here, not earlier."""
+    if tensor.dim() == 4:
+        tensor = tensor[0]
+    array = tensor.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def load_tensor(path: str | os.PathLike, long_side: int, what: str = "image") -> torch.Tensor:
+    """Load ``path`` and resize it to ``long_side`` as a (1, 3, H, W) tensor in [0, 1]."""
+    return pil_to_tensor(resize_long_side(load_image(path, what), long_side))
+
+
+def save_png(tensor: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save an image tensor as PNG (clamped to [0, 1]); parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensor_to_pil(tensor).save(path, format="PNG")
+    return path

@@ -1,0 +1,130 @@
+"""Content, style (Gram) and total-variation losses of Gatys et al. (2016).
+
+Two normalisations, because an alpha/beta ratio only means something together
+with the normalisation it was tuned for:
+
+``reference`` (default) - Gatys' own PyTorch code, which the seed's weights come from:
+    G = F F^T / (H W); each layer's loss is the *mean* squared error
+    (over C*C Gram entries for style, over C*H*W activations for content).
+``paper`` - the equations of the CVPR paper:
+    E_l = 1 / (4 N^2 M^2) * sum (G - A)^2 with G = F F^T (N channels, M = H W),
+    content = 1/2 * sum (F - P)^2.
+
+Every function keeps the batch dimension (one loss per image) so several
+images can be optimised through one network pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+NORMALIZATIONS = ("reference", "paper")
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C) Gram matrices divided by H*W (the number of positions)."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+
+
+def style_layer_loss(g: torch.Tensor, a: torch.Tensor, normalization: str) -> torch.Tensor:
+    """Per-image style loss of one layer from H*W-normalised Grams ``g`` (B, C, C) and target ``a``.
+
+    With ``g = F F^T / M`` the paper's ``1/(4 N^2 M^2) sum (F F^T - A)^2`` is ``sum (g - a)^2 / (4 N^2)``.
+    """
+    squared = (g - a).pow(2).flatten(1)
+    if normalization == "reference":
+        return squared.mean(1)
+    if normalization == "paper":
+        n = g.shape[-1]
+        return squared.sum(1) / (4.0 * n * n)
+    raise ValueError(f"unknown normalization {normalization!r}")
+
+
+def content_layer_loss(f: torch.Tensor, p: torch.Tensor, normalization: str) -> torch.Tensor:
+    """Per-image content loss of one layer between features ``f`` and target ``p``."""
+    squared = (f - p).pow(2).flatten(1)
+    if normalization == "reference":
+        return squared.mean(1)
+    if normalization == "paper":
+        return 0.5 * squared.sum(1)
+    raise ValueError(f"unknown normalization {normalization!r}")
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared difference of neighbouring pixels (both directions), in [0, 1] RGB."""
+    dy = (image[:, :, 1:, :] - image[:, :, :-1, :]).pow(2).flatten(1).mean(1)
+    dx = (image[:, :, :, 1:] - image[:, :, :, :-1]).pow(2).flatten(1).mean(1)
+    return dx + dy
+
+
+def paper_style_layer_weights(channels: Sequence[int]) -> list[float]:
+    """Gatys' per-layer style weights, 1e3 / n^2 for a layer of n channels."""
+    return [1e3 / (n * n) for n in channels]
+
+
+@dataclass
+class LossTerms:
+    """One evaluation's losses; each tensor has one entry per image in the batch."""
+
+    total: torch.Tensor
+    content: torch.Tensor
+    style: torch.Tensor
+    tv: torch.Tensor
+    content_layers: dict[str, torch.Tensor]
+    style_layers: dict[str, torch.Tensor]
+
+    def scalars(self, index: int = 0) -> dict[str, float]:
+        """Plain floats for logging: total, content, style, tv, content/<layer>, style/<layer>."""
+        values = {"total": self.total[index], "content": self.content[index],
+                  "style": self.style[index], "tv": self.tv[index]}
+        values.update({f"content/{k}": v[index] for k, v in self.content_layers.items()})
+        values.update({f"style/{k}": v[index] for k, v in self.style_layers.items()})
+        stacked = torch.stack([v.detach().float() for v in values.values()]).cpu().tolist()
+        return dict(zip(values, stacked, strict=True))
+
+
+class StyleTransferLoss(nn.Module):
+    """alpha * content + beta * style + tv_weight * TV against fixed content and style targets.
+
+    The targets (content features, style Grams) are computed once here, so each
+    evaluation costs one forward and one backward pass of the truncated network.
+    Per-layer values are reported unweighted; the totals include the layer weights.
+    """
+
+    def __init__(self, extractor: nn.Module, content_image: torch.Tensor, style_image: torch.Tensor, *,
+                 content_layers: Mapping[str, float], style_layers: Mapping[str, float],
+                 content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0,
+                 normalization: str = "reference"):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}")
+        self.extractor = extractor
+        self.content_layers = dict(content_layers)
+        self.style_layers = dict(style_layers)
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.normalization = normalization
+        with torch.no_grad():
+            content_features = extractor(content_image)
+            style_features = extractor(style_image)
+        self.content_targets = {k: content_features[k].detach() for k in self.content_layers}
+        self.style_targets = {k: gram(style_features[k]).detach() for k in self.style_layers}
+
+    def forward(self, image: torch.Tensor) -> LossTerms:
+        features = self.extractor(image)
+        batch = image.shape[0]
+        zero = image.new_zeros(batch)
+        content_terms = {k: content_layer_loss(features[k], t, self.normalization)
+                         for k, t in self.content_targets.items()}
+        style_terms = {k: style_layer_loss(gram(features[k]), t, self.normalization)
+                       for k, t in self.style_targets.items()}
+        content = sum((self.content_layers[k] * v for k, v in content_terms.items()), zero)
+        style = sum((self.style_layers[k] * v for k, v in style_terms.items()), zero)
+        tv = total_variation(image) if self.tv_weight else zero
+        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        return LossTerms(total, content, style, tv, content_terms, style_terms)

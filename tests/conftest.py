@@ -1,0 +1,38 @@
+"""Shared fixtures: offline by default, sample images from ../shared/assets, a private cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = REPO.parent / "shared" / "assets"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """No network, an empty private nst cache, and the shared sample images, for every test."""
+    monkeypatch.setenv("NST_OFFLINE", "1")
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path_factory.mktemp("nst-cache")))
+    monkeypatch.setenv("NST_ASSETS_DIR", os.environ.get("NST_ASSETS_DIR", str(SHARED_ASSETS)))
+    monkeypatch.delenv("NST_HED_WHEEL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    path = Path(os.environ.get("NST_ASSETS_DIR", SHARED_ASSETS))
+    if not (path / "tubingen.jpg").is_file():
+        pytest.fail(f"sample images not found in {path}: set NST_ASSETS_DIR to ../shared/assets")
+    return path
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A smooth random RGB image in [0, 1] (low-frequency, so the backbone sees structure)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, h // 8), max(2, w // 8), generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)

