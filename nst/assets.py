@@ -80,7 +80,7 @@ def resolve_image(spec: str | os.PathLike, what: str = "image") -> Path:
         raise AssetError(f"{what} image is not set: give a path or one of {', '.join(ASSETS)}")
     path = Path(spec_str).expanduser()
     if path.exists():
-        return path
+        return path.resolve()
     asset = _asset_named(spec_str)
     if asset is None:
         raise AssetError(

@@ -184,6 +184,9 @@ class FeatureExtractor(nn.Module):
         self.preprocess = Preprocess(spec)
         self.features = build_features(spec.arch, pooling, depth=max(self.indices.values()))
         if state is not None:
+            # torchvision and jcjohnson files hold a whole VGG ("features.N.weight", "classifier...");
+            # converted ones the conv stack alone ("N.weight").
+            state = {k.removeprefix("features."): v for k, v in state.items()}
             wanted = {k: v for k, v in state.items() if k in self.features.state_dict()}
             self.features.load_state_dict(wanted, strict=True)
         self.requires_grad_(False)
@@ -269,10 +272,9 @@ def _load_state(path: str) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
         raise WeightsError(f"cannot load weights {path}: {exc}; delete the file to fetch it again") from exc
-    # torchvision and jcjohnson files hold a whole VGG ("features.N.weight", "classifier...");
-    # ours hold the conv stack alone ("N.weight").
-    features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    return features or state
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+    return state
 
 
 def random_state(arch: str, seed: int) -> dict[str, torch.Tensor]:

@@ -138,7 +138,7 @@ def optimize(loss_fn: Callable[[torch.Tensor], LossTerms], init: torch.Tensor,
         return total
 
     with tqdm(total=epochs, desc="nst", unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(epochs):
+        for epoch in range(epochs):  # noqa: B007 - closure() reads it
             if settings.name == "lbfgs":
                 optimizer.step(closure)
             else:

@@ -7,7 +7,13 @@ from torch import nn
 
 from nst import backbones
 from nst.backbones import (
-    SPECS, FeatureExtractor, Preprocess, convert_hed_h5, layer_table, load_backbone, resolve_name,
+    SPECS,
+    FeatureExtractor,
+    Preprocess,
+    convert_hed_h5,
+    layer_table,
+    load_backbone,
+    resolve_name,
     validate_layers,
 )
 from nst.errors import ConfigError, WeightsError

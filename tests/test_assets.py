@@ -1,0 +1,95 @@
+import hashlib
+import shutil
+
+import pytest
+
+from nst import assets
+from nst.assets import ASSETS, resolve_image
+from nst.downloads import download, sha256_file
+from nst.errors import AssetError, DownloadError
+
+
+def test_registry_matches_shared_sources(assets_dir):
+    """Every name in SOURCES.md is registered with the same sha256 and public address."""
+    text = (assets_dir / "SOURCES.md").read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ") and ".jpg" in line]
+    listed = {cells[1].strip(): (cells[5].strip(), cells[6].strip()) for cells in rows}
+    assert {a.filename for a in ASSETS.values()} == set(listed)
+    for asset in ASSETS.values():
+        assert (asset.sha256, asset.url) == listed[asset.filename]
+
+
+@pytest.mark.parametrize("name", sorted(ASSETS))
+def test_names_resolve_offline_from_the_cache_folder(assets_dir, name):
+    path = resolve_image(name)
+    assert path == assets_dir / ASSETS[name].filename
+    assert sha256_file(path) == ASSETS[name].sha256
+
+
+def test_name_with_extension_resolves(assets_dir):
+    assert resolve_image("tubingen.jpg").name == "tubingen.jpg"
+
+
+def test_path_wins_over_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tubingen").write_bytes(b"mine")
+    assert resolve_image("tubingen") == tmp_path / "tubingen"
+
+
+def test_missing_name_offline_says_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_ASSETS_DIR", str(tmp_path))
+    with pytest.raises(AssetError) as info:
+        resolve_image("starry_night", "style")
+    message = str(info.value)
+    for part in ("style image 'starry_night'", str(tmp_path), "starry_night.jpg", "NST_ASSETS_DIR",
+                 ASSETS["starry_night"].sha256):
+        assert part in message
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(AssetError, match=r"'mystery'.*no such file.*tubingen.*starry_night"):
+        resolve_image("mystery", "content")
+
+
+def test_wrong_bytes_in_assets_dir_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_ASSETS_DIR", str(tmp_path))
+    (tmp_path / "wave.jpg").write_bytes(b"not the wave")
+    with pytest.raises(AssetError, match="sha256"):
+        resolve_image("wave")
+
+
+def test_first_use_downloads_into_the_cache_and_verifies(tmp_path, monkeypatch, assets_dir):
+    """The real download path, fed from a file:// address (no network here)."""
+    monkeypatch.delenv("NST_ASSETS_DIR")
+    monkeypatch.delenv("NST_OFFLINE")
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "cache"))
+    source = ASSETS["mona_lisa"]
+    local = assets_dir / source.filename
+    monkeypatch.setitem(ASSETS, "mona_lisa", assets.Asset(
+        source.name, source.filename, local.as_uri(), source.sha256, source.role, source.licence))
+    path = resolve_image("mona_lisa")
+    assert path == tmp_path / "cache" / "assets" / "mona_lisa.jpg"
+    assert sha256_file(path) == source.sha256
+    # a corrupted cache entry is replaced by a verified download
+    path.write_bytes(b"corrupt")
+    assert sha256_file(resolve_image("mona_lisa")) == source.sha256
+
+
+def test_download_rejects_wrong_hash_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("NST_OFFLINE")
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"payload")
+    dest = tmp_path / "out" / "dest.bin"
+    with pytest.raises(DownloadError, match="sha256"):
+        download(source.as_uri(), dest, "0" * 64)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    good = hashlib.sha256(b"payload").hexdigest()
+    assert download(source.as_uri(), dest, good).read_bytes() == b"payload"
+    # torch hub style: an 8-digit prefix is enough
+    shutil.rmtree(dest.parent)
+    assert download(source.as_uri(), dest, good[:8]).is_file()
+
+
+def test_offline_forbids_downloads(tmp_path):
+    with pytest.raises(DownloadError, match="NST_OFFLINE"):
+        download("https://example.invalid/x", tmp_path / "x", "0" * 64)

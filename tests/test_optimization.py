@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from nst.backbones import SPECS, FeatureExtractor
+from nst.errors import NonFiniteLossError
+from nst.losses import StyleTransferLoss
+from nst.optimization import OptimizerSettings, initial_image, optimize
+
+from .conftest import smooth_image
+
+
+@pytest.fixture(scope="module")
+def problem():
+    extractor = FeatureExtractor(SPECS["random"], None, ["conv1_1", "conv2_1", "conv3_1", "conv4_2"])
+    content, style = smooth_image(32, 48, 1), smooth_image(40, 40, 2)
+    loss = StyleTransferLoss(extractor, content, style, content_layers={"conv4_2": 1.0},
+                             style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0},
+                             style_weight=100.0)
+    return extractor, loss, content, style
+
+
+@pytest.mark.parametrize("settings", [OptimizerSettings("lbfgs", lr=1.0, max_iter=10, space="input"),
+                                      OptimizerSettings("lbfgs", lr=1.0, max_iter=10, space="pixel"),
+                                      OptimizerSettings("adam", lr=0.02, max_iter=10, space="pixel")],
+                         ids=["lbfgs-input", "lbfgs-pixel", "adam"])
+def test_optimizers_lower_the_total_loss(problem, settings):
+    extractor, loss, content, _ = problem
+    result = optimize(loss, content, settings, epochs=3, progress=False, preprocess=extractor.preprocess)
+    first, last = result.history[0]["total"], result.final["total"]
+    assert last < 0.5 * first
+    assert result.evaluations >= 10
+    # the returned image is the last evaluated one: its loss is the last recorded loss
+    assert loss(result.image).total.item() == pytest.approx(last, rel=1e-4)
+
+
+def test_every_evaluation_is_recorded_with_all_terms(problem):
+    extractor, loss, content, _ = problem
+    seen = []
+    result = optimize(loss, content, OptimizerSettings("adam", lr=0.01, max_iter=4), epochs=2,
+                      callbacks=[lambda record, image: seen.append((record["evaluation"], image.shape))],
+                      progress=False)
+    assert [r["evaluation"] for r in result.history] == list(range(1, 9))
+    assert [r["epoch"] for r in result.history] == [1] * 4 + [2] * 4
+    assert seen == [(i, content.shape) for i in range(1, 9)]
+    record = result.history[-1]
+    for key in ("total", "content", "style", "tv", "content/conv4_2", "style/conv1_1", "elapsed_s"):
+        assert math.isfinite(record[key])
+    assert result.history[-1]["elapsed_s"] >= result.history[0]["elapsed_s"]
+
+
+def test_input_space_round_trips(problem):
+    extractor, _, content, _ = problem
+    torch.testing.assert_close(extractor.preprocess.inverse(extractor.preprocess(content)), content)
+    caffe = FeatureExtractor(SPECS["vgg16_hed"], None, ["conv1_1"]).preprocess
+    torch.testing.assert_close(caffe.inverse(caffe(content)), content, atol=1e-5, rtol=0)
+
+
+def test_pixels_are_not_clamped_during_optimisation(problem):
+    extractor, loss, content, _ = problem
+    result = optimize(loss, content, OptimizerSettings("adam", lr=0.5, max_iter=5), epochs=1, progress=False)
+    assert result.image.min() < 0 or result.image.max() > 1
+
+
+def test_non_finite_loss_stops_with_last_finite_image(problem):
+    extractor, loss, content, _ = problem
+    with pytest.raises(NonFiniteLossError) as info:
+        optimize(loss, content, OptimizerSettings("adam", lr=1e30, max_iter=5), epochs=2, progress=False)
+    error = info.value
+    assert "non-finite" in str(error) and "optimizer.lr" in str(error)
+    assert error.evaluation >= 2
+    assert torch.isfinite(error.last_finite_image).all()
+    assert len(error.history) == error.evaluation - 1
+    assert all(math.isfinite(r["total"]) for r in error.history)
+
+
+def test_init_content_is_the_content_image(problem):
+    _, _, content, style = problem
+    init = initial_image("content", content, style, seed=0)
+    assert torch.equal(init, content) and init.data_ptr() != content.data_ptr()
+
+
+def test_init_noise_is_seeded_white_noise(problem):
+    _, _, content, style = problem
+    a = initial_image("noise", content, style, seed=1)
+    assert a.shape == content.shape
+    assert torch.equal(a, initial_image("noise", content, style, seed=1))
+    assert not torch.equal(a, initial_image("noise", content, style, seed=2))
+    assert 0 <= a.min() and a.max() <= 1 and abs(a.mean().item() - 0.5) < 0.05
+    # white noise: neighbouring pixels are uncorrelated, unlike in a photo
+    corr = torch.corrcoef(torch.stack([a[..., :-1].flatten(), a[..., 1:].flatten()]))[0, 1]
+    assert abs(corr) < 0.1
+
+
+def test_init_style_is_the_style_resized_to_the_content(problem):
+    _, _, content, style = problem
+    init = initial_image("style", content, style, seed=0)
+    assert init.shape == content.shape
+    assert init.mean().item() == pytest.approx(style.mean().item(), abs=0.02)
+    assert not torch.allclose(init, content)
+
+
+def test_unknown_init_mode_is_rejected(problem):
+    _, _, content, style = problem
+    with pytest.raises(ValueError):
+        initial_image("zeros", content, style)
