@@ -2,10 +2,12 @@
 
     nst content=tubingen style=starry_night                 # one run
     nst content=tubingen style=starry_night experiment=seed_presentation
-    nst content=photo.jpg style=art.png loss.style_weight=1e3 optimizer=adam
+    nst -m content=tubingen style=starry_night loss.style_weight=1,100,1e4   # a sweep
+    nst +sweeps=ratio content=tubingen style=starry_night    # a sweep from sweeps/
 
-User errors (bad values, missing files, weights that cannot be obtained) print
-one line and exit with status 2; the run directory keeps what was written.
+A single run's user error (bad value, missing file, weights that cannot be
+obtained) prints one line and exits with status 2. In a multirun a failing job
+is recorded as FAILED and the other jobs go on; the command then exits with 1.
 """
 
 from __future__ import annotations
@@ -16,29 +18,52 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from nst.errors import NSTError
 
 log = logging.getLogger("nst")
 
-# The configs live in the repository's top-level conf/ (nst is installed editable by `make install`).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The configs live in the repository's top-level conf/ (nst is installed editable by `make install`);
+# its root is also on Hydra's search path, so sweeps/<name>.yaml is the option `+sweeps=<name>`.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO_ROOT / "conf")
+if not OmegaConf.has_resolver("nst_root"):
+    OmegaConf.register_new_resolver("nst_root", lambda: str(REPO_ROOT))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Run one style transfer; returns the final total loss (Hydra sweepers read it)."""
     from nst.run import run  # imported here so `nst --help` stays fast
 
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         outcome = run(cfg, output_dir)
     except NSTError as exc:
         log.error("%s", exc)
         print(f"nst: error: {exc}", file=sys.stderr)
+        if in_sweep:
+            return None  # recorded as FAILED; the sweep goes on
         sys.exit(exc.exit_code)
-    return outcome.result.final.get("total")
+    except Exception:
+        if not in_sweep:
+            raise
+        log.exception("job %s failed", hydra_cfg.job.get("num"))
+        return None
+    return None if outcome is None else outcome.result.final.get("total")
+
+
+def main() -> None:
+    """Console entry point: Hydra's app, then a non-zero status if a sweep had failed jobs."""
+    from nst import sweeps
+
+    hydra_main()
+    if sweeps.failed_jobs:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

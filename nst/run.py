@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,9 +92,13 @@ def prepare(cfg: DictConfig) -> Inputs:
                   content.to(device), style.to(device), content_layers, style_layers)
 
 
-def execute(inputs: Inputs, output_dir: Path,
-            callbacks: Sequence[EvaluationCallback] = ()) -> RunOutcome:
-    """Load the backbone, optimise, and write result.png, losses.csv, config.yaml and run.json."""
+def execute(inputs: Inputs, output_dir: Path, callbacks: Sequence[EvaluationCallback] = (),
+            on_ready: Callable[[dict], None] | None = None) -> RunOutcome:
+    """Load the backbone, optimise, and write result.png, losses.csv, config.yaml and run.json.
+
+    ``on_ready`` receives the run record (backbone actually used, weights, ...) just
+    before optimisation starts.
+    """
     cfg = inputs.cfg
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / CONFIG_YAML).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -109,6 +113,8 @@ def execute(inputs: Inputs, output_dir: Path,
         tv_weight=float(cfg.loss.tv_weight), normalization=cfg.loss.normalization)
     init = initial_image(cfg.init, inputs.content, inputs.style, int(cfg.seed))
     record = run_record(inputs, backbone)
+    if on_ready is not None:
+        on_ready(record)
     try:
         result = optimize(loss, init, optimizer_settings(cfg), int(cfg.epochs), callbacks,
                           progress=bool(cfg.get("progress", True)),
@@ -151,6 +157,13 @@ def _write_record(output_dir: Path, record: dict) -> None:
     (output_dir / RECORD_JSON).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-def run(cfg: DictConfig, output_dir: Path, callbacks: Sequence[EvaluationCallback] = ()) -> RunOutcome:
-    """Check, then execute one run; the whole life of ``nst content=... style=...``."""
-    return execute(prepare(cfg), Path(output_dir), callbacks)
+def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
+    """Check, then execute one run; tracked in MLflow unless ``tracking.enabled=false``.
+
+    Returns None when resume found the same run already FINISHED.
+    """
+    if not OmegaConf.select(cfg, "tracking.enabled", default=False):
+        return execute(prepare(cfg), Path(output_dir))
+    from nst.tracking import tracked_run
+
+    return tracked_run(cfg, Path(output_dir))

@@ -1,0 +1,98 @@
+"""Hydra multirun sweeps as MLflow parent runs.
+
+``SweepCallback`` (registered in ``conf/hydra/default.yaml``) runs in the
+launching process: before the first job it creates the store, the experiment
+and one parent run; after the last job it logs the sweep's comparison grid,
+summary table and loss plot to that parent and ends it. Jobs, in this process
+or in launcher workers, find their parent by the sweep id, a hash of Hydra's
+sweep directory, which every job of one multirun shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from nst import tracking
+
+log = logging.getLogger(__name__)
+
+# Set by SweepCallback when a sweep ends with failed jobs; the CLI turns it into exit status 1.
+failed_jobs: list[str] = []
+
+
+def sweep_id(sweep_dir: str) -> str:
+    return hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:12]
+
+
+def current_sweep_id() -> str | None:
+    """The sweep id of the running Hydra job, or None outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if str(hydra.mode) != "RunMode.MULTIRUN":
+        return None
+    return sweep_id(hydra.sweep.dir)
+
+
+def parent_run_id(client, experiment_id: str) -> str | None:
+    """The parent run of the current multirun, if there is one."""
+    sid = current_sweep_id()
+    if sid is None:
+        return None
+    runs = client.search_runs([experiment_id], filter_string=(
+        f"tags.`{tracking.TAG_SWEEP}` = '{sid}' and tags.`{tracking.TAG_ROLE}` = 'sweep'"), max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+class SweepCallback(Callback):
+    """Opens an MLflow parent run for a multirun and summarises its jobs when it ends."""
+
+    def __init__(self) -> None:
+        self.parent: str | None = None
+        self.client = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if not OmegaConf.select(config, "tracking.enabled", default=False):
+            return
+        self.client, experiment_id = tracking.connect(config)
+        sweep_dir = str(config.hydra.sweep.dir)
+        params = OmegaConf.select(config, "hydra.sweeper.params")
+        params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        overrides = list(config.hydra.overrides.task)
+        name = Path(sweep_dir).name
+        run = self.client.create_run(experiment_id, run_name=f"sweep {name}", tags={
+            tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP: sweep_id(sweep_dir),
+            "nst.sweep_dir": str(Path(sweep_dir).resolve()),
+            tracking.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
+            **tracking.environment_tags()})
+        self.parent = run.info.run_id
+        log.info("sweep %s: MLflow parent run %s", sweep_dir, self.parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.parent is None:
+            return
+        from nst import reports
+
+        status = "FINISHED"
+        try:
+            summary = reports.summarise_sweep(self.client, self.parent, Path(str(config.hydra.sweep.dir)))
+            failed = summary.table[summary.table["status"] != "FINISHED"]
+            failed_jobs.extend(failed["run_id"].tolist())
+            if len(failed):
+                print(f"nst: {len(failed)} of {len(summary.table)} jobs did not finish: "
+                      + ", ".join(f"job {j} {s}" for j, s in zip(failed["job"], failed["status"], strict=True)))
+            print(f"nst: sweep summary in MLflow run {self.parent} and {summary.folder}")
+        except Exception:
+            status = "FAILED"
+            log.exception("could not summarise the sweep")
+            raise
+        finally:
+            self.client.set_terminated(self.parent, status)
