@@ -14,8 +14,13 @@ endif
 CONTENT ?= tubingen
 STYLE ?= starry_night
 ARGS ?=
+SWEEP ?= ratio
+OUTPUT_DIR ?= $(or $(NST_OUTPUT_DIR),outputs)
+UI_PORT ?= 5000
+# CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
+REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run clean
+.PHONY: help install test test-slow test-all lint run sweep ratio examples ui report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +43,22 @@ lint: ## Static checks (ruff)
 
 run: ## One style transfer: make run CONTENT=tubingen STYLE=starry_night ARGS="epochs=10"
 	$(VENV)/bin/nst content=$(CONTENT) style=$(STYLE) $(ARGS)
+
+sweep: ## A sweep from sweeps/: make sweep SWEEP=learning_rate ARGS="image.size=128"
+	$(VENV)/bin/nst +sweeps=$(SWEEP) content=$(CONTENT) style=$(STYLE) $(ARGS)
+
+ratio: ## Reproduce the seed's ratio experiment (Figure 5) on tubingen + starry_night
+	$(VENV)/bin/nst +sweeps=ratio content=tubingen style=starry_night $(REPRO) $(ARGS)
+
+examples: ## Reproduce the seed's example runs (Figures 6-9) with public-domain pairs
+	$(VENV)/bin/nst +sweeps=examples $(REPRO) $(ARGS)
+
+ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
+		--host 127.0.0.1 --port $(UI_PORT)
+
+report: ## Table of the latest sweep: make report ARGS="--format csv"
+	$(VENV)/bin/nst-report --sweep latest $(ARGS)
 
 clean: ## Remove outputs and caches made in the repository
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -123,6 +123,27 @@ def validate_layers(arch: str, names: Sequence[str], key: str) -> None:
             raise ConfigError(key, name, f"a layer of {arch}{hint}: {', '.join(convs)}")
 
 
+def activation_bytes(arch: str, depth: int, height: int, width: int, batch: int = 1) -> int:
+    """Estimated bytes of one forward + backward pass through ``features[:depth + 1]`` (fp32).
+
+    Every conv/ReLU output is kept for the backward pass and gets a gradient of
+    the same size, and each pooling halves the sides: 3 tensors of each
+    activation's size is the estimate (forward value, saved copy, gradient).
+    """
+    total, channels, h, w, index = 0, 3, height, width, 0
+    for item in _PLANS[arch]:
+        if index > depth:
+            break
+        if item == "M":
+            h, w = h // 2, w // 2
+            index += 1
+        else:
+            channels = int(item)
+            index += 2
+        total += channels * h * w
+    return 3 * 4 * batch * (total + 3 * height * width)
+
+
 # ---------------------------------------------------------------------------------------------
 # The module
 

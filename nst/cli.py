@@ -13,6 +13,7 @@ is recorded as FAILED and the other jobs go on; the command then exits with 1.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -57,11 +58,30 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return None if outcome is None else outcome.result.final.get("total")
 
 
+def _terminate(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main() -> None:
-    """Console entry point: Hydra's app, then a non-zero status if a sweep had failed jobs."""
+    """Console entry point: Hydra's app, then a non-zero status if a sweep had failed jobs.
+
+    SIGTERM is handled like Ctrl-C: the running MLflow run ends KILLED with its
+    partial image, and an open sweep's parent is closed, so re-running resumes it.
+    """
     from nst import sweeps
 
-    hydra_main()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        hydra_main()
+    except KeyboardInterrupt as exc:
+        sweeps.abort_open_sweep("KILLED", f"interrupted ({exc or 'SIGINT'})")
+        print("nst: interrupted; finished runs are kept, re-run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            sweeps.abort_open_sweep("FAILED", f"the multirun stopped with status {exc.code}")
+        raise
     if sweeps.failed_jobs:
         sys.exit(1)
 

@@ -87,6 +87,10 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
     )
     if name == "lbfgs":
         settings.history_size = _number(cfg, "optimizer.history_size", minimum=1, integer=True)
+        line_search = OmegaConf.select(cfg, "optimizer.line_search", default="strong_wolfe")
+        if line_search not in (None, "strong_wolfe"):
+            raise ConfigError("optimizer.line_search", line_search, "strong_wolfe or null (fixed step lr)")
+        settings.line_search = line_search
         for key in ("tolerance_grad", "tolerance_change"):
             if OmegaConf.select(cfg, f"optimizer.{key}") is not None:
                 setattr(settings, key, _number(cfg, f"optimizer.{key}"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from nst.errors import ConfigError
@@ -28,3 +30,23 @@ def resolve_device(name: str) -> torch.device:
     if base == "mps" and not _mps_available():
         raise ConfigError("device", name, "cpu or auto: MPS (Apple GPU) is not available here")
     return torch.device(name)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a run may use on ``device``: free GPU memory, or the host's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None

@@ -47,6 +47,22 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
         raise ImageError(f"{what} image {path}: cannot be decoded ({exc}); is it truncated?") from exc
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels; None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def scaled_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(width, height) after ``resize_long_side``."""
+    width, height = size
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is composited on white."""
     mode = image.mode
@@ -70,9 +86,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
     """Scale ``image`` so that its longer side is ``long_side`` pixels, keeping the aspect ratio."""
-    width, height = image.size
-    scale = long_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = scaled_size(image.size, long_side)
     if size == image.size:
         return image
     return image.resize(size, Image.Resampling.LANCZOS)

@@ -19,11 +19,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nst.assets import resolve_image
-from nst.backbones import SPECS, Backbone, layer_table, load_backbone, resolve_name, validate_layers
+from nst.backbones import (
+    SPECS,
+    Backbone,
+    activation_bytes,
+    layer_table,
+    load_backbone,
+    resolve_name,
+    validate_layers,
+)
 from nst.config import layer_weights, optimizer_settings, validate
-from nst.devices import resolve_device
-from nst.errors import ImageError, NonFiniteLossError
-from nst.images import load_tensor, save_png, style_long_side
+from nst.devices import available_bytes, resolve_device
+from nst.errors import ConfigError, ImageError, NonFiniteLossError
+from nst.images import header_size, load_tensor, save_png, scaled_size, style_long_side
 from nst.losses import StyleTransferLoss
 from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize
 
@@ -76,10 +84,12 @@ def prepare(cfg: DictConfig) -> Inputs:
     content_path = resolve_image(cfg.content, "content")
     style_path = resolve_image(cfg.style, "style")
     size = int(cfg.image.size)
-    content = load_tensor(content_path, size, "content")
-    style = load_tensor(style_path, style_long_side(size, float(cfg.image.style_scale)), "style")
-
+    style_size = style_long_side(size, float(cfg.image.style_scale))
     deepest = max(table[n].index for n in (*content_layers, *style_layers))
+    check_memory(device, arch, deepest, [(content_path, size), (style_path, style_size)])
+    content = load_tensor(content_path, size, "content")
+    style = load_tensor(style_path, style_size, "style")
+
     pools = sum(1 for n, layer in table.items() if n.startswith("pool") and layer.index < deepest)
     minimum = 2**pools
     for what, path, image in (("content", content_path, content), ("style", style_path, style)):
@@ -90,6 +100,25 @@ def prepare(cfg: DictConfig) -> Inputs:
                 f"{' or image.style_scale' if what == 'style' else ''})")
     return Inputs(cfg, device, name, notes, content_path, style_path,
                   content.to(device), style.to(device), content_layers, style_layers)
+
+
+def check_memory(device: torch.device, arch: str, deepest: int, images: list[tuple[Path, int]]) -> None:
+    """Refuse, before allocating anything, a size whose activations cannot fit on the device."""
+    available = available_bytes(device)
+    if available is None:
+        return
+    need = 0
+    for path, long_side in images:
+        header = header_size(path)
+        if header is not None:
+            width, height = scaled_size(header, long_side)
+            need = max(need, activation_bytes(arch, deepest, height, width))
+    if need > available:
+        gib = 1024**3
+        raise ConfigError("image.size", images[0][1],
+                          f"a smaller size (or image.style_scale): at this size a forward and backward pass needs an estimated "
+                          f"{need / gib:.1f} GiB of activations, but {device} has {available / gib:.1f} GiB "
+                          f"available")
 
 
 def execute(inputs: Inputs, output_dir: Path, callbacks: Sequence[EvaluationCallback] = (),

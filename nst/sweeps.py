@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Set by SweepCallback when a sweep ends with failed jobs; the CLI turns it into exit status 1.
 failed_jobs: list[str] = []
+# The callback whose parent run is open in this process (closed by abort_open_sweep on a crash).
+_open: SweepCallback | None = None
 
 
 def sweep_id(sweep_dir: str) -> str:
@@ -74,6 +76,9 @@ class SweepCallback(Callback):
             tracking.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
             **tracking.environment_tags()})
         self.parent = run.info.run_id
+        self.sweep_dir = Path(sweep_dir)
+        global _open
+        _open = self
         log.info("sweep %s: MLflow parent run %s", sweep_dir, self.parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -96,3 +101,33 @@ class SweepCallback(Callback):
             raise
         finally:
             self.client.set_terminated(self.parent, status)
+            self.close()
+
+    def close(self) -> None:
+        global _open
+        if _open is self:
+            _open = None
+
+    def abort(self, status: str, reason: str) -> None:
+        """The multirun died (interrupt, a killed worker): end runs left RUNNING, keep what finished."""
+        from nst import reports
+
+        try:
+            children = reports.sweep_runs(self.client, self.parent)
+            for _, run in children:
+                if run.info.status == "RUNNING":
+                    self.client.set_tag(run.info.run_id, tracking.TAG_FAILURE, reason)
+                    self.client.set_terminated(run.info.run_id, status)
+            if children:
+                reports.summarise_sweep(self.client, self.parent, self.sweep_dir)
+        except Exception:  # noqa: BLE001 - closing the parent matters more than its summary
+            log.exception("could not summarise the aborted sweep")
+        self.client.set_tag(self.parent, tracking.TAG_FAILURE, reason)
+        self.client.set_terminated(self.parent, status)
+        self.close()
+
+
+def abort_open_sweep(status: str, reason: str) -> None:
+    """Close this process's open sweep, if any, with ``status`` (KILLED or FAILED)."""
+    if _open is not None and _open.parent is not None:
+        _open.abort(status, reason)

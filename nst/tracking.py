@@ -75,6 +75,8 @@ def connect(cfg: DictConfig):
     """
     uri, artifact_location = store_location(cfg)
     name = str(OmegaConf.select(cfg, "tracking.experiment") or "nst")
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,22 @@ def connect(cfg: DictConfig):
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means the store is unusable
         raise TrackingError(f"cannot use the MLflow tracking store {uri}: {exc}") from exc
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer /health within seconds (MLflow's own client retries for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({problem}); start it "
+                        f"(`make server` for a local one) or choose another tracking.uri")
 
 
 def _enable_wal(db: Path) -> None:
@@ -300,14 +318,14 @@ def hydra_tags() -> dict[str, str]:
 
 def environment_tags() -> dict[str, str]:
     return {"nst.git_commit": git_commit(), "nst.torch_version": torch.__version__,
-            "nst.host": os.uname().nodename}
+            "nst.host": os.uname().nodename, "nst.pid": str(os.getpid())}
 
 
 def tracked_run(cfg: DictConfig, output_dir: Path):
     """One run recorded in MLflow, as a child of its sweep's parent run when in a multirun.
 
     The store is opened first (an unreachable server fails before any work); a
-    run whose identical config already FINISHED in the experiment is skipped.
+    sweep job whose identical config already FINISHED in the experiment is skipped.
     Whatever happens, the MLflow run ends FINISHED, FAILED or KILLED, never RUNNING.
     """
     from nst import sweeps
@@ -335,7 +353,7 @@ def tracked_run(cfg: DictConfig, output_dir: Path):
         tracker.end("FAILED")
         raise
     config_hash = fingerprint(cfg, [inputs.content_path, inputs.style_path])
-    if OmegaConf.select(cfg, "tracking.resume", default=True):
+    if sweeps.current_sweep_id() is not None and OmegaConf.select(cfg, "tracking.resume", default=True):
         existing = find_finished(client, experiment_id, config_hash)
         if existing:
             log.info("skipping: the same config already FINISHED as MLflow run %s", existing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,20 @@ SHARED_ASSETS = REPO.parent / "shared" / "assets"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Defaults for the whole session, so module-scoped fixtures (which run before the per-test
+# fixture below) and the subprocesses they start are offline and find the sample images too.
+os.environ["NST_OFFLINE"] = "1"
+os.environ.setdefault("NST_ASSETS_DIR", str(SHARED_ASSETS))
+os.environ["NST_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-test-cache-")
+os.environ.pop("NST_HED_WHEEL", None)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
     """No network, an empty private nst cache, and the shared sample images, for every test."""
     monkeypatch.setenv("NST_OFFLINE", "1")
     monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path_factory.mktemp("nst-cache")))
-    monkeypatch.setenv("NST_ASSETS_DIR", os.environ.get("NST_ASSETS_DIR", str(SHARED_ASSETS)))
-    monkeypatch.delenv("NST_HED_WHEEL", raising=False)
+    monkeypatch.setenv("NST_ASSETS_DIR", os.environ["NST_ASSETS_DIR"])
 
 
 @pytest.fixture(scope="session")

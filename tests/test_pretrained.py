@@ -40,7 +40,7 @@ def test_vgg16_hed_from_pypi_stylises(hed_cache, monkeypatch, assets_dir):
                              style_weight=100.0)
     result = optimize(loss, content, OptimizerSettings("lbfgs", lr=1.0, max_iter=20), epochs=1,
                       progress=False, preprocess=backbone.extractor.preprocess)
-    assert result.evaluations == 20
+    assert 20 <= result.evaluations <= 40  # 20 L-BFGS iterations, line-search evaluations on top
     first, last = result.history[0]["style"], result.final["style"]
     assert last <= 0.5 * first, (first, last)
     # real features: the result moved away from the content photo

@@ -1,0 +1,231 @@
+"""MLflow tracking and Hydra multirun sweeps through the real CLI (subprocess), random backbone."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from nst import reports, tracking
+
+TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
+        "optimizer.max_iter=4", "progress=false", "tracking.log_every=3"]
+
+
+def nst(out, *args):
+    env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
+    return subprocess.run([sys.executable, "-m", "nst.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=out.parent, timeout=600)
+
+
+def client_for(out):
+    return MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+
+
+def runs(client, role, status=None):
+    experiment = client.get_experiment_by_name("nst")
+    found = client.search_runs([experiment.experiment_id], f"tags.`nst.role` = '{role}'", max_results=1000)
+    return [r for r in found if status is None or r.info.status == status]
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "outputs"
+    out.mkdir()
+    done = nst(out, "-m", *TINY, "loss.style_weight=1,100,1e4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_multirun_creates_parent_and_children_with_everything(sweep):
+    out, _ = sweep
+    client = client_for(out)
+    parents, children = runs(client, "sweep"), runs(client, "run")
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1.0, 100.0, 1e4]
+    for child in children:
+        run_id = child.info.run_id
+        assert child.info.status == "FINISHED"
+        params = child.data.params
+        # the resolved config plus what a reader needs to interpret the numbers
+        assert params["model.name"] == "random" and params["run.backbone"] == "random"
+        assert params["run.normalization"] == "reference" and params["run.device"] == "cpu"
+        assert params["run.torch_version"] and "run.weights_sha256" in params
+        assert child.data.tags["nst.git_commit"] and child.data.tags["hydra.choice.model"] == "random"
+        evaluations = int(child.data.metrics["evaluations"])
+        assert evaluations >= 8  # 2 epochs of 4 L-BFGS iterations, line-search evaluations on top
+        assert evaluations == len(client.get_metric_history(run_id, "total"))
+        for key in ("total", "content", "style", "tv", "style/conv1_1", "content/conv4_2", "elapsed_s"):
+            history = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, evaluations + 1)), key
+        paths = artifact_paths(client, run_id)
+        steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in paths if p.startswith("images/progress")})
+        # every log_every (3) evaluations, plus the first and the last: the UI's slider
+        assert steps == sorted({1, *range(3, evaluations + 1, 3), evaluations})
+        for expected in ("result/result.png", "result/triptych.png", "result/loss_curve.png", "result.png",
+                         "optimisation.mp4", "config.yaml", "losses.csv", "run.json",
+                         ".hydra/config.yaml", ".hydra/overrides.yaml", "inputs/content.png"):
+            assert expected in paths, expected
+        triptych = Image.open(client.download_artifacts(run_id, "result/triptych.png"))
+        assert triptych.width > 2 * triptych.height  # three images side by side
+
+
+def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
+    out, done = sweep
+    client = client_for(out)
+    parent = runs(client, "sweep")[0].info.run_id
+    paths = artifact_paths(client, parent)
+    assert {"sweep/grid.png", "sweep/summary.csv", "sweep/summary.json",
+            "sweep/losses_vs_loss_style_weight.png"} <= set(paths)
+    grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
+    # content, style and 3 tiles: 4 per row -> 2 rows
+    assert grid.size == (4 * (reports.TILE + 6) + 6, 2 * (reports.TILE + 28 + 6) + 6)
+    table = list(csv.DictReader(open(client.download_artifacts(parent, "sweep/summary.csv", str(tmp_path)))))
+    assert [row["label"] for row in table] == ["α/β = 1", "α/β = 0.01", "α/β = 0.0001"]
+    assert all(row["status"] == "FINISHED" and float(row["final_style"]) > 0 for row in table)
+    assert "sweep summary" in done.stdout
+
+
+def test_rerun_skips_finished_jobs(sweep):
+    out, _ = sweep
+    done = nst(out, "-m", *TINY, "loss.style_weight=1,100,1e4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("skipped, identical config already FINISHED") == 3
+    client = client_for(out)
+    assert len(runs(client, "run", "FINISHED")) == 3
+    # the new parent still reports all three jobs, reused from the first sweep
+    newest = reports.latest_sweep(client, "nst")
+    table = reports.sweep_table(client, newest)
+    assert len(table) == 3 and table["reused"].all()
+
+
+def test_report_prints_one_row_per_run(sweep):
+    out, _ = sweep
+    env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
+    done = subprocess.run([sys.executable, "-m", "nst.reports", "--sweep", "latest", "--format", "csv"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert len(rows) == 3
+    assert sorted(float(r["loss.style_weight"]) for r in rows) == [1.0, 100.0, 1e4]
+    assert all(float(r["final_total"]) > 0 and float(r["final_content"]) >= 0 for r in rows)
+    markdown = subprocess.run([sys.executable, "-m", "nst.reports"], capture_output=True, text=True,
+                              env=env, timeout=120)
+    assert markdown.returncode == 0 and markdown.stdout.startswith("| run_id")
+
+
+def test_report_rebuilds_grid_from_mlflow_alone(sweep, tmp_path):
+    out, _ = sweep
+    first = sorted(runs(client_for(out), "sweep"), key=lambda r: r.info.start_time)[0].info.run_id
+    env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
+    done = subprocess.run([sys.executable, "-m", "nst.reports", "--sweep", first, "--rebuild",
+                           str(tmp_path / "rebuilt")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "rebuilt" / "grid.png").size[0] > 4 * reports.TILE
+    assert (tmp_path / "rebuilt" / "losses_vs_loss_style_weight.png").is_file()
+
+
+def test_failed_job_is_failed_and_runs_again(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    args = ["-m", *TINY, "optimizer=adam", "optimizer.lr=0.01,1e30"]
+    first = nst(out, *args)
+    assert first.returncode == 1, first.stderr[-3000:]  # the sweep ran both jobs, one failed
+    assert "1 of 2 jobs did not finish" in first.stdout
+    client = client_for(out)
+    failed = runs(client, "run", "FAILED")
+    assert len(failed) == 1 and "non-finite" in failed[0].data.tags[tracking.TAG_FAILURE]
+    assert "last_finite.png" in artifact_paths(client, failed[0].info.run_id)
+    assert runs(client, "sweep")[0].info.status == "FINISHED"
+
+    second = nst(out, *args)
+    assert second.returncode == 1
+    assert second.stdout.count("skipped, identical config already FINISHED") == 1
+    assert len(runs(client, "run", "FAILED")) == 2 and len(runs(client, "run", "FINISHED")) == 1
+
+
+def test_joblib_workers_lose_no_run(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    done = nst(out, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
+               "loss.style_weight=1,2,3,4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = client_for(out)
+    children = runs(client, "run")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    parent = runs(client, "sweep")[0].info.run_id
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent}
+    assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1, 2, 3, 4]
+    assert "database is locked" not in done.stderr
+
+
+def test_single_run_is_tracked_without_parent(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    for _ in range(2):  # a single run is never skipped: only sweeps resume
+        done = nst(out, *TINY)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = runs(client_for(out), "run")
+    assert first.info.status == second.info.status == "FINISHED"
+    run = first
+    assert "mlflow.parentRunId" not in run.data.tags
+    # the store's paths are absolute, under the output root, whatever the working directory
+    assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
+
+
+def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    done = nst(out, *TINY, "content=" + str(tmp_path / "nope.png"))
+    assert done.returncode == 2 and "nope.png" in done.stderr
+    (run,) = runs(client_for(out), "run")
+    assert run.info.status == "FAILED" and "nope.png" in run.data.tags[tracking.TAG_FAILURE]
+
+
+def test_sweep_files_compose_and_stay_overridable():
+    from hydra import compose, initialize_config_dir
+
+    from nst.cli import CONFIG_DIR
+
+    expected = {"ratio": ("loss.style_weight", "1e-2,1e-1,1,10,100,1e4"),
+                "learning_rate": ("optimizer.lr", "0.05,0.1,0.2,0.3,0.5,1.0"),
+                "epochs": ("epochs", "5,10,20,40"),
+                "style_layers": ("loss.style_layers", None), "content_layer": ("loss.content_layers", None),
+                "examples": ("+pair", None)}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for name, (key, values) in expected.items():
+            cfg = compose("config", overrides=[f"+sweeps={name}", "content=a", "style=b"],
+                          return_hydra_config=True)
+            params = cfg.hydra.sweeper.params
+            assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+            assert key in params, name
+            if values:
+                assert params[key] == values
+        layers = compose("config", overrides=["+sweeps=style_layers", "content=a", "style=b"],
+                         return_hydra_config=True).hydra.sweeper.params["loss.style_layers"]
+        assert layers.count("],[") == 4 and layers.startswith("[conv1_1]")
+
+
+def test_sweep_file_values_overridable_from_shell(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    done = nst(out, "+sweeps=ratio", *TINY, "loss.style_weight=1,2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    children = runs(client_for(out), "run")
+    assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1.0, 2.0]
+    assert json.loads(children[0].data.tags[tracking.TAG_OVERRIDES])
