@@ -84,18 +84,19 @@ def test_ui_shows_runs_and_an_image(store, ui):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(f"{ui}/#/experiments/{experiment.experiment_id}", wait_until="networkidle")
+        # MLflow 3 opens experiments on its GenAI pages; the runs table is the "machine learning" view
+        page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
+                  wait_until="load")
+        page.get_by_text("3 matching runs").wait_for(timeout=60000)  # the parent and its 2 children
         page.get_by_text("sweep ", exact=False).first.wait_for(timeout=60000)
         page.screenshot(path=str(KEEP / "mlflow_ui_runs.png"), full_page=True)
-        body = page.inner_text("body")
-        assert "sweep " in body  # the parent run is listed
 
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}/artifacts/"
-                  "result/result.png", wait_until="networkidle")
-        image = page.locator("img").first
-        image.wait_for(timeout=60000)
-        page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth >= 48)",
-                               timeout=60000)
+                  "result/result.png?workflowType=machine_learning", wait_until="load")
+        # the artifact viewer shows the run's result image, loaded from the server
+        page.wait_for_function("() => [...document.images].some(i => i.src.startsWith('blob:') && "
+                               "i.complete && i.naturalWidth === 48)", timeout=60000)
+        assert "result/result.png" in page.inner_text("body")
         page.screenshot(path=str(KEEP / "mlflow_ui_image.png"), full_page=True)
         browser.close()
     assert (KEEP / "mlflow_ui_runs.png").stat().st_size > 10000
