@@ -162,7 +162,11 @@ def _tile(picture: Image.Image | None, caption: str) -> Image.Image:
         tile.paste(fitted, ((TILE - fitted.width) // 2, (TILE - fitted.height) // 2))
     else:
         ImageDraw.Draw(tile).text((TILE // 2, TILE // 2), "no image", fill="grey", anchor="mm", font=_font(14))
-    ImageDraw.Draw(tile).text((TILE // 2, TILE + 14), caption[:40], fill="black", anchor="mm", font=_font(14))
+    draw = ImageDraw.Draw(tile)
+    size = 14
+    while size > 8 and draw.textlength(caption, font=_font(size)) > TILE - 4:
+        size -= 1
+    draw.text((TILE // 2, TILE + 14), caption, fill="black", anchor="mm", font=_font(size))
     return tile
 
 
@@ -175,7 +179,6 @@ def comparison_grid(content: Image.Image | None, style: Image.Image | None,
     With ``rows``/``columns``/``cell`` (two swept parameters) the jobs form a 2-D
     grid and content and style sit in an extra first column.
     """
-    gap = 6
     if rows and columns and cell:
         grid = [[None] * (len(columns) + 1) for _ in range(max(2, len(rows)))]
         grid[0][0], grid[1][0] = _tile(content, "content"), _tile(style, "style")
@@ -185,6 +188,11 @@ def comparison_grid(content: Image.Image | None, style: Image.Image | None,
         flat = [_tile(content, "content"), _tile(style, "style")] + [_tile(p, t) for t, p in tiles]
         width = min(4, len(flat))
         grid = [flat[i:i + width] for i in range(0, len(flat), width)]
+    return _layout(grid)
+
+
+def _layout(grid: list[list[Image.Image | None]]) -> Image.Image:
+    gap = 6
     n_cols = max(len(r) for r in grid)
     canvas = Image.new("RGB", (n_cols * (TILE + gap) + gap, len(grid) * (TILE + 28 + gap) + gap), "white")
     for y, row in enumerate(grid):
@@ -253,6 +261,14 @@ def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
             result = _download(client, row["run_id"], "last_finite.png", folder)
         tiles.append((f"{row['label']}" + ("" if row["status"] == "FINISHED" else f" [{row['status']}]"),
                       result))
+    if any(k.split(".")[-1].lstrip("+") in ("content", "style", "pair") for k in keys):
+        # the inputs change from job to job: one row per job, content | style | result (Figures 6-9)
+        rows = []
+        for (_, row), (caption, result) in zip(table.iterrows(), tiles, strict=True):
+            folder = scratch / str(row["run_id"])
+            rows.append([_tile(_download(client, row["run_id"], f"inputs/{name}.png", folder), name)
+                         for name in ("content", "style")] + [_tile(result, caption)])
+        return _layout(rows)
     first = table.iloc[0]["run_id"] if len(table) else None
     content = _download(client, first, "inputs/content.png", scratch / "inputs") if first else None
     style = _download(client, first, "inputs/style.png", scratch / "inputs") if first else None

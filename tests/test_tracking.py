@@ -229,3 +229,19 @@ def test_sweep_file_values_overridable_from_shell(tmp_path):
     children = runs(client_for(out), "run")
     assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1.0, 2.0]
     assert json.loads(children[0].data.tags[tracking.TAG_OVERRIDES])
+
+
+def test_swept_inputs_give_one_row_per_job(tmp_path):
+    """Sweeping the images (make examples): each row is that job's content | style | result."""
+    out = tmp_path / "outputs"
+    out.mkdir()
+    done = nst(out, "-m", *TINY, "style=starry_night,wave")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = client_for(out)
+    parent = runs(client, "sweep")[0].info.run_id
+    grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
+    assert grid.size == (3 * (reports.TILE + 6) + 6, 2 * (reports.TILE + 28 + 6) + 6)
+    # the second row's style tile is the wave, not the first job's starry night
+    row_two = grid.crop((reports.TILE + 12, reports.TILE + 40, 2 * reports.TILE + 12, 2 * reports.TILE + 40))
+    row_one = grid.crop((reports.TILE + 12, 6, 2 * reports.TILE + 12, reports.TILE + 6))
+    assert list(row_one.getdata()) != list(row_two.getdata())
