@@ -11,6 +11,7 @@ The same code serves the end of a multirun (``SweepCallback``) and the
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -20,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from nst import tracking
+from nst.images import tensor_to_pil
 
 WEIGHT_KEYS = ("loss.content_weight", "loss.style_weight")
 TILE = 192
@@ -202,21 +205,66 @@ def _layout(grid: list[list[Image.Image | None]]) -> Image.Image:
     return canvas
 
 
+def loss_curve(history: list[dict]) -> Image.Image:
+    """Total, content and style loss against the evaluation number (log scale)."""
+    figure, axis = _figure()
+    steps = [r["evaluation"] for r in history]
+    for key in ("total", "content", "style", "tv"):
+        values = [r.get(key, 0.0) for r in history]
+        if any(v > 0 for v in values):
+            axis.plot(steps, values, label=key)
+    axis.set_yscale("log")
+    axis.set_xlabel("function evaluation")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _to_image(figure)
+
+
+def triptych(content: torch.Tensor, style: torch.Tensor, result: torch.Tensor, height: int = 256) -> Image.Image:
+    """content | style | result side by side at one height (the seed's Figure 1)."""
+    pictures = [tensor_to_pil(t) for t in (content, style, result)]
+    pictures = [p.resize((max(1, round(p.width * height / p.height)), height)) for p in pictures]
+    canvas = Image.new("RGB", (sum(p.width for p in pictures) + 8 * 2, height), "white")
+    x = 0
+    for picture in pictures:
+        canvas.paste(picture, (x, 0))
+        x += picture.width + 8
+    return canvas
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4), dpi=100)
+
+
+def _to_image(figure) -> Image.Image:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
 def loss_plot(table: pd.DataFrame) -> Image.Image | None:
     """Final content and style loss against the (first) swept value; log axis for log-spaced values."""
     keys = table.attrs.get("swept", [])
     done = table[table["status"] == "FINISHED"]
     if not keys or done.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     key = keys[0]
     values = [_number(v) for v in done[key]]
     numeric = all(v is not None for v in values)
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, axis = _figure()
     order = sorted(range(len(done)), key=lambda i: values[i]) if numeric else list(range(len(done)))
     xs = [values[i] for i in order] if numeric else [str(done[key].iloc[i]) for i in order]
     for column, name in (("final_content", "content"), ("final_style", "style")):
@@ -232,13 +280,7 @@ def loss_plot(table: pd.DataFrame) -> Image.Image | None:
     axis.grid(alpha=0.3)
     if not numeric:
         plt.setp(axis.get_xticklabels(), rotation=20, ha="right")
-    figure.tight_layout()
-    path = Path(tempfile.mkstemp(suffix=".png")[1])
-    figure.savefig(path)
-    plt.close(figure)
-    picture = Image.open(path).convert("RGB")
-    path.unlink()
-    return picture
+    return _to_image(figure)
 
 
 def _download(client, run_id: str, artifact: str, folder: Path) -> Image.Image | None:

@@ -13,7 +13,6 @@ runs in one process and a joblib sweep in several.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -262,44 +261,6 @@ def write_video(frames: list[Image.Image], stem: Path, fps: int = 8) -> Path:
         return path
 
 
-def loss_curve(history: list[dict]) -> Image.Image:
-    """Total, content and style loss against the evaluation number (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
-    steps = [r["evaluation"] for r in history]
-    for key in ("total", "content", "style", "tv"):
-        values = [r.get(key, 0.0) for r in history]
-        if any(v > 0 for v in values):
-            axis.plot(steps, values, label=key)
-    axis.set_yscale("log")
-    axis.set_xlabel("function evaluation")
-    axis.set_ylabel("loss")
-    axis.legend()
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
-def triptych(content: torch.Tensor, style: torch.Tensor, result: torch.Tensor, height: int = 256) -> Image.Image:
-    """content | style | result side by side at one height (the seed's Figure 1)."""
-    pictures = [tensor_to_pil(t) for t in (content, style, result)]
-    pictures = [p.resize((max(1, round(p.width * height / p.height)), height)) for p in pictures]
-    canvas = Image.new("RGB", (sum(p.width for p in pictures) + 8 * 2, height), "white")
-    x = 0
-    for picture in pictures:
-        canvas.paste(picture, (x, 0))
-        x += picture.width + 8
-    return canvas
-
-
 def hydra_tags() -> dict[str, str]:
     """Hydra's choices and overrides of the current job, when running under Hydra."""
     try:
@@ -330,6 +291,7 @@ def tracked_run(cfg: DictConfig, output_dir: Path):
     """
     from nst import sweeps
     from nst.errors import NonFiniteLossError
+    from nst.reports import loss_curve, triptych
     from nst.run import execute, prepare
 
     client, experiment_id = connect(cfg)
@@ -403,5 +365,4 @@ def tracked_run(cfg: DictConfig, output_dir: Path):
     keep_outputs(result.image, result.evaluations)
     client.log_metric(tracker.run_id, "evaluations", result.evaluations, step=result.evaluations)
     tracker.end("FINISHED")
-    outcome.record["mlflow_run_id"] = tracker.run_id
     return outcome
