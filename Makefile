@@ -20,7 +20,7 @@ UI_PORT ?= 5000
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run sweep ratio examples ui report clean
+.PHONY: help install test test-slow test-all lint run sweep ratio examples ui bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ examples: ## Reproduce the seed's example runs (Figures 6-9) with public-domain 
 ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
+
+bench: ## Benchmark: ms per evaluation vs a plain reference and the roofline (ARGS="--sizes 128 256")
+	$(PY) -m nst.bench $(ARGS)
 
 report: ## Table of the latest sweep: make report ARGS="--format csv"
 	$(VENV)/bin/nst-report --sweep latest $(ARGS)

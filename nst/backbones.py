@@ -123,6 +123,21 @@ def validate_layers(arch: str, names: Sequence[str], key: str) -> None:
             raise ConfigError(key, name, f"a layer of {arch}{hint}: {', '.join(convs)}")
 
 
+def layer_shapes(arch: str, depth: int, height: int, width: int) -> list[tuple[str, int, int, int, int]]:
+    """(kind, channels in, channels out, height, width of the output) of each conv and pool to ``depth``."""
+    shapes, channels, h, w, index = [], 3, height, width, 0
+    for item in _PLANS[arch]:
+        if index > depth:
+            break
+        if item == "M":
+            h, w, index = h // 2, w // 2, index + 1
+            shapes.append(("pool", channels, channels, h, w))
+        else:
+            shapes.append(("conv", channels, int(item), h, w))
+            channels, index = int(item), index + 2
+    return shapes
+
+
 def activation_bytes(arch: str, depth: int, height: int, width: int, batch: int = 1) -> int:
     """Estimated bytes of one forward + backward pass through ``features[:depth + 1]`` (fp32).
 
@@ -130,17 +145,7 @@ def activation_bytes(arch: str, depth: int, height: int, width: int, batch: int 
     the same size, and each pooling halves the sides: 3 tensors of each
     activation's size is the estimate (forward value, saved copy, gradient).
     """
-    total, channels, h, w, index = 0, 3, height, width, 0
-    for item in _PLANS[arch]:
-        if index > depth:
-            break
-        if item == "M":
-            h, w = h // 2, w // 2
-            index += 1
-        else:
-            channels = int(item)
-            index += 2
-        total += channels * h * w
+    total = sum(c_out * h * w for _, _, c_out, h, w in layer_shapes(arch, depth, height, width))
     return 3 * 4 * batch * (total + 3 * height * width)
 
 

@@ -1,0 +1,46 @@
+"""The benchmark measures what it claims: its reference computes nst's loss, its FLOP count is right."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nst.backbones import SPECS, FeatureExtractor, layer_table, random_state
+from nst.bench import CONTENT_LAYERS, STYLE_LAYERS, ReferenceLoss, evaluation_flops
+from nst.losses import StyleTransferLoss, paper_style_layer_weights
+
+from .conftest import smooth_image
+
+
+def test_reference_loss_equals_nst_loss_on_the_same_weights():
+    state = random_state("vgg19", 3)
+    extractor = FeatureExtractor(SPECS["random"], state, CONTENT_LAYERS + STYLE_LAYERS)
+    content, style, image = smooth_image(32, 32, 1), smooth_image(32, 32, 2), smooth_image(32, 32, 3)
+    table = layer_table("vgg19")
+    ours = StyleTransferLoss(extractor, content, style, content_layers={"conv4_2": 1.0},
+                             style_layers=dict(zip(STYLE_LAYERS, paper_style_layer_weights(
+                                 [table[n].channels for n in STYLE_LAYERS]), strict=True)),
+                             style_weight=100.0)
+    reference = ReferenceLoss(state, "vgg19", extractor.preprocess, content, style, style_weight=100.0)
+    torch.testing.assert_close(reference(image), ours(image).total.sum(), rtol=1e-5, atol=0)
+    # the reference runs the whole network; nst stops at conv5_1
+    assert len(reference.features) == 37 and len(extractor.features) == table["conv5_1"].index + 1
+
+
+def test_evaluation_flops_by_hand():
+    # conv1_1 on 10x10: 2 * 3 * 64 * 9 * 100 forward, doubled for the backward to the input
+    assert evaluation_flops("vgg19", layer_table("vgg19")["conv1_1"].index, 10, 10) == 2 * 2 * 3 * 64 * 9 * 100
+    # conv1_1 + conv1_2 + pool1 + conv2_1 (on 5x5)
+    expected = 2 * (2 * 3 * 64 * 9 * 100 + 2 * 64 * 64 * 9 * 100 + 2 * 64 * 128 * 9 * 25)
+    assert evaluation_flops("vgg19", layer_table("vgg19")["conv2_1"].index, 10, 10) == expected
+
+
+@pytest.mark.timeout(300)
+def test_bench_prints_a_row_per_backbone_and_size():
+    done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "48", "--evals", "1",
+                           "--backbones", "random"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| random")]
+    assert len(rows) == 1 and "48x36" in rows[0]
+    assert "GFLOP/s" in done.stdout
