@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "BACKBONE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if min(args.sizes) < 64:
+        parser.error("sizes must be >= 64 px: the reference runs to pool5, which needs 32 px per side")
     if args.one:
         impl, backbone, size = args.one
         print(json.dumps(measure_one(impl, backbone, int(size), args.evals, args.device)))

@@ -38,9 +38,9 @@ def test_evaluation_flops_by_hand():
 
 @pytest.mark.timeout(300)
 def test_bench_prints_a_row_per_backbone_and_size():
-    done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "48", "--evals", "1",
+    done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
                            "--backbones", "random"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| random")]
-    assert len(rows) == 1 and "48x36" in rows[0]
+    assert len(rows) == 1 and "64x48" in rows[0]
     assert "GFLOP/s" in done.stdout
