@@ -57,7 +57,7 @@ ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
 
-bench: ## Benchmark: ms per evaluation vs a plain reference and the roofline (ARGS="--sizes 128 256")
+bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality, ratio-sweep race (~12 min)
 	$(PY) -m nst.bench $(ARGS)
 
 report: ## Table of the latest sweep: make report ARGS="--format csv"

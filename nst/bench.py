@@ -9,14 +9,24 @@ in every process). Each measurement runs in its own process so its peak memory
 (conv layers; backward to the input only, since the weights are frozen) divided
 by the machine's measured matmul rate give the roofline time.
 
-    python -m nst.bench                      # 128, 256, 512 px; Markdown table
-    python -m nst.bench --sizes 128 256 --evals 5
+Then two end-to-end races against the same reference:
+
+* time to quality: a 1000-evaluation reference L-BFGS run sets the quality
+  (its lowest loss + 5 %); how long the reference and nst (fp32, bf16) take to
+  get there, nst's image scored by the reference's fp32 loss;
+* a 6-member ratio sweep (beta 1e-2 .. 1e4): the reference as six separate
+  processes (targets recomputed in each) against ``nst -m`` one job after
+  another and with ``hydra/launcher=batched`` (fp32, bf16).
+
+    python -m nst.bench                      # default: fits in ~12 min on 2 CPU cores
+    python -m nst.bench --sizes 128 256 --evals 5 --quality-size 256 --sweep-size 256
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -32,6 +42,8 @@ from nst.losses import StyleTransferLoss, gram, paper_style_layer_weights
 
 CONTENT_LAYERS = ["conv4_2"]
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+RATIO_BETAS = [1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4]
+QUALITY_MARGIN = 1.05  # "reached the quality": total loss within 5 % of the reference's best
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5, device: str = "cpu") -> float:
@@ -89,11 +101,160 @@ class ReferenceLoss(nn.Module):
         return hook
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        self.features(self.preprocess(image))
+        return self.forward_input(self.preprocess(image))
+
+    def forward_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss of a network input (the preprocessed image)."""
+        self.features(x)
         content = sum(nn.functional.mse_loss(self.caught[n], t) for n, t in self.content_targets.items())
         style = sum(self.weights[n] * nn.functional.mse_loss(gram(self.caught[n]), t)
                     for n, t in self.style_targets.items())
         return content + self.style_weight * style
+
+
+def nst_loss(loaded, content: torch.Tensor, style: torch.Tensor, style_weight: float = 100.0,
+             precision: str = "fp32") -> StyleTransferLoss:
+    """nst's engine with the paper's layers and weights (1e3/n^2 per style layer)."""
+    table = layer_table(loaded.spec.arch)
+    return StyleTransferLoss(loaded.extractor, content, style, content_layers={"conv4_2": 1.0},
+                             style_layers=dict(zip(STYLE_LAYERS, paper_style_layer_weights(
+                                 [table[n].channels for n in STYLE_LAYERS]), strict=True)),
+                             style_weight=style_weight, precision=precision)
+
+
+def reference_loss(backbone: str, loaded, content: torch.Tensor, style: torch.Tensor, device: str,
+                   style_weight: float = 100.0) -> ReferenceLoss:
+    whole = load_backbone(backbone, ["pool5"], device=device)  # the full conv stack's weights
+    return ReferenceLoss(whole.extractor.features.state_dict(), loaded.spec.arch, loaded.extractor.preprocess,
+                         content, style, style_weight).to(device)
+
+
+def _images(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from nst.assets import resolve_image
+    from nst.images import load_tensor
+
+    return (load_tensor(resolve_image("tubingen"), size).to(device),
+            load_tensor(resolve_image("starry_night"), size).to(device))
+
+
+def reference_lbfgs(loss: ReferenceLoss, content: torch.Tensor, evaluations: int,
+                    on_eval=None) -> list[tuple[float, float]]:
+    """The plain loop: L-BFGS (strong Wolfe) on the network input, ``evaluations`` evaluations.
+
+    Returns (seconds since start, loss) per evaluation.
+    """
+    x = loss.preprocess(content).detach().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([x], lr=1.0, max_iter=evaluations, max_eval=evaluations,
+                                  history_size=100, tolerance_grad=0, tolerance_change=0,
+                                  line_search_fn="strong_wolfe")
+    trace: list[tuple[float, float]] = []
+    start = time.perf_counter()
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss.forward_input(x)
+        value.backward()
+        trace.append((time.perf_counter() - start, float(value.detach())))
+        if on_eval is not None:
+            on_eval(x)
+        return value
+
+    optimizer.step(closure)
+    return trace
+
+
+def time_to_quality(backbone: str, size: int, reference_evals: int, device: str) -> list[dict]:
+    """How long the reference and nst (fp32, bf16) take to reach the reference's best loss + 5 %."""
+    from nst.optimization import OptimizerSettings, optimize
+
+    content, style = _images(size, device)
+    loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
+    reference = reference_loss(backbone, loaded, content, style, device)
+    trace = reference_lbfgs(reference, content, reference_evals)
+    best = min(value for _, value in trace)
+    target = best * QUALITY_MARGIN
+    reached = next(i for i, (_, value) in enumerate(trace) if value <= target)
+    rows = [{"impl": "reference (fp32)", "evals": reached + 1, "seconds": trace[reached][0],
+             "loss": trace[reached][1], "best": best, "target": target}]
+
+    class Reached(Exception):
+        pass
+
+    for precision in ("fp32", "bf16"):
+        loss = nst_loss(loaded, content, style, precision=precision)
+        scoring = {"excluded": 0.0, "evals": 0, "loss": math.inf}
+
+        def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring) -> None:
+            if precision == "fp32":  # nst's fp32 loss is the reference's loss (tested)
+                value = record["total"]
+            elif record["evaluation"] % 5:
+                return
+            else:  # bf16: score the image with the fp32 reference loss, off the clock
+                begin = time.perf_counter()
+                with torch.no_grad():
+                    value = float(reference(image))
+                scoring["excluded"] += time.perf_counter() - begin
+            if value <= target:
+                scoring.update(evals=record["evaluation"], loss=value,
+                               seconds=record["elapsed_s"] - scoring["excluded"])
+                raise Reached
+
+        settings = OptimizerSettings(name="lbfgs", lr=1.0, max_iter=reference_evals, tolerance_grad=0,
+                                     tolerance_change=0)
+        try:
+            optimize(loss, content, settings, 1, callbacks=[score], progress=False,
+                     preprocess=loaded.extractor.preprocess)
+        except Reached:
+            rows.append({"impl": f"nst ({precision})", "evals": scoring["evals"],
+                         "seconds": scoring["seconds"], "loss": scoring["loss"], "best": best,
+                         "target": target})
+        else:
+            rows.append({"impl": f"nst ({precision})", "evals": None, "seconds": None, "loss": None,
+                         "best": best, "target": target})
+    return rows
+
+
+def reference_sweep_job(backbone: str, size: int, beta: float, evaluations: int, device: str) -> float:
+    """One member of the reference sweep, as its own process would run it (targets recomputed)."""
+    content, style = _images(size, device)
+    loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
+    trace = reference_lbfgs(reference_loss(backbone, loaded, content, style, device, style_weight=beta),
+                            content, evaluations)
+    return trace[-1][1]
+
+
+def sweep_race(backbone: str, size: int, evaluations: int, device: str) -> list[dict]:
+    """Wall time of the 6-member ratio sweep: reference processes against ``nst -m`` modes."""
+    import os
+    import tempfile
+
+    rows = []
+    start = time.perf_counter()
+    for beta in RATIO_BETAS:
+        command = [sys.executable, "-m", "nst.bench", "--reference-job", backbone, str(size), str(beta),
+                   str(evaluations), "--device", device]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=7200)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
+    rows.append({"mode": "reference: 6 processes", "seconds": time.perf_counter() - start})
+    modes = [("nst -m, one job after another (fp32)", []),
+             ("nst -m hydra/launcher=batched (fp32)", ["hydra/launcher=batched"]),
+             ("nst -m hydra/launcher=batched model.precision=bf16", ["hydra/launcher=batched",
+                                                                      "model.precision=bf16"])]
+    with tempfile.TemporaryDirectory() as out:
+        for label, extra in modes:
+            command = [sys.executable, "-m", "nst.cli", "+sweeps=ratio", "content=tubingen",
+                       "style=starry_night", f"model={backbone}", f"image.size={size}", "epochs=1",
+                       f"optimizer.max_iter={evaluations}", f"optimizer.max_eval={evaluations}",
+                       "optimizer.tolerance_grad=0", "optimizer.tolerance_change=0", "tracking=none",
+                       "progress=false", f"device={device}", *extra]
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=7200,
+                                  env={**os.environ, "NST_OUTPUT_DIR": out})
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
+            rows.append({"mode": label, "seconds": time.perf_counter() - start})
+    return rows
 
 
 def _sync(device: str) -> None:
@@ -109,20 +270,13 @@ def measure_one(impl: str, backbone: str, size: int, evals: int, device: str) ->
     content = load_tensor(resolve_image("tubingen"), size).to(device)
     style = load_tensor(resolve_image("starry_night"), size).to(device)
     loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
-    if impl == "nst":
-        table = layer_table(loaded.spec.arch)
-        loss = StyleTransferLoss(loaded.extractor, content, style, content_layers={"conv4_2": 1.0},
-                                 style_layers=dict(zip(STYLE_LAYERS, paper_style_layer_weights(
-                                     [table[n].channels for n in STYLE_LAYERS]), strict=True)),
-                                 style_weight=100.0)
+    if impl in ("nst", "nst-bf16"):
+        loss = nst_loss(loaded, content, style, precision="bf16" if impl == "nst-bf16" else "fp32")
 
         def evaluate(x):
             return loss(x).total.sum()
     else:
-        whole = load_backbone(backbone, ["pool5"], device=device)  # the full conv stack's weights
-        reference = ReferenceLoss(whole.extractor.features.state_dict(), loaded.spec.arch,
-                                  loaded.extractor.preprocess, content, style).to(device)
-        evaluate = reference
+        evaluate = reference_loss(backbone, loaded, content, style, device)
     image = content.clone().requires_grad_(True)
     times = []
     for _ in range(evals + 1):  # the first is warm-up
@@ -161,13 +315,23 @@ def available_backbones() -> list[str]:
     return names
 
 
+def _fmt(value, spec: str) -> str:
+    return "not reached" if value is None else format(value, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nst-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--evals", type=int, default=3, help="timed evaluations per measurement")
     parser.add_argument("--backbones", nargs="+", help="default: every backbone available offline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quality-size", type=int, default=128, help="0 skips the time-to-quality race")
+    parser.add_argument("--quality-evals", type=int, default=1000, help="evaluations of the reference run")
+    parser.add_argument("--sweep-size", type=int, default=128, help="0 skips the sweep race")
+    parser.add_argument("--sweep-evals", type=int, default=60, help="evaluations per sweep member")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "BACKBONE", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--reference-job", nargs=4, metavar=("BACKBONE", "SIZE", "BETA", "EVALS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.sizes) < 64:
         parser.error("sizes must be >= 64 px: the reference runs to pool5, which needs 32 px per side")
@@ -175,25 +339,55 @@ def main(argv: list[str] | None = None) -> int:
         impl, backbone, size = args.one
         print(json.dumps(measure_one(impl, backbone, int(size), args.evals, args.device)))
         return 0
+    if args.reference_job:
+        backbone, size, beta, evals = args.reference_job
+        print(reference_sweep_job(backbone, int(size), float(beta), int(evals), args.device))
+        return 0
     backbones = args.backbones or available_backbones()
     rate = matmul_gflops(device=args.device)
     threads = torch.get_num_threads()
     print(f"device {args.device}, torch {torch.__version__}, {threads} threads, "
           f"matmul {rate:.0f} GFLOP/s (fp32, 4096^2, best of 5)\n")
-    print("| backbone | size | GFLOP/eval | roofline ms | nst ms/eval | % of roofline | reference ms/eval "
-          "| speed-up | nst peak MiB | reference peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("## Cost of one evaluation (forward + backward), median of", args.evals, "\n")
+    print("| backbone | size | GFLOP/eval | roofline ms | nst ms/eval | % of roofline | nst bf16 ms/eval "
+          "| reference ms/eval | reference / nst | reference / nst bf16 | nst peak MiB | reference peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for backbone in backbones:
         arch = SPECS[backbone].arch
         depth = max(layer_table(arch)[n].index for n in CONTENT_LAYERS + STYLE_LAYERS)
         for size in args.sizes:
             ours = _in_subprocess("nst", backbone, size, args.evals, args.device)
+            bf16 = _in_subprocess("nst-bf16", backbone, size, args.evals, args.device)
             ref = _in_subprocess("reference", backbone, size, args.evals, args.device)
             flops = evaluation_flops(arch, depth, ours["height"], ours["width"])
             roofline = flops / (rate * 1e9) * 1000
             print(f"| {backbone} ({arch}) | {ours['width']}x{ours['height']} | {flops / 1e9:.1f} | "
-                  f"{roofline:.0f} | {ours['ms']:.0f} | {100 * roofline / ours['ms']:.0f} % | {ref['ms']:.0f} | "
-                  f"{ref['ms'] / ours['ms']:.2f}x | {ours['peak_mib']:.0f} | {ref['peak_mib']:.0f} |", flush=True)
+                  f"{roofline:.0f} | {ours['ms']:.0f} | {100 * roofline / ours['ms']:.0f} % | {bf16['ms']:.0f} | "
+                  f"{ref['ms']:.0f} | {ref['ms'] / ours['ms']:.2f}x | {ref['ms'] / bf16['ms']:.2f}x | "
+                  f"{ours['peak_mib']:.0f} | {ref['peak_mib']:.0f} |", flush=True)
+    race_backbone = backbones[-1] if len(backbones) > 1 else backbones[0]  # a pretrained one if any
+    if args.quality_size:
+        print(f"\n## Time to quality: {race_backbone}, {args.quality_size} px, loss within 5 % of the best of "
+              f"a {args.quality_evals}-evaluation reference L-BFGS run\n")
+        rows = time_to_quality(race_backbone, args.quality_size, args.quality_evals, args.device)
+        base = rows[0]["seconds"]
+        print(f"reference best loss {rows[0]['best']:.6g}, target {rows[0]['target']:.6g}\n")
+        print("| implementation | evaluations | seconds | speed-up | loss reached |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            speedup = None if row["seconds"] is None else base / row["seconds"]
+            print(f"| {row['impl']} | {_fmt(row['evals'], 'd')} | {_fmt(row['seconds'], '.1f')} | "
+                  f"{_fmt(speedup, '.2f')}x | {_fmt(row['loss'], '.6g')} |", flush=True)
+    if args.sweep_size:
+        print(f"\n## Ratio sweep: {race_backbone}, {args.sweep_size} px, 6 members (beta "
+              f"{', '.join(f'{b:g}' for b in RATIO_BETAS)}), {args.sweep_evals} L-BFGS evaluations each, "
+              f"wall time including start-up\n")
+        rows = sweep_race(race_backbone, args.sweep_size, args.sweep_evals, args.device)
+        base = rows[0]["seconds"]
+        print("| mode | seconds | speed-up |")
+        print("|---|---|---|")
+        for row in rows:
+            print(f"| {row['mode']} | {row['seconds']:.1f} | {base / row['seconds']:.2f}x |", flush=True)
     return 0
 
 

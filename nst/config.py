@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from nst.backbones import CHOICES as BACKBONES
 from nst.devices import DEVICES
 from nst.errors import ConfigError
-from nst.losses import NORMALIZATIONS, paper_style_layer_weights
+from nst.losses import NORMALIZATIONS, PRECISIONS, paper_style_layer_weights
 from nst.optimization import INIT_MODES, OPTIMIZERS, SPACES, OptimizerSettings
 
 
@@ -87,6 +87,8 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
     )
     if name == "lbfgs":
         settings.history_size = _number(cfg, "optimizer.history_size", minimum=1, integer=True)
+        if OmegaConf.select(cfg, "optimizer.max_eval") is not None:
+            settings.max_eval = _number(cfg, "optimizer.max_eval", minimum=1, integer=True)
         line_search = OmegaConf.select(cfg, "optimizer.line_search", default="strong_wolfe")
         if line_search not in (None, "strong_wolfe"):
             raise ConfigError("optimizer.line_search", line_search, "strong_wolfe or null (fixed step lr)")
@@ -110,6 +112,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, value, f"a path or a sample asset name: pass {key}=<path|name>")
     _choice(cfg, "model.name", BACKBONES)
     _choice(cfg, "model.pooling", ("max", "avg"))
+    if OmegaConf.select(cfg, "model.precision") is not None:
+        _choice(cfg, "model.precision", PRECISIONS)
     _choice(cfg, "loss.normalization", NORMALIZATIONS)
     _choice(cfg, "init", INIT_MODES)
     device = OmegaConf.select(cfg, "device")

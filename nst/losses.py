@@ -11,18 +11,20 @@ with the normalisation it was tuned for:
     content = 1/2 * sum (F - P)^2.
 
 Every function keeps the batch dimension (one loss per image) so several
-images can be optimised through one network pass.
+images can be optimised through one network pass (``nst.batching``), each
+with its own weights (``LossWeights``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 NORMALIZATIONS = ("reference", "paper")
+PRECISIONS = ("fp32", "bf16")
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
@@ -89,42 +91,93 @@ class LossTerms:
         return dict(zip(values, stacked, strict=True))
 
 
+@dataclass
+class LossWeights:
+    """alpha, beta, the TV weight and the per-layer weights, one entry per image of a batch.
+
+    Lets the members of a batched sweep differ in their weights while sharing
+    one network pass and one set of targets.
+    """
+
+    content: torch.Tensor
+    style: torch.Tensor
+    tv: torch.Tensor
+    content_layers: dict[str, torch.Tensor] = field(default_factory=dict)
+    style_layers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def stack(cls, members: Sequence[Mapping], device: torch.device | str = "cpu") -> LossWeights:
+        """From one mapping per member with keys content, style, tv, content_layers, style_layers."""
+        def column(values):
+            return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
+
+        return cls(column(m["content"] for m in members), column(m["style"] for m in members),
+                   column(m["tv"] for m in members),
+                   {k: column(m["content_layers"][k] for m in members) for k in members[0]["content_layers"]},
+                   {k: column(m["style_layers"][k] for m in members) for k in members[0]["style_layers"]})
+
+    def select(self, index: Sequence[int]) -> LossWeights:
+        """The weights of the members at ``index`` (the ones in the current batch)."""
+        i = torch.as_tensor(list(index), device=self.content.device)
+        return LossWeights(self.content[i], self.style[i], self.tv[i],
+                           {k: v[i] for k, v in self.content_layers.items()},
+                           {k: v[i] for k, v in self.style_layers.items()})
+
+
 class StyleTransferLoss(nn.Module):
     """alpha * content + beta * style + tv_weight * TV against fixed content and style targets.
 
-    The targets (content features, style Grams) are computed once here, so each
-    evaluation costs one forward and one backward pass of the truncated network.
-    Per-layer values are reported unweighted; the totals include the layer weights.
+    The targets (content features, style Grams) are computed once here, in fp32,
+    so each evaluation costs one forward and one backward pass of the truncated
+    network. ``precision="bf16"`` runs the network under bfloat16 autocast (about
+    1.8x faster on CPUs with avx512_bf16, and on tensor-core GPUs) while Grams and
+    losses stay in fp32. Per-layer values are reported unweighted; the totals
+    include the layer weights.
     """
 
     def __init__(self, extractor: nn.Module, content_image: torch.Tensor, style_image: torch.Tensor, *,
                  content_layers: Mapping[str, float], style_layers: Mapping[str, float],
                  content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0,
-                 normalization: str = "reference"):
+                 normalization: str = "reference", precision: str = "fp32"):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}")
         self.extractor = extractor
         self.content_layers = dict(content_layers)
         self.style_layers = dict(style_layers)
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.normalization = normalization
+        self.precision = precision
         with torch.no_grad():
             content_features = extractor(content_image)
             style_features = extractor(style_image)
         self.content_targets = {k: content_features[k].detach() for k in self.content_layers}
         self.style_targets = {k: gram(style_features[k]).detach() for k in self.style_layers}
 
-    def forward(self, image: torch.Tensor) -> LossTerms:
-        features = self.extractor(image)
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's activations, in fp32 whatever the compute precision."""
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            features = self.extractor(image)
+        return {k: v.float() for k, v in features.items()}
+
+    def forward(self, image: torch.Tensor, weights: LossWeights | None = None) -> LossTerms:
+        """Losses of each image in the batch; ``weights`` (one entry per image) replaces the scalars."""
+        features = self.features(image)
         batch = image.shape[0]
         zero = image.new_zeros(batch)
+        if weights is None:
+            weights = LossWeights(
+                zero + self.content_weight, zero + self.style_weight, zero + self.tv_weight,
+                {k: zero + w for k, w in self.content_layers.items()},
+                {k: zero + w for k, w in self.style_layers.items()})
         content_terms = {k: content_layer_loss(features[k], t, self.normalization)
                          for k, t in self.content_targets.items()}
         style_terms = {k: style_layer_loss(gram(features[k]), t, self.normalization)
                        for k, t in self.style_targets.items()}
-        content = sum((self.content_layers[k] * v for k, v in content_terms.items()), zero)
-        style = sum((self.style_layers[k] * v for k, v in style_terms.items()), zero)
-        tv = total_variation(image) if self.tv_weight else zero
-        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        content = sum((weights.content_layers[k] * v for k, v in content_terms.items()), zero)
+        style = sum((weights.style_layers[k] * v for k, v in style_terms.items()), zero)
+        tv = total_variation(image) if bool((weights.tv != 0).any()) else zero
+        total = weights.content * content + weights.style * style + weights.tv * tv
         return LossTerms(total, content, style, tv, content_terms, style_terms)

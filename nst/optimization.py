@@ -22,6 +22,7 @@ gradient's scale) the [0, 1] RGB image. Losses and records always see RGB.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class OptimizerSettings:
     lr: float = 1.0
     max_iter: int = 20
     history_size: int = 100
+    max_eval: int | None = None  # L-BFGS evaluations per step; None: torch's 1.25 * max_iter
     tolerance_grad: float = 1e-7
     tolerance_change: float = 1e-9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -75,7 +77,7 @@ class OptimizerSettings:
 
     def build(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         if self.name == "lbfgs":
-            return torch.optim.LBFGS(params, lr=self.lr, max_iter=self.max_iter,
+            return torch.optim.LBFGS(params, lr=self.lr, max_iter=self.max_iter, max_eval=self.max_eval,
                                      history_size=self.history_size,
                                      tolerance_grad=self.tolerance_grad,
                                      tolerance_change=self.tolerance_change,
@@ -100,6 +102,147 @@ class OptimizationResult:
         return self.history[-1] if self.history else {}
 
 
+class _Aborted(Exception):
+    """Raised inside a member's closure to unwind its optimiser when the batch stops it."""
+
+
+class _Member:
+    """One image being optimised: its variable, optimiser, record, and closure state.
+
+    Its optimiser runs unchanged (``torch.optim.LBFGS`` with its own history and
+    line search, or Adam) in a thread of its own; the closure does not compute
+    anything itself but hands the variable to the coordinator, which evaluates
+    every waiting member in one batched pass and writes each gradient back.
+    """
+
+    def __init__(self, index: int, init: torch.Tensor, settings: OptimizerSettings, epochs: int,
+                 callbacks: Sequence[EvaluationCallback], preprocess: nn.Module | None):
+        self.index, self.settings, self.epochs, self.callbacks = index, settings, epochs, callbacks
+        if settings.space == "input" and preprocess is not None:
+            self.encode, self.decode = preprocess, preprocess.inverse
+        else:
+            self.encode = self.decode = _identity
+        with torch.no_grad():
+            self.variable = self.encode(init.detach()).clone().requires_grad_(True)
+        self.optimizer = settings.build([self.variable])
+        self.result = OptimizationResult(image=init.detach().clone())
+        self.epoch = 0
+        self.state = "running"  # running | waiting (for an evaluation) | done
+        self.stop = False
+        self.loss: torch.Tensor | None = None
+        self.error: BaseException | None = None
+
+    def run(self, condition: threading.Condition, bar: tqdm) -> None:
+        try:
+            for epoch in range(self.epochs):
+                self.epoch = epoch
+                if self.settings.name == "lbfgs":
+                    self.optimizer.step(lambda: self._closure(condition))
+                else:
+                    for _ in range(self.settings.max_iter):
+                        self.optimizer.step(lambda: self._closure(condition))
+                bar.update(1)
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - reported by the coordinator
+            self.error = exc
+        finally:
+            with condition:
+                self.state = "done"
+                condition.notify_all()
+
+    def _closure(self, condition: threading.Condition) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with condition:
+            if self.stop:
+                raise _Aborted
+            self.state = "waiting"
+            condition.notify_all()
+            condition.wait_for(lambda: self.state != "waiting" or self.stop)
+            if self.stop:
+                raise _Aborted
+        return self.loss
+
+
+def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], inits: Sequence[torch.Tensor],
+                   settings: Sequence[OptimizerSettings], epochs: Sequence[int],
+                   callbacks: Sequence[Sequence[EvaluationCallback]] | None = None, progress: bool = True,
+                   preprocess: nn.Module | None = None) -> list[OptimizationResult | BaseException]:
+    """Optimise several images as one batch, each along its own independent trajectory.
+
+    ``loss_fn(images, members)`` evaluates a (B, 3, H, W) batch whose rows are the
+    members at the given indices (so it can pick their weights). Each member keeps
+    its own optimiser state: L-BFGS history and line search, Adam moments, lr,
+    epochs. The members waiting for an evaluation are evaluated together; one that
+    finishes early simply leaves the batch. Returns, per member, its result or the
+    exception that stopped it (a ``NonFiniteLossError`` stops only that member).
+    """
+    members = [_Member(i, init, s, e, cbs, preprocess) for i, (init, s, e, cbs) in enumerate(
+        zip(inits, settings, epochs, callbacks or [()] * len(inits), strict=True))]
+    condition = threading.Condition()
+    start = time.perf_counter()
+    bar = tqdm(total=sum(epochs), desc="nst", unit="epoch", disable=not progress, dynamic_ncols=True)
+    threads = [threading.Thread(target=m.run, args=(condition, bar), name=f"nst-member-{m.index}",
+                                daemon=True) for m in members]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            with condition:
+                condition.wait_for(lambda: all(m.state != "running" for m in members))
+                waiting = [m for m in members if m.state == "waiting"]
+            if not waiting:
+                break
+            _evaluate(loss_fn, waiting, start)
+            with condition:
+                for m in waiting:
+                    m.state = "running"
+                condition.notify_all()
+            bar.set_postfix(loss=f"{min(m.result.final.get('total', math.inf) for m in waiting):.4g}",
+                            evals=max(m.result.evaluations for m in waiting), refresh=False)
+    finally:
+        with condition:  # normally all done; after an exception here, unwind every member
+            for m in members:
+                m.stop = True
+            condition.notify_all()
+        for thread in threads:
+            thread.join()
+        bar.close()
+    elapsed = time.perf_counter() - start
+    outcomes: list[OptimizationResult | BaseException] = []
+    for m in members:
+        m.result.elapsed_s = elapsed
+        outcomes.append(m.error if m.error is not None else m.result)
+    return outcomes
+
+
+def _evaluate(loss_fn, waiting: list[_Member], start: float) -> None:
+    """One batched forward and backward for the waiting members; records, callbacks, gradients."""
+    images = [m.decode(m.variable) for m in waiting]
+    terms = loss_fn(torch.cat(images), [m.index for m in waiting])
+    finite = torch.isfinite(terms.total.detach())
+    if bool(finite.any()):
+        terms.total[finite].sum().backward()
+    for row, (m, image) in enumerate(zip(waiting, images, strict=True)):
+        values = terms.scalars(row)
+        evaluation = m.result.evaluations + 1
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+            m.error = NonFiniteLossError(
+                f"the loss became non-finite at evaluation {evaluation} (epoch {m.epoch + 1}): "
+                f"{bad}. Lower optimizer.lr or the loss weights; the last finite image is kept.",
+                last_finite_image=m.result.image, evaluation=evaluation, history=m.result.history)
+            m.stop = True
+            continue
+        m.result.image = image.detach().clone()
+        record = {"evaluation": evaluation, "epoch": m.epoch + 1, **values,
+                  "elapsed_s": time.perf_counter() - start}
+        m.result.history.append(record)
+        m.loss = terms.total[row].detach().clone()
+        for callback in m.callbacks:
+            callback(record, m.result.image)
+
+
 def optimize(loss_fn: Callable[[torch.Tensor], LossTerms], init: torch.Tensor,
              settings: OptimizerSettings, epochs: int,
              callbacks: Sequence[EvaluationCallback] = (), progress: bool = True,
@@ -109,50 +252,10 @@ def optimize(loss_fn: Callable[[torch.Tensor], LossTerms], init: torch.Tensor,
     ``preprocess`` (the backbone's RGB -> input map, with ``inverse``) defines the
     ``input`` space; without it the optimiser works on pixels. Raises
     ``NonFiniteLossError`` (carrying the last finite image) as soon as a loss is
-    NaN or infinite.
+    NaN or infinite. A batch of one: see ``optimize_batch``.
     """
-    if settings.space == "input" and preprocess is not None:
-        encode, decode = preprocess, preprocess.inverse
-    else:
-        encode = decode = _identity
-    with torch.no_grad():
-        variable = encode(init.detach()).clone().requires_grad_(True)
-    optimizer = settings.build([variable])
-    result = OptimizationResult(image=init.detach().clone())
-    start = time.perf_counter()
-    epoch = 0
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        image = decode(variable)
-        terms = loss_fn(image)
-        values = terms.scalars()
-        if not all(math.isfinite(v) for v in values.values()):
-            bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-            raise NonFiniteLossError(
-                f"the loss became non-finite at evaluation {len(result.history) + 1} (epoch {epoch + 1}): "
-                f"{bad}. Lower optimizer.lr or the loss weights; the last finite image is kept.",
-                last_finite_image=result.image, evaluation=len(result.history) + 1,
-                history=result.history)
-        total = terms.total.sum()
-        total.backward()
-        result.image = image.detach().clone()
-        record = {"evaluation": len(result.history) + 1, "epoch": epoch + 1, **values,
-                  "elapsed_s": time.perf_counter() - start}
-        result.history.append(record)
-        for callback in callbacks:
-            callback(record, result.image)
-        return total
-
-    with tqdm(total=epochs, desc="nst", unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(epochs):  # noqa: B007 - closure() reads it
-            if settings.name == "lbfgs":
-                optimizer.step(closure)
-            else:
-                for _ in range(settings.max_iter):
-                    optimizer.step(closure)
-            bar.update(1)
-            bar.set_postfix(loss=f"{result.final.get('total', float('nan')):.4g}",
-                            evals=result.evaluations)
-    result.elapsed_s = time.perf_counter() - start
-    return result
+    (outcome,) = optimize_batch(lambda images, _members: loss_fn(images), [init], [settings], [epochs],
+                                [callbacks], progress, preprocess)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

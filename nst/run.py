@@ -30,10 +30,10 @@ from nst.backbones import (
 )
 from nst.config import layer_weights, optimizer_settings, validate
 from nst.devices import available_bytes, resolve_device
-from nst.errors import ConfigError, ImageError, NonFiniteLossError
+from nst.errors import ConfigError, ImageError, NonFiniteLossError, NSTError
 from nst.images import header_size, load_tensor, save_png, scaled_size, style_long_side
-from nst.losses import StyleTransferLoss
-from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize
+from nst.losses import LossWeights, StyleTransferLoss
+from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize_batch
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,24 @@ def check_memory(device: torch.device, arch: str, deepest: int, images: list[tup
                           f"available")
 
 
+@dataclass
+class BatchJob:
+    """One member of a batch: its checked inputs, where its files go, and its hooks."""
+
+    inputs: Inputs
+    output_dir: Path
+    callbacks: Sequence[EvaluationCallback] = ()
+    on_ready: Callable[[dict], None] | None = None
+
+
+def member_weights(inputs: Inputs) -> dict:
+    """The loss weights of one member (alpha, beta, TV, per layer), for ``LossWeights.stack``."""
+    loss = inputs.cfg.loss
+    return {"content": float(loss.content_weight), "style": float(loss.style_weight),
+            "tv": float(loss.tv_weight), "content_layers": inputs.content_layers,
+            "style_layers": inputs.style_layers}
+
+
 def execute(inputs: Inputs, output_dir: Path, callbacks: Sequence[EvaluationCallback] = (),
             on_ready: Callable[[dict], None] | None = None) -> RunOutcome:
     """Load the backbone, optimise, and write result.png, losses.csv, config.yaml and run.json.
@@ -128,40 +146,87 @@ def execute(inputs: Inputs, output_dir: Path, callbacks: Sequence[EvaluationCall
     ``on_ready`` receives the run record (backbone actually used, weights, ...) just
     before optimisation starts.
     """
-    cfg = inputs.cfg
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / CONFIG_YAML).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    layers = [*inputs.content_layers, *inputs.style_layers]
-    backbone = load_backbone(inputs.backbone_name, layers, cfg.model.pooling, inputs.device, int(cfg.seed))
+    (outcome,) = execute_batch([BatchJob(inputs, Path(output_dir), callbacks, on_ready)])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
+    """Run jobs that share images, sizes, layers and backbone as one batch (``nst.batching``).
+
+    One backbone and one set of targets serve all of them; each keeps its own
+    weights, optimiser, epochs and init, and writes its own files. A member whose
+    loss became non-finite gets its ``NonFiniteLossError`` in the returned list
+    (the others go on); anything else that goes wrong is raised.
+    """
+    first = jobs[0].inputs
+    cfg = first.cfg
+    if len(jobs) > 1:
+        check_batch_memory(first, len(jobs))
+    for job in jobs:
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        (job.output_dir / CONFIG_YAML).write_text(OmegaConf.to_yaml(job.inputs.cfg, resolve=True))
+    layers = [*first.content_layers, *first.style_layers]
+    backbone = load_backbone(first.backbone_name, layers, cfg.model.pooling, first.device, int(cfg.seed))
     backbone.requested = cfg.model.name
-    backbone.notes = inputs.backbone_notes + backbone.notes
+    backbone.notes = first.backbone_notes + backbone.notes
     loss = StyleTransferLoss(
-        backbone.extractor, inputs.content, inputs.style,
-        content_layers=inputs.content_layers, style_layers=inputs.style_layers,
-        content_weight=float(cfg.loss.content_weight), style_weight=float(cfg.loss.style_weight),
-        tv_weight=float(cfg.loss.tv_weight), normalization=cfg.loss.normalization)
-    init = initial_image(cfg.init, inputs.content, inputs.style, int(cfg.seed))
-    record = run_record(inputs, backbone)
-    if on_ready is not None:
-        on_ready(record)
-    try:
-        result = optimize(loss, init, optimizer_settings(cfg), int(cfg.epochs), callbacks,
-                          progress=bool(cfg.get("progress", True)),
-                          preprocess=backbone.extractor.preprocess)
-    except NonFiniteLossError as exc:
-        save_png(exc.last_finite_image, output_dir / LAST_FINITE_PNG)
-        pd.DataFrame(exc.history).to_csv(output_dir / LOSSES_CSV, index=False)
-        record.update(status="FAILED", failure=str(exc))
-        _write_record(output_dir, record)
-        raise
-    save_png(result.image, output_dir / RESULT_PNG)
-    pd.DataFrame(result.history).to_csv(output_dir / LOSSES_CSV, index=False)
-    record.update(status="FINISHED", evaluations=result.evaluations, elapsed_s=round(result.elapsed_s, 3),
-                  final_losses={k: v for k, v in result.final.items() if k not in ("evaluation", "epoch")})
-    _write_record(output_dir, record)
-    log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", output_dir / RESULT_PNG,
-             result.evaluations, result.elapsed_s, result.final.get("total", float("nan")))
-    return RunOutcome(output_dir, result, backbone, record)
+        backbone.extractor, first.content, first.style,
+        content_layers=first.content_layers, style_layers=first.style_layers,
+        normalization=cfg.loss.normalization, precision=str(cfg.model.get("precision", "fp32")))
+    weights = LossWeights.stack([member_weights(job.inputs) for job in jobs], first.device)
+    records = []
+    for job in jobs:
+        record = run_record(job.inputs, backbone)
+        record["batch_size"] = len(jobs)
+        records.append(record)
+        if job.on_ready is not None:
+            job.on_ready(record)
+    outcomes = optimize_batch(
+        lambda images, members: loss(images, weights.select(members)),
+        [initial_image(job.inputs.cfg.init, job.inputs.content, job.inputs.style, int(job.inputs.cfg.seed))
+         for job in jobs],
+        [optimizer_settings(job.inputs.cfg) for job in jobs], [int(job.inputs.cfg.epochs) for job in jobs],
+        [job.callbacks for job in jobs], progress=bool(cfg.get("progress", True)),
+        preprocess=backbone.extractor.preprocess)
+    finished: list[RunOutcome | BaseException] = []
+    for job, record, outcome in zip(jobs, records, outcomes, strict=True):
+        if isinstance(outcome, NonFiniteLossError):
+            save_png(outcome.last_finite_image, job.output_dir / LAST_FINITE_PNG)
+            pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
+            record.update(status="FAILED", failure=str(outcome))
+            _write_record(job.output_dir, record)
+            finished.append(outcome)
+            continue
+        if isinstance(outcome, BaseException):
+            raise outcome
+        save_png(outcome.image, job.output_dir / RESULT_PNG)
+        pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
+        record.update(status="FINISHED", evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
+                      final_losses={k: v for k, v in outcome.final.items() if k not in ("evaluation", "epoch")})
+        _write_record(job.output_dir, record)
+        log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", job.output_dir / RESULT_PNG,
+                 outcome.evaluations, outcome.elapsed_s, outcome.final.get("total", float("nan")))
+        finished.append(RunOutcome(job.output_dir, outcome, backbone, record))
+    return finished
+
+
+def check_batch_memory(inputs: Inputs, members: int) -> None:
+    """A batch needs ``members`` times one run's activations; refuse it before allocating them."""
+    available = available_bytes(inputs.device)
+    if available is None:
+        return
+    table = layer_table(SPECS[inputs.backbone_name].arch)
+    deepest = max(table[n].index for n in (*inputs.content_layers, *inputs.style_layers))
+    height, width = inputs.content.shape[-2:]
+    need = activation_bytes(SPECS[inputs.backbone_name].arch, deepest, height, width, batch=members)
+    if need > available:
+        gib = 1024**3
+        raise ConfigError("hydra.launcher.max_batch", members,
+                          f"fewer members per batch: {members} images of {width}x{height} px need an "
+                          f"estimated {need / gib:.1f} GiB of activations, but {inputs.device} has "
+                          f"{available / gib:.1f} GiB available")
 
 
 def run_record(inputs: Inputs, backbone: Backbone) -> dict:
@@ -184,6 +249,26 @@ def run_record(inputs: Inputs, backbone: Backbone) -> dict:
 
 def _write_record(output_dir: Path, record: dict) -> None:
     (output_dir / RECORD_JSON).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def run_contexts(contexts: Sequence) -> list[RunOutcome | BaseException | None]:
+    """Run compatible jobs (``nst.tracking.JobContext``) as one batch; per job its outcome or error."""
+    if OmegaConf.select(contexts[0].cfg, "tracking.enabled", default=False):
+        from nst.tracking import tracked_batch
+
+        return tracked_batch(list(contexts))
+    outcomes: list[RunOutcome | BaseException | None] = [None] * len(contexts)
+    jobs, positions = [], []
+    for position, context in enumerate(contexts):
+        try:
+            jobs.append(BatchJob(prepare(context.cfg), Path(context.output_dir)))
+            positions.append(position)
+        except NSTError as exc:
+            outcomes[position] = exc
+    if jobs:
+        for position, outcome in zip(positions, execute_batch(jobs), strict=True):
+            outcomes[position] = outcome
+    return outcomes
 
 
 def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:

@@ -44,9 +44,9 @@ def current_sweep_id() -> str | None:
     return sweep_id(hydra.sweep.dir)
 
 
-def parent_run_id(client, experiment_id: str) -> str | None:
-    """The parent run of the current multirun, if there is one."""
-    sid = current_sweep_id()
+def parent_run_id(client, experiment_id: str, sid: str | None = None) -> str | None:
+    """The parent run of the multirun ``sid`` (default: the current one), if there is one."""
+    sid = sid or current_sweep_id()
     if sid is None:
         return None
     runs = client.search_runs([experiment_id], filter_string=(

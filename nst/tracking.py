@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -282,87 +283,154 @@ def environment_tags() -> dict[str, str]:
             "nst.host": os.uname().nodename, "nst.pid": str(os.getpid())}
 
 
+@dataclass
+class JobContext:
+    """What a run needs from Hydra, captured while Hydra's config for that job is current.
+
+    The batched launcher captures every job's context first and runs the jobs
+    later, when Hydra's global state describes another job.
+    """
+
+    cfg: DictConfig
+    output_dir: Path
+    tags: dict[str, str] = field(default_factory=dict)
+    sweep_id: str | None = None
+
+    @classmethod
+    def current(cls, cfg: DictConfig, output_dir: Path) -> JobContext:
+        from nst import sweeps
+
+        return cls(cfg, Path(output_dir), hydra_tags(), sweeps.current_sweep_id())
+
+
 def tracked_run(cfg: DictConfig, output_dir: Path):
     """One run recorded in MLflow, as a child of its sweep's parent run when in a multirun.
 
     The store is opened first (an unreachable server fails before any work); a
-    sweep job whose identical config already FINISHED in the experiment is skipped.
-    Whatever happens, the MLflow run ends FINISHED, FAILED or KILLED, never RUNNING.
+    sweep job whose identical config already FINISHED in the experiment is skipped
+    (returns None). Whatever happens, the MLflow run ends FINISHED, FAILED or
+    KILLED, never RUNNING.
+    """
+    (outcome,) = tracked_batch([JobContext.current(cfg, output_dir)])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+class _TrackedMember:
+    """A job of a tracked batch: its MLflow run, inputs and the hooks that record it."""
+
+    def __init__(self, context: JobContext, inputs, tracker: RunTracker):
+        self.context, self.inputs, self.tracker = context, inputs, tracker
+
+    @property
+    def output_dir(self) -> Path:
+        return self.context.output_dir
+
+    def on_ready(self, record: dict) -> None:
+        log_params(self.tracker.client, self.tracker.run_id,
+                   flatten(json.loads(json.dumps(record, default=str)), "run."))
+
+    def keep_outputs(self, final: torch.Tensor | None, step: int | None) -> None:
+        self.tracker.finish_frames(final, step, self.output_dir)
+        for path in sorted(self.output_dir.iterdir()):
+            if path.name != ".hydra" and path.suffix not in (".mp4", ".gif"):
+                self.tracker.log_file(path)
+        self.tracker.log_file(self.output_dir / ".hydra", ".hydra")
+
+    def fail(self, reason: str, status: str = "FAILED", final: torch.Tensor | None = None,
+             step: int | None = None, partial: bool = False) -> None:
+        self.tracker.client.set_tag(self.tracker.run_id, TAG_FAILURE, reason[:5000])
+        if partial and self.tracker.last_image is not None:
+            from nst.images import save_png
+
+            save_png(self.tracker.last_image, self.output_dir / "partial.png")
+            final = self.tracker.last_image
+        if final is not None or partial:
+            self.keep_outputs(final, step)
+        self.tracker.end(status)
+
+    def finish(self, outcome) -> None:
+        from nst.reports import loss_curve, triptych
+
+        result, tracker = outcome.result, self.tracker
+        tracker.log_picture(tensor_to_pil(result.image), "result/result.png")
+        tracker.log_picture(triptych(self.inputs.content, self.inputs.style, result.image),
+                            "result/triptych.png")
+        tracker.log_picture(loss_curve(result.history), "result/loss_curve.png")
+        self.keep_outputs(result.image, result.evaluations)
+        tracker.client.log_metric(tracker.run_id, "evaluations", result.evaluations, step=result.evaluations)
+        tracker.end("FINISHED")
+
+
+def tracked_batch(contexts: list[JobContext]) -> list:
+    """Jobs that share images, sizes and backbone, run as one batch, each its own MLflow run.
+
+    Returns, per job, its ``RunOutcome``, None (skipped by resume) or the
+    exception that failed it; only errors that stop the whole batch are raised.
     """
     from nst import sweeps
     from nst.errors import NonFiniteLossError
-    from nst.reports import loss_curve, triptych
-    from nst.run import execute, prepare
+    from nst.run import BatchJob, execute_batch, prepare
 
-    client, experiment_id = connect(cfg)
-    parent = sweeps.parent_run_id(client, experiment_id)
-    tags = {TAG_ROLE: "run", **environment_tags(), **hydra_tags()}
-    if parent:
-        tags[PARENT_TAG] = parent
-        tags[TAG_SWEEP] = sweeps.current_sweep_id() or ""
-    overrides = json.loads(tags.get(TAG_OVERRIDES, "[]"))
-    run_name = " ".join(o for o in overrides if not o.startswith(("content=", "style="))) or "run"
+    client, experiment_id = connect(contexts[0].cfg)
+    outcomes: list = [None] * len(contexts)
+    members: list[tuple[int, _TrackedMember]] = []
+    for position, context in enumerate(contexts):
+        cfg = context.cfg
+        parent = sweeps.parent_run_id(client, experiment_id, context.sweep_id)
+        tags = {TAG_ROLE: "run", **environment_tags(), **context.tags}
+        if parent:
+            tags[PARENT_TAG] = parent
+            tags[TAG_SWEEP] = context.sweep_id or ""
+        overrides = json.loads(tags.get(TAG_OVERRIDES, "[]"))
+        run_name = " ".join(o for o in overrides if not o.startswith(("content=", "style="))) or "run"
 
-    def start_run(extra: dict[str, str]) -> RunTracker:
-        run = client.create_run(experiment_id, run_name=run_name[:250], tags={**tags, **extra})
-        log_params(client, run.info.run_id, job_params(cfg))
-        return RunTracker(client, run.info.run_id, cfg.tracking.log_every, bool(cfg.tracking.video))
+        def start_run(extra: dict[str, str], cfg=cfg, tags=tags, run_name=run_name) -> RunTracker:
+            run = client.create_run(experiment_id, run_name=run_name[:250], tags={**tags, **extra})
+            log_params(client, run.info.run_id, job_params(cfg))
+            return RunTracker(client, run.info.run_id, cfg.tracking.log_every, bool(cfg.tracking.video))
 
+        try:
+            inputs = prepare(cfg)
+        except NSTError as exc:
+            start_run({TAG_FAILURE: str(exc)[:5000]}).end("FAILED")
+            outcomes[position] = exc
+            continue
+        config_hash = fingerprint(cfg, [inputs.content_path, inputs.style_path])
+        if context.sweep_id is not None and OmegaConf.select(cfg, "tracking.resume", default=True):
+            existing = find_finished(client, experiment_id, config_hash)
+            if existing:
+                log.info("skipping: the same config already FINISHED as MLflow run %s", existing)
+                print(f"nst: skipped, identical config already FINISHED as run {existing}")
+                if parent and TAG_JOB in tags:
+                    client.set_tag(parent, TAG_REUSED + tags[TAG_JOB], existing)
+                continue
+        tracker = start_run({TAG_HASH: config_hash})
+        tracker.log_picture(tensor_to_pil(inputs.content), "inputs/content.png")
+        tracker.log_picture(tensor_to_pil(inputs.style), "inputs/style.png")
+        members.append((position, _TrackedMember(context, inputs, tracker)))
+    if not members:
+        return outcomes
+
+    jobs = [BatchJob(m.inputs, m.output_dir, [m.tracker.on_evaluation], m.on_ready) for _, m in members]
     try:
-        inputs = prepare(cfg)
-    except NSTError as exc:
-        tracker = start_run({TAG_FAILURE: str(exc)[:5000]})
-        tracker.end("FAILED")
-        raise
-    config_hash = fingerprint(cfg, [inputs.content_path, inputs.style_path])
-    if sweeps.current_sweep_id() is not None and OmegaConf.select(cfg, "tracking.resume", default=True):
-        existing = find_finished(client, experiment_id, config_hash)
-        if existing:
-            log.info("skipping: the same config already FINISHED as MLflow run %s", existing)
-            print(f"nst: skipped, identical config already FINISHED as run {existing}")
-            if parent and TAG_JOB in tags:
-                client.set_tag(parent, TAG_REUSED + tags[TAG_JOB], existing)
-            return None
-
-    tracker = start_run({TAG_HASH: config_hash})
-    tracker.log_picture(tensor_to_pil(inputs.content), "inputs/content.png")
-    tracker.log_picture(tensor_to_pil(inputs.style), "inputs/style.png")
-
-    def on_ready(record: dict) -> None:
-        log_params(client, tracker.run_id, flatten(json.loads(json.dumps(record, default=str)), "run."))
-
-    def keep_outputs(final: torch.Tensor | None, step: int | None) -> None:
-        tracker.finish_frames(final, step, output_dir)
-        for path in sorted(output_dir.iterdir()):
-            if path.name != ".hydra" and path.suffix not in (".mp4", ".gif"):
-                tracker.log_file(path)
-        tracker.log_file(output_dir / ".hydra", ".hydra")
-
-    try:
-        outcome = execute(inputs, output_dir, callbacks=[tracker.on_evaluation], on_ready=on_ready)
-    except NonFiniteLossError as exc:
-        client.set_tag(tracker.run_id, TAG_FAILURE, str(exc)[:5000])
-        keep_outputs(exc.last_finite_image, exc.evaluation - 1 if exc.evaluation else None)
-        tracker.end("FAILED")
-        raise
+        results = execute_batch(jobs)
     except KeyboardInterrupt:
-        client.set_tag(tracker.run_id, TAG_FAILURE, "interrupted")
-        if tracker.last_image is not None:
-            from nst.images import save_png
-
-            save_png(tracker.last_image, output_dir / "partial.png")
-        keep_outputs(tracker.last_image, None)
-        tracker.end("KILLED")
+        for _, member in members:
+            member.fail("interrupted", "KILLED", partial=True)
         raise
     except BaseException as exc:
-        client.set_tag(tracker.run_id, TAG_FAILURE, f"{type(exc).__name__}: {exc}"[:5000])
-        tracker.end("FAILED")
+        for _, member in members:
+            member.fail(f"{type(exc).__name__}: {exc}")
         raise
-    result = outcome.result
-    tracker.log_picture(tensor_to_pil(result.image), "result/result.png")
-    tracker.log_picture(triptych(inputs.content, inputs.style, result.image), "result/triptych.png")
-    tracker.log_picture(loss_curve(result.history), "result/loss_curve.png")
-    keep_outputs(result.image, result.evaluations)
-    client.log_metric(tracker.run_id, "evaluations", result.evaluations, step=result.evaluations)
-    tracker.end("FINISHED")
-    return outcome
+    for (position, member), result in zip(members, results, strict=True):
+        outcomes[position] = result
+        if isinstance(result, NonFiniteLossError):
+            member.fail(str(result), final=result.last_finite_image,
+                        step=result.evaluation - 1 if result.evaluation else None)
+        elif isinstance(result, BaseException):
+            member.fail(f"{type(result).__name__}: {result}")
+        else:
+            member.finish(result)
+    return outcomes

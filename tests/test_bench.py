@@ -36,11 +36,19 @@ def test_evaluation_flops_by_hand():
     assert evaluation_flops("vgg19", layer_table("vgg19")["conv2_1"].index, 10, 10) == expected
 
 
-@pytest.mark.timeout(300)
-def test_bench_prints_a_row_per_backbone_and_size():
+@pytest.mark.timeout(600)
+def test_bench_prints_every_table():
     done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
-                           "--backbones", "random"], capture_output=True, text=True, timeout=300)
+                           "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",
+                           "--sweep-size", "64", "--sweep-evals", "4"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| random")]
+    lines = done.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| random")]
     assert len(rows) == 1 and "64x48" in rows[0]
     assert "GFLOP/s" in done.stdout
+    # time to quality: the reference reaches its own target; nst's rows say when they did
+    quality = [line for line in lines if line.startswith(("| reference (fp32)", "| nst (fp32)", "| nst (bf16)"))]
+    assert len(quality) == 3 and "| 1.00x |" in quality[0]
+    sweep = [line for line in lines if line.startswith(("| reference: 6 processes", "| nst -m"))]
+    assert len(sweep) == 4 and all(float(line.split("|")[2]) > 0 for line in sweep)
