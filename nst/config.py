@@ -93,6 +93,12 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
         if line_search not in (None, "strong_wolfe"):
             raise ConfigError("optimizer.line_search", line_search, "strong_wolfe or null (fixed step lr)")
         settings.line_search = line_search
+        if line_search and OmegaConf.select(cfg, "model.precision") == "bf16":
+            # measured: bf16's rounding noise makes the strong-Wolfe search reject every step,
+            # and L-BFGS stops after ~10 evaluations with the loss unchanged
+            raise ConfigError("optimizer.line_search", line_search,
+                              "null with model.precision=bf16 (bfloat16's rounding noise defeats the "
+                              "line search; pass optimizer.line_search=null, or optimizer=adam)")
         for key in ("tolerance_grad", "tolerance_change"):
             if OmegaConf.select(cfg, f"optimizer.{key}") is not None:
                 setattr(settings, key, _number(cfg, f"optimizer.{key}"))

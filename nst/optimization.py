@@ -132,16 +132,23 @@ class _Member:
         self.loss: torch.Tensor | None = None
         self.error: BaseException | None = None
 
+    def steps(self, closure: Callable[[], torch.Tensor], bar: tqdm) -> None:
+        """The member's whole optimisation: ``epochs`` L-BFGS steps, or epochs x max_iter Adam steps."""
+        for epoch in range(self.epochs):
+            self.epoch = epoch
+            if self.settings.name == "lbfgs":
+                self.optimizer.step(closure)
+            else:
+                for _ in range(self.settings.max_iter):
+                    self.optimizer.step(closure)
+            bar.update(1)
+
     def run(self, condition: threading.Condition, bar: tqdm) -> None:
+        # One intra-op thread here: the optimiser's vector updates are small, and a second
+        # OpenMP team competing with the coordinator's cost 20 % per evaluation on 2 cores.
+        torch.set_num_threads(1)
         try:
-            for epoch in range(self.epochs):
-                self.epoch = epoch
-                if self.settings.name == "lbfgs":
-                    self.optimizer.step(lambda: self._closure(condition))
-                else:
-                    for _ in range(self.settings.max_iter):
-                        self.optimizer.step(lambda: self._closure(condition))
-                bar.update(1)
+            self.steps(lambda: self._closure(condition), bar)
         except _Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - reported by the coordinator
@@ -179,9 +186,11 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
     """
     members = [_Member(i, init, s, e, cbs, preprocess) for i, (init, s, e, cbs) in enumerate(
         zip(inits, settings, epochs, callbacks or [()] * len(inits), strict=True))]
-    condition = threading.Condition()
     start = time.perf_counter()
     bar = tqdm(total=sum(epochs), desc="nst", unit="epoch", disable=not progress, dynamic_ncols=True)
+    if len(members) == 1:
+        return [_optimize_alone(loss_fn, members[0], start, bar)]
+    condition = threading.Condition()
     threads = [threading.Thread(target=m.run, args=(condition, bar), name=f"nst-member-{m.index}",
                                 daemon=True) for m in members]
     for thread in threads:
@@ -214,6 +223,27 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
         m.result.elapsed_s = elapsed
         outcomes.append(m.error if m.error is not None else m.result)
     return outcomes
+
+
+def _optimize_alone(loss_fn, member: _Member, start: float, bar: tqdm) -> OptimizationResult | Exception:
+    """A batch of one: the same member and evaluation code, with the closure evaluating directly."""
+    def closure() -> torch.Tensor:
+        member.optimizer.zero_grad(set_to_none=True)
+        _evaluate(loss_fn, [member], start)
+        if member.error is not None:
+            raise member.error
+        bar.set_postfix(loss=f"{member.result.final['total']:.4g}", evals=member.result.evaluations,
+                        refresh=False)
+        return member.loss
+
+    try:
+        member.steps(closure, bar)
+    except Exception as exc:  # noqa: BLE001 - returned like a batch member's error
+        return exc
+    finally:
+        bar.close()
+    member.result.elapsed_s = time.perf_counter() - start
+    return member.result
 
 
 def _evaluate(loss_fn, waiting: list[_Member], start: float) -> None:

@@ -93,6 +93,9 @@ def test_shell_overrides_reach_every_section():
     ("loss.content_layers=[conv4_2,conv4_2]", "loss.content_layers"),
     ("image.size=8", "image.size"),
     ("image.style_scale=0", "image.style_scale"),
+    ("model.precision=fp16", "model.precision"),
+    ("model.precision=bf16", "optimizer.line_search"),  # bf16 noise defeats the line search
+    ("optimizer.max_eval=0", "optimizer.max_eval"),
 ])
 def test_bad_values_name_key_and_what_is_allowed(override, key):
     cfg = make(override)
@@ -101,6 +104,11 @@ def test_bad_values_name_key_and_what_is_allowed(override, key):
     assert info.value.key == key
     message = str(info.value)
     assert message.startswith(f"{key}=") and "not allowed" in message
+
+
+def test_bf16_runs_with_a_fixed_step_or_adam():
+    validate(make("model.precision=bf16", "optimizer.line_search=null"))
+    validate(make("model.precision=bf16", "optimizer=adam"))
 
 
 def test_missing_content_is_reported():
