@@ -77,6 +77,29 @@ def layer_weights(cfg: DictConfig, layers_key: str, weights_key: str,
     return dict(zip(layers, map(float, weights), strict=True))
 
 
+def scale_schedule(cfg: DictConfig) -> list[tuple[int, int]]:
+    """(long side, epochs) per scale, coarse to fine; one entry (image.size, epochs) without scales."""
+    size = int(OmegaConf.select(cfg, "image.size"))
+    epochs = int(OmegaConf.select(cfg, "epochs"))
+    scales = OmegaConf.select(cfg, "image.scales")
+    if scales is None:
+        return [(size, epochs)]
+    scales = list(scales) if isinstance(scales, ListConfig | list) else [scales]
+    if (not scales or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in scales)
+            or any(b <= a for a, b in zip(scales, scales[1:], strict=False)) or scales[-1] != size):
+        raise ConfigError("image.scales", scales, f"increasing long sides >= 16 px ending at image.size ({size}), "
+                                                  f"e.g. [{max(16, size // 2)}, {size}]")
+    per_scale = OmegaConf.select(cfg, "image.scale_epochs")
+    if per_scale is None:
+        return [(s, epochs) for s in scales]
+    per_scale = list(per_scale) if isinstance(per_scale, ListConfig | list) else [per_scale]
+    if len(per_scale) != len(scales) or not all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in per_scale):
+        raise ConfigError("image.scale_epochs", per_scale,
+                          f"one integer >= 1 per scale of image.scales ({len(scales)}: {scales})")
+    return list(zip(scales, per_scale, strict=True))
+
+
 def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
     name = _choice(cfg, "optimizer.name", OPTIMIZERS)
     settings = OptimizerSettings(
@@ -133,4 +156,5 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "seed", integer=True)
     _number(cfg, "image.size", minimum=16, integer=True)
     _number(cfg, "image.style_scale", minimum=0, exclusive=True)
+    scale_schedule(cfg)
     optimizer_settings(cfg)

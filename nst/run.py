@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from nst.assets import resolve_image
@@ -28,7 +29,7 @@ from nst.backbones import (
     resolve_name,
     validate_layers,
 )
-from nst.config import layer_weights, optimizer_settings, validate
+from nst.config import layer_weights, optimizer_settings, scale_schedule, validate
 from nst.devices import available_bytes, resolve_device
 from nst.errors import ConfigError, ImageError, NonFiniteLossError, NSTError
 from nst.images import header_size, load_tensor, save_png, scaled_size, style_long_side
@@ -98,6 +99,15 @@ def prepare(cfg: DictConfig) -> Inputs:
                 f"{what} image {path} is {image.shape[-1]}x{image.shape[-2]} px after resizing; the "
                 f"deepest layer in use needs at least {minimum} px on each side (raise image.size"
                 f"{' or image.style_scale' if what == 'style' else ''})")
+    smallest = scale_schedule(cfg)[0][0]
+    if smallest < size:
+        for what, image, long_side in (("content", content, smallest),
+                                       ("style", style, style_long_side(smallest, float(cfg.image.style_scale)))):
+            width, height = scaled_size((image.shape[-1], image.shape[-2]), long_side)
+            if min(width, height) < minimum:
+                raise ConfigError("image.scales", list(cfg.image.scales),
+                                  f"scales whose {what} image is at least {minimum} px on each side (at "
+                                  f"{smallest} px it is {width}x{height}; the deepest layer in use needs {minimum})")
     return Inputs(cfg, device, name, notes, content_path, style_path,
                   content.to(device), style.to(device), content_layers, style_layers)
 
@@ -171,10 +181,6 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
     backbone = load_backbone(first.backbone_name, layers, cfg.model.pooling, first.device, int(cfg.seed))
     backbone.requested = cfg.model.name
     backbone.notes = first.backbone_notes + backbone.notes
-    loss = StyleTransferLoss(
-        backbone.extractor, first.content, first.style,
-        content_layers=first.content_layers, style_layers=first.style_layers,
-        normalization=cfg.loss.normalization, precision=str(cfg.model.get("precision", "fp32")))
     weights = LossWeights.stack([member_weights(job.inputs) for job in jobs], first.device)
     records = []
     for job in jobs:
@@ -183,13 +189,7 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
         records.append(record)
         if job.on_ready is not None:
             job.on_ready(record)
-    outcomes = optimize_batch(
-        lambda images, members: loss(images, weights.select(members)),
-        [initial_image(job.inputs.cfg.init, job.inputs.content, job.inputs.style, int(job.inputs.cfg.seed))
-         for job in jobs],
-        [optimizer_settings(job.inputs.cfg) for job in jobs], [int(job.inputs.cfg.epochs) for job in jobs],
-        [job.callbacks for job in jobs], progress=bool(cfg.get("progress", True)),
-        preprocess=backbone.extractor.preprocess)
+    outcomes = optimize_scales(jobs, backbone, weights)
     finished: list[RunOutcome | BaseException] = []
     for job, record, outcome in zip(jobs, records, outcomes, strict=True):
         if isinstance(outcome, NonFiniteLossError):
@@ -210,6 +210,79 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
                  outcome.evaluations, outcome.elapsed_s, outcome.final.get("total", float("nan")))
         finished.append(RunOutcome(job.output_dir, outcome, backbone, record))
     return finished
+
+
+def optimize_scales(jobs: Sequence[BatchJob], backbone: Backbone,
+                    weights: LossWeights) -> list[OptimizationResult | BaseException]:
+    """Optimise every member through ``image.scales`` (coarse to fine), or at ``image.size`` only.
+
+    Each scale has its own targets (content and style resized to it) and starts
+    from the previous scale's result, upsampled. Evaluations are numbered across
+    scales, so MLflow shows one continuous history; records carry their ``scale``.
+    """
+    first, cfg = jobs[0].inputs, jobs[0].inputs.cfg
+    schedules = [scale_schedule(job.inputs.cfg) for job in jobs]
+    style_scale = float(cfg.image.style_scale)
+    images: list[torch.Tensor | None] = [None] * len(jobs)
+    merged: list[OptimizationResult] = [OptimizationResult(image=first.content) for _ in jobs]
+    outcomes: list[OptimizationResult | BaseException | None] = [None] * len(jobs)
+    several = len(schedules[0]) > 1
+    for step, (size, _) in enumerate(schedules[0]):
+        label = size if several else None
+        active = [i for i in range(len(jobs)) if outcomes[i] is None]
+        if not active:
+            break
+        if size == int(cfg.image.size):
+            content, style = first.content, first.style
+        else:
+            content = load_tensor(first.content_path, size, "content").to(first.device)
+            style = load_tensor(first.style_path, style_long_side(size, style_scale), "style").to(first.device)
+        loss = StyleTransferLoss(
+            backbone.extractor, content, style, content_layers=first.content_layers,
+            style_layers=first.style_layers, normalization=cfg.loss.normalization,
+            precision=str(cfg.model.get("precision", "fp32")))
+        inits = []
+        for i in active:
+            job = jobs[i].inputs
+            if images[i] is None:
+                inits.append(initial_image(job.cfg.init, content, style, int(job.cfg.seed)))
+            else:
+                inits.append(F.interpolate(images[i], size=content.shape[-2:], mode="bilinear",
+                                           align_corners=False))
+        results = optimize_batch(
+            lambda batch, members, active=active, loss=loss: loss(
+                batch, weights.select([active[m] for m in members])),
+            inits, [optimizer_settings(jobs[i].inputs.cfg) for i in active],
+            [schedules[i][step][1] for i in active],
+            [[_renumbered(cb, merged[i].evaluations, merged[i].elapsed_s, label) for cb in jobs[i].callbacks]
+             for i in active],
+            progress=bool(cfg.get("progress", True)), preprocess=backbone.extractor.preprocess)
+        last = step == len(schedules[0]) - 1
+        for i, result in zip(active, results, strict=True):
+            offset, seconds = merged[i].evaluations, merged[i].elapsed_s
+            if isinstance(result, NonFiniteLossError):
+                result.history = merged[i].history + [_at(r, offset, seconds, label) for r in result.history]
+                result.evaluation = (result.evaluation or 0) + offset
+                outcomes[i] = result
+            elif isinstance(result, BaseException):
+                outcomes[i] = result
+            else:
+                merged[i].history += [_at(r, offset, seconds, label) for r in result.history]
+                merged[i].image = images[i] = result.image
+                merged[i].elapsed_s += result.elapsed_s
+                if last:
+                    outcomes[i] = merged[i]
+    return outcomes
+
+
+def _at(record: dict, offset: int, seconds: float, size: int | None) -> dict:
+    """A scale's record, numbered and timed from the start of the run (``scale`` when there are several)."""
+    moved = {**record, "evaluation": record["evaluation"] + offset, "elapsed_s": record["elapsed_s"] + seconds}
+    return moved if size is None else {**moved, "scale": size}
+
+
+def _renumbered(callback: EvaluationCallback, offset: int, seconds: float, size: int | None) -> EvaluationCallback:
+    return lambda record, image: callback(_at(record, offset, seconds, size), image)
 
 
 def check_batch_memory(inputs: Inputs, members: int) -> None:

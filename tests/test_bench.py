@@ -48,7 +48,7 @@ def test_bench_prints_every_table():
     assert len(rows) == 1 and "64x48" in rows[0]
     assert "GFLOP/s" in done.stdout
     # time to quality: the reference reaches its own target; nst's rows say when they did
-    quality = [line for line in lines if line.startswith(("| reference (fp32)", "| nst (fp32)", "| nst (bf16"))]
-    assert len(quality) == 3 and "| 1.00x |" in quality[0]
+    quality = [line for line in lines if line.startswith(("| reference (fp32)", "| nst (fp32", "| nst (bf16"))]
+    assert len(quality) == 4 and "| 1.00x |" in quality[0]
     sweep = [line for line in lines if line.startswith(("| reference: 6 processes", "| nst -m"))]
     assert len(sweep) == 4 and all(float(line.split("|")[2]) > 0 for line in sweep)
