@@ -32,11 +32,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from nst.backbones import SPECS, build_features, layer_shapes, layer_table, load_backbone
+from nst.devices import native_bf16, tune
 from nst.errors import NSTError
 from nst.losses import StyleTransferLoss, gram, paper_style_layer_weights
 
@@ -80,7 +82,7 @@ class ReferenceLoss(nn.Module):
         if state is not None:
             self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
                                            if k.removeprefix("features.") in self.features.state_dict()})
-        self.features.requires_grad_(False).eval()
+        self.features.requires_grad_(False).eval().to(content.device)
         self.preprocess = preprocess
         table = layer_table(arch)
         self.caught: dict[str, torch.Tensor] = {}
@@ -163,7 +165,7 @@ def reference_lbfgs(loss: ReferenceLoss, content: torch.Tensor, evaluations: int
     return trace
 
 
-def time_to_quality(backbone: str, size: int, reference_evals: int, device: str) -> list[dict]:
+def time_to_quality(backbone: str, size: int, reference_evals: int, device: str, bf16: bool = True) -> list[dict]:
     """How long the reference and nst (fp32, bf16, coarse-to-fine) take to reach the reference's best + 5 %.
 
     Coarse-to-fine spends a quarter of the reference's evaluation budget at half
@@ -187,6 +189,7 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str)
     # (label, precision, coarse evaluations at half size before the full-size run)
     variants = [("nst (fp32)", "fp32", 0), ("nst (bf16, fixed step)", "bf16", 0),
                 ("nst (fp32, coarse-to-fine)", "fp32", reference_evals // 4)]
+    variants = [v for v in variants if bf16 or v[1] != "bf16"]
     for label, precision, coarse_evals in variants:
         scoring = {"excluded": 0.0, "evals": 0, "loss": math.inf, "before": 0.0, "coarse": 0}
 
@@ -231,6 +234,42 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str)
     return rows
 
 
+def run_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool = True) -> Iterator[dict]:
+    """Wall time of one L-BFGS run of ``evaluations`` evaluations, reference against nst's modes.
+
+    Each implementation first runs 5 evaluations untimed (cuDNN's algorithm
+    search, the allocator's first requests); every final image is scored with
+    the reference's fp32 loss, off the clock.
+    """
+    from nst.optimization import OptimizerSettings, optimize
+
+    content, style = _images(size, device)
+    loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
+    reference = reference_loss(backbone, loaded, content, style, device)
+    reference_lbfgs(reference, content, 5)
+    _sync(device)
+    start = time.perf_counter()
+    trace = reference_lbfgs(reference, content, evaluations)
+    _sync(device)
+    yield {"impl": "reference (fp32, strong Wolfe)", "evals": len(trace),
+           "seconds": time.perf_counter() - start, "loss": trace[-1][1]}
+    variants = [("nst (fp32, strong Wolfe)", "fp32", "strong_wolfe"), ("nst (fp32, fixed step)", "fp32", None),
+                ("nst (bf16, fixed step)", "bf16", None)]
+    for label, precision, line_search in [v for v in variants if bf16 or v[1] != "bf16"]:
+        loss = nst_loss(loaded, content, style, precision=precision)
+        for budget in (5, evaluations):  # the first run is the warm-up
+            settings = OptimizerSettings(name="lbfgs", lr=1.0, max_iter=budget, max_eval=budget, tolerance_grad=0,
+                                         tolerance_change=0, line_search=line_search)
+            _sync(device)
+            start = time.perf_counter()
+            result = optimize(loss, content, settings, 1, progress=False, preprocess=loaded.extractor.preprocess)
+            _sync(device)
+            seconds = time.perf_counter() - start
+        with torch.no_grad():
+            scored = float(reference(result.image))
+        yield {"impl": label, "evals": result.evaluations, "seconds": seconds, "loss": scored}
+
+
 def reference_sweep_job(backbone: str, size: int, beta: float, evaluations: int, device: str) -> float:
     """One member of the reference sweep, as its own process would run it (targets recomputed)."""
     content, style = _images(size, device)
@@ -240,12 +279,11 @@ def reference_sweep_job(backbone: str, size: int, beta: float, evaluations: int,
     return trace[-1][1]
 
 
-def sweep_race(backbone: str, size: int, evaluations: int, device: str) -> list[dict]:
+def sweep_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool = True) -> Iterator[dict]:
     """Wall time of the 6-member ratio sweep: reference processes against ``nst -m`` modes."""
     import os
     import tempfile
 
-    rows = []
     start = time.perf_counter()
     for beta in RATIO_BETAS:
         command = [sys.executable, "-m", "nst.bench", "--reference-job", backbone, str(size), str(beta),
@@ -253,25 +291,27 @@ def sweep_race(backbone: str, size: int, evaluations: int, device: str) -> list[
         done = subprocess.run(command, capture_output=True, text=True, timeout=7200)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
-    rows.append({"mode": "reference: 6 processes", "seconds": time.perf_counter() - start})
-    modes = [("nst -m, one job after another (fp32)", []),
+    yield {"mode": "reference: 6 processes", "seconds": time.perf_counter() - start}
+    modes = [("nst, one run alone (beta 1e4), for scale", None),
+             ("nst -m, one job after another (fp32)", []),
              ("nst -m hydra/launcher=batched (fp32)", ["hydra/launcher=batched"]),
              ("nst -m hydra/launcher=batched model.precision=bf16 optimizer.line_search=null",
               ["hydra/launcher=batched", "model.precision=bf16", "optimizer.line_search=null"])]
+    modes = [m for m in modes if bf16 or "model.precision=bf16" not in (m[1] or [])]
     with tempfile.TemporaryDirectory() as out:
         for label, extra in modes:
-            command = [sys.executable, "-m", "nst.cli", "+sweeps=ratio", "content=tubingen",
+            sweep = ["+sweeps=ratio"] if extra is not None else ["loss.style_weight=1e4"]
+            command = [sys.executable, "-m", "nst.cli", *sweep, "content=tubingen",
                        "style=starry_night", f"model={backbone}", f"image.size={size}", "epochs=1",
                        f"optimizer.max_iter={evaluations}", f"optimizer.max_eval={evaluations}",
                        "optimizer.tolerance_grad=0", "optimizer.tolerance_change=0", "tracking=none",
-                       "progress=false", f"device={device}", *extra]
+                       "progress=false", f"device={device}", *(extra or [])]
             start = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, timeout=7200,
                                   env={**os.environ, "NST_OUTPUT_DIR": out})
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
-            rows.append({"mode": label, "seconds": time.perf_counter() - start})
-    return rows
+            yield {"mode": label, "seconds": time.perf_counter() - start}
 
 
 def _sync(device: str) -> None:
@@ -296,13 +336,15 @@ def measure_one(impl: str, backbone: str, size: int, evals: int, device: str) ->
         evaluate = reference_loss(backbone, loaded, content, style, device)
     image = content.clone().requires_grad_(True)
     times = []
-    for _ in range(evals + 1):  # the first is warm-up
+    for index in range(evals + 1):  # the first is warm-up
         _sync(device)
         start = time.perf_counter()
         image.grad = None
         evaluate(image).backward()
         _sync(device)
         times.append(time.perf_counter() - start)
+        if index == 0 and str(device).startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()  # not cuDNN's one-off algorithm search
     if str(device).startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -332,6 +374,11 @@ def available_backbones() -> list[str]:
     return names
 
 
+def _ms(value: float) -> str:
+    """Milliseconds with the digits that matter: 1768, 14.7, 0.41."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def _fmt(value, spec: str) -> str:
     return "not reached" if value is None else format(value, spec)
 
@@ -344,12 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quality-size", type=int, default=128, help="0 skips the time-to-quality race")
     parser.add_argument("--quality-evals", type=int, default=1000, help="evaluations of the reference run")
+    parser.add_argument("--run-size", type=int, default=0, help="size of the one-run race; 0 (default) skips it")
+    parser.add_argument("--run-evals", type=int, default=500, help="evaluations of the one-run race")
     parser.add_argument("--sweep-size", type=int, default=128, help="0 skips the sweep race")
     parser.add_argument("--sweep-evals", type=int, default=60, help="evaluations per sweep member")
+    parser.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
+                        help="bf16 rows; auto: only where the device has bfloat16 hardware (emulated bf16 is slow)")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "BACKBONE", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--reference-job", nargs=4, metavar=("BACKBONE", "SIZE", "BETA", "EVALS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    tune(torch.device(args.device))
     if args.sizes and min(args.sizes) < 64:
         parser.error("sizes must be >= 64 px: the reference runs to pool5, which needs 32 px per side")
     if args.one:
@@ -364,7 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     rate = matmul_gflops(device=args.device)
     threads = torch.get_num_threads()
     print(f"device {args.device}, torch {torch.__version__}, {threads} threads, "
-          f"matmul {rate:.0f} GFLOP/s (fp32, 4096^2, best of 5)\n")
+          f"matmul {rate:.0f} GFLOP/s (fp32, 4096^2, best of 5)")
+    if str(args.device).startswith("cuda"):
+        print(f"{torch.cuda.get_device_name()}; cuDNN {torch.backends.cudnn.version()} with TF32 convolutions "
+              f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'} (so a % of the fp32 roofline can pass 100)")
+    with_bf16 = args.bf16 == "always" or (args.bf16 == "auto" and native_bf16(torch.device(args.device)) is not False)
+    if not with_bf16:
+        print("bf16 rows skipped: no bfloat16 hardware on this device (avx512_bf16 or AMX on a CPU); --bf16 always")
+    print()
     print("## Cost of one evaluation (forward + backward), median of", args.evals, "\n")
     print("| backbone | size | GFLOP/eval | roofline ms | nst ms/eval | % of roofline | nst bf16 ms/eval "
           "| reference ms/eval | reference / nst | reference / nst bf16 | nst peak MiB | reference peak MiB |")
@@ -374,19 +433,20 @@ def main(argv: list[str] | None = None) -> int:
         depth = max(layer_table(arch)[n].index for n in CONTENT_LAYERS + STYLE_LAYERS)
         for size in args.sizes:
             ours = _in_subprocess("nst", backbone, size, args.evals, args.device)
-            bf16 = _in_subprocess("nst-bf16", backbone, size, args.evals, args.device)
+            bf16 = _in_subprocess("nst-bf16", backbone, size, args.evals, args.device) if with_bf16 else None
             ref = _in_subprocess("reference", backbone, size, args.evals, args.device)
             flops = evaluation_flops(arch, depth, ours["height"], ours["width"])
             roofline = flops / (rate * 1e9) * 1000
+            bf16_ms, bf16_ratio = (_ms(bf16["ms"]), f"{ref['ms'] / bf16['ms']:.2f}x") if bf16 else ("skipped", "-")
             print(f"| {backbone} ({arch}) | {ours['width']}x{ours['height']} | {flops / 1e9:.1f} | "
-                  f"{roofline:.0f} | {ours['ms']:.0f} | {100 * roofline / ours['ms']:.0f} % | {bf16['ms']:.0f} | "
-                  f"{ref['ms']:.0f} | {ref['ms'] / ours['ms']:.2f}x | {ref['ms'] / bf16['ms']:.2f}x | "
+                  f"{_ms(roofline)} | {_ms(ours['ms'])} | {100 * roofline / ours['ms']:.0f} % | {bf16_ms} | "
+                  f"{_ms(ref['ms'])} | {ref['ms'] / ours['ms']:.2f}x | {bf16_ratio} | "
                   f"{ours['peak_mib']:.0f} | {ref['peak_mib']:.0f} |", flush=True)
     race_backbone = backbones[-1] if len(backbones) > 1 else backbones[0]  # a pretrained one if any
     if args.quality_size:
         print(f"\n## Time to quality: {race_backbone}, {args.quality_size} px, loss within 5 % of the best of "
               f"a {args.quality_evals}-evaluation reference L-BFGS run\n")
-        rows = time_to_quality(race_backbone, args.quality_size, args.quality_evals, args.device)
+        rows = time_to_quality(race_backbone, args.quality_size, args.quality_evals, args.device, with_bf16)
         base = rows[0]["seconds"]
         print(f"reference best loss {rows[0]['best']:.6g}, target {rows[0]['target']:.6g}\n")
         print("| implementation | evaluations | seconds | speed-up | loss reached |")
@@ -395,15 +455,26 @@ def main(argv: list[str] | None = None) -> int:
             speedup = None if row["seconds"] is None else base / row["seconds"]
             print(f"| {row['impl']} | {_fmt(row['evals'], 'd')} | {_fmt(row['seconds'], '.1f')} | "
                   f"{_fmt(speedup, '.2f')}{'x' if speedup else ''} | {_fmt(row['loss'], '.6g')} |", flush=True)
+    if args.run_size:
+        print(f"\n## One L-BFGS run: {race_backbone}, {args.run_size} px, {args.run_evals} evaluations, "
+              f"after a 5-evaluation warm-up; final images scored by the reference's fp32 loss\n")
+        print("| implementation | evaluations | seconds | ms/evaluation | speed-up | final loss |")
+        print("|---|---|---|---|---|---|")
+        base = None
+        for row in run_race(race_backbone, args.run_size, args.run_evals, args.device, with_bf16):
+            base = base or row["seconds"]
+            print(f"| {row['impl']} | {row['evals']} | {row['seconds']:.2f} | "
+                  f"{1000 * row['seconds'] / row['evals']:.1f} | {base / row['seconds']:.2f}x | "
+                  f"{row['loss']:.6g} |", flush=True)
     if args.sweep_size:
         print(f"\n## Ratio sweep: {race_backbone}, {args.sweep_size} px, 6 members (beta "
               f"{', '.join(f'{b:g}' for b in RATIO_BETAS)}), {args.sweep_evals} L-BFGS evaluations each, "
               f"wall time including start-up\n")
-        rows = sweep_race(race_backbone, args.sweep_size, args.sweep_evals, args.device)
-        base = rows[0]["seconds"]
         print("| mode | seconds | speed-up |")
         print("|---|---|---|")
-        for row in rows:
+        base = None
+        for row in sweep_race(race_backbone, args.sweep_size, args.sweep_evals, args.device, with_bf16):
+            base = base or row["seconds"]
             print(f"| {row['mode']} | {row['seconds']:.1f} | {base / row['seconds']:.2f}x |", flush=True)
     return 0
 

@@ -32,6 +32,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def tune(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per shape and keep the fastest.
+
+    A style-transfer run repeats the same shapes hundreds of times, so the
+    one-off search pays for itself within a few evaluations.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def native_bf16(device: torch.device) -> bool | None:
+    """Whether ``device`` computes bfloat16 in hardware; None where that cannot be told.
+
+    Without avx512_bf16 or AMX a CPU emulates bf16 and autocast makes each
+    evaluation slower, not faster (measured here: 3-4x slower on an avx512f CPU).
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                for line in cpuinfo:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        return bool(flags & {"avx512_bf16", "amx_bf16"})
+        except OSError:
+            return None
+    return None
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Memory a run may use on ``device``: free GPU memory, or the host's MemAvailable; None if unknown."""
     if device.type == "cuda":

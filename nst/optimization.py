@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nst.errors import NonFiniteLossError
+from nst.lbfgs import CompactLBFGS
 from nst.losses import LossTerms
 
 INIT_MODES = ("content", "noise", "style")
@@ -77,11 +78,11 @@ class OptimizerSettings:
 
     def build(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         if self.name == "lbfgs":
-            return torch.optim.LBFGS(params, lr=self.lr, max_iter=self.max_iter, max_eval=self.max_eval,
-                                     history_size=self.history_size,
-                                     tolerance_grad=self.tolerance_grad,
-                                     tolerance_change=self.tolerance_change,
-                                     line_search_fn=self.line_search)
+            # on a GPU the two-loop recursion's per-pair read-backs cost more than the network pass
+            lbfgs = torch.optim.LBFGS if params[0].device.type == "cpu" else CompactLBFGS
+            return lbfgs(params, lr=self.lr, max_iter=self.max_iter, max_eval=self.max_eval,
+                         history_size=self.history_size, tolerance_grad=self.tolerance_grad,
+                         tolerance_change=self.tolerance_change, line_search_fn=self.line_search)
         if self.name == "adam":
             return torch.optim.Adam(params, lr=self.lr, betas=tuple(self.betas))
         raise ValueError(f"unknown optimizer {self.name!r}")

@@ -30,7 +30,7 @@ from nst.backbones import (
     validate_layers,
 )
 from nst.config import layer_weights, optimizer_settings, scale_schedule, validate
-from nst.devices import available_bytes, resolve_device
+from nst.devices import available_bytes, native_bf16, resolve_device, tune
 from nst.errors import ConfigError, ImageError, NonFiniteLossError, NSTError
 from nst.images import header_size, load_tensor, save_png, scaled_size, style_long_side
 from nst.losses import LossWeights, StyleTransferLoss
@@ -73,6 +73,10 @@ def prepare(cfg: DictConfig) -> Inputs:
     """Validate ``cfg`` and load the images; raises ``NSTError`` before any heavy work."""
     validate(cfg)
     device = resolve_device(cfg.device)
+    tune(device)
+    if cfg.model.get("precision") == "bf16" and native_bf16(device) is False:
+        log.warning("model.precision=bf16: this %s has no bfloat16 hardware (no avx512_bf16 or AMX on a CPU), so "
+                    "bf16 is emulated and slower than fp32; use model.precision=fp32 here", device.type)
     name, notes = resolve_name(cfg.model.name)
     arch = SPECS[name].arch
     validate_layers(arch, list(cfg.loss.content_layers), "loss.content_layers")

@@ -105,8 +105,9 @@ def test_lbfgs_members_follow_exactly_their_independent_trajectories(setup):
 
 
 def test_batched_lbfgs_matches_independent_runs_within_tolerance(setup):
-    """Through one batched pass, rounding differences (~3e-6) grow along L-BFGS's curvature
-    pairs; after 6-12 iterations at 32 px images agree within 0.03 and losses within 1 %."""
+    """Through one batched pass in fp32, rounding differences (~3e-6) grow along L-BFGS's
+    curvature pairs; after 6-12 iterations at 32 px images agree within 0.03 and losses within
+    3 % (measured with torch 2.14: 0.021 and 1.9 %)."""
     backbone, content, loss = setup
     betas, settings, epochs = LBFGS_MEMBERS
     together = batched(loss, content, backbone, betas, settings, epochs)
@@ -114,7 +115,27 @@ def test_batched_lbfgs_matches_independent_runs_within_tolerance(setup):
         alone = independent(loss, content, backbone, beta, s, e)
         assert result.evaluations == alone.evaluations
         assert (result.image - alone.image).abs().max() < 0.03
-        assert result.final["total"] == pytest.approx(alone.final["total"], rel=1e-2)
+        assert result.final["total"] == pytest.approx(alone.final["total"], rel=3e-2)
+
+
+def test_batched_lbfgs_equals_independent_runs_in_float64():
+    """The fp32 gap above is rounding, not shared state: in float64 (rounding ~1e-16) batched
+    members end on their independent images to 1e-10 after the same number of evaluations."""
+    torch.manual_seed(0)
+    backbone = load_backbone("random", ["conv4_2", *STYLE])
+    backbone.extractor.double()
+    content, style = torch.rand(1, 3, 32, 32, dtype=torch.float64), torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    loss = StyleTransferLoss(backbone.extractor, content, style, content_layers={"conv4_2": 1.0},
+                             style_layers=dict.fromkeys(STYLE, 1.0))
+    betas, settings, epochs = LBFGS_MEMBERS
+    together = batched(loss, content, backbone, betas, settings, epochs)
+    for beta, s, e, result in zip(betas, settings, epochs, together, strict=True):
+        alone = independent(loss, content, backbone, beta, s, e)
+        assert result.image.dtype == torch.float64
+        assert result.evaluations == alone.evaluations
+        assert (result.image - alone.image).abs().max() < 1e-10
+        assert result.final["total"] == pytest.approx(alone.final["total"], rel=1e-6)
+    assert together[0].final["total"] != pytest.approx(together[2].final["total"], rel=0.1)  # they differ
 
 
 def test_a_member_with_a_non_finite_loss_fails_alone(setup):

@@ -40,7 +40,7 @@ def test_evaluation_flops_by_hand():
 def test_bench_prints_every_table():
     done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
                            "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",
-                           "--sweep-size", "64", "--sweep-evals", "4"],
+                           "--run-size", "64", "--run-evals", "6", "--sweep-size", "64", "--sweep-evals", "4", "--bf16", "always"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
@@ -48,7 +48,14 @@ def test_bench_prints_every_table():
     assert len(rows) == 1 and "64x48" in rows[0]
     assert "GFLOP/s" in done.stdout
     # time to quality: the reference reaches its own target; nst's rows say when they did
-    quality = [line for line in lines if line.startswith(("| reference (fp32)", "| nst (fp32", "| nst (bf16"))]
+    quality_at = lines.index(next(line for line in lines if line.startswith("## Time to quality")))
+    run_at = lines.index(next(line for line in lines if line.startswith("## One L-BFGS run")))
+    quality = [line for line in lines[quality_at:run_at] if line.startswith(("| reference", "| nst"))]
     assert len(quality) == 4 and "| 1.00x |" in quality[0]
-    sweep = [line for line in lines if line.startswith(("| reference: 6 processes", "| nst -m"))]
-    assert len(sweep) == 4 and all(float(line.split("|")[2]) > 0 for line in sweep)
+    # one run: the budget is spent (torch's strong-Wolfe search may overrun it by one evaluation)
+    runs = {cells[1].strip(): int(cells[2]) for cells in (line.split("|") for line in lines[run_at:])
+            if len(cells) > 2 and cells[1].strip().startswith(("reference (fp32, strong", "nst ("))}
+    assert len(runs) == 4
+    assert all(count == 6 if "fixed step" in name else count in (6, 7) for name, count in runs.items())
+    sweep = [line for line in lines if line.startswith(("| reference: 6 processes", "| nst -m", "| nst, one run"))]
+    assert len(sweep) == 5 and all(float(line.split("|")[2]) > 0 for line in sweep)
