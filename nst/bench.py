@@ -16,10 +16,15 @@ Then two end-to-end races against the same reference:
   get there, nst's image scored by the reference's fp32 loss;
 * a 6-member ratio sweep (beta 1e-2 .. 1e4): the reference as six separate
   processes (targets recomputed in each) against ``nst -m`` one job after
-  another and with ``hydra/launcher=batched`` (fp32, bf16).
+  another and with ``hydra/launcher=batched`` (fp32, bf16);
+* optionally (``--run-size``) one L-BFGS run of ``--run-evals`` evaluations.
 
-    python -m nst.bench                      # default: fits in ~12 min on 2 CPU cores
+bf16 rows appear only on devices with bfloat16 hardware (``--bf16 always``).
+
+    python -m nst.bench                      # default: about 7 min on 2 CPU cores
     python -m nst.bench --sizes 128 256 --evals 5 --quality-size 256 --sweep-size 256
+    python -m nst.bench --device cuda --sizes 128 256 512 --evals 20 --quality-size 512 \
+        --run-size 512 --run-evals 500 --sweep-size 512 --sweep-evals 300
 """
 
 from __future__ import annotations
