@@ -20,7 +20,7 @@ UI_PORT ?= 5000
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run sweep ratio examples ui bench report clean
+.PHONY: help install test test-slow test-all lint run sweep ratio examples controls ui bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -50,14 +50,18 @@ sweep: ## A sweep from sweeps/: make sweep SWEEP=learning_rate ARGS="image.size=
 ratio: ## Reproduce the seed's ratio experiment (Figure 5) on tubingen + starry_night
 	$(VENV)/bin/nst +sweeps=ratio content=tubingen style=starry_night $(REPRO) $(ARGS)
 
-examples: ## Reproduce the seed's example runs (Figures 6-9) with public-domain pairs
+examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls gallery (make controls)
 	$(VENV)/bin/nst +sweeps=examples $(REPRO) $(ARGS)
+	$(VENV)/bin/nst +sweeps=controls $(REPRO) $(ARGS)
+
+controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
+	$(VENV)/bin/nst +sweeps=controls $(REPRO) $(ARGS)
 
 ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
 
-bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality, ratio-sweep race (~12 min)
+bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality, ratio-sweep race (~7 min)
 	$(PY) -m nst.bench $(ARGS)
 
 report: ## Table of the latest sweep: make report ARGS="--format csv"

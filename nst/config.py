@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nst.backbones import CHOICES as BACKBONES
+from nst.color import COLOR_MODES, HISTOGRAM_MODES
 from nst.devices import DEVICES
 from nst.errors import ConfigError
 from nst.losses import NORMALIZATIONS, PRECISIONS, paper_style_layer_weights
@@ -133,12 +134,57 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
     return settings
 
 
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, ListConfig | list) else [value]
+
+
+def style_specs(cfg: DictConfig) -> list[str]:
+    """The style images: ``style=name`` or ``style=[a,b]`` (paths or sample names)."""
+    value = OmegaConf.select(cfg, "style", throw_on_missing=False)
+    specs = _as_list(value)
+    if value is None or not specs or not all(v is not None and str(v).strip() for v in specs):
+        raise ConfigError("style", value if not isinstance(value, ListConfig) else list(value),
+                          "a path or a sample asset name, or a list of them: style=<path|name> or style=[a,b]")
+    return [str(v) for v in specs]
+
+
+def style_blend(cfg: DictConfig) -> list[float]:
+    """Blend weights, one per style image, normalised to sum to 1; null: equal weights."""
+    count = len(style_specs(cfg))
+    value = OmegaConf.select(cfg, "style_blend")
+    if value is None:
+        return [1.0 / count] * count
+    blend = _as_list(value)
+    if (len(blend) != count or not all(isinstance(b, int | float) and not isinstance(b, bool)
+                                       and math.isfinite(b) and b >= 0 for b in blend) or sum(blend) <= 0):
+        raise ConfigError("style_blend", blend, f"{count} non-negative numbers (one per style image), "
+                                                f"not all zero, e.g. [{', '.join(['0.5'] * count)}]")
+    total = float(sum(blend))
+    return [float(b) / total for b in blend]
+
+
+def style_mask_specs(cfg: DictConfig) -> list[str | None] | None:
+    """Mask files, one per style image (null: that style everywhere); None without masks."""
+    value = OmegaConf.select(cfg, "style_masks")
+    if value is None:
+        return None
+    count = len(style_specs(cfg))
+    masks = _as_list(value)
+    if len(masks) != count or not all(m is None or (isinstance(m, str) and m.strip()) for m in masks):
+        raise ConfigError("style_masks", masks, f"{count} mask paths (or null), one per style image")
+    return [None if m is None else str(m) for m in masks]
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value a run needs; raise ``ConfigError`` on the first bad one."""
-    for key in ("content", "style"):
-        value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if value is None or str(value).strip() == "":
-            raise ConfigError(key, value, f"a path or a sample asset name: pass {key}=<path|name>")
+    value = OmegaConf.select(cfg, "content", throw_on_missing=False)
+    if value is None or str(value).strip() == "":
+        raise ConfigError("content", value, "a path or a sample asset name: pass content=<path|name>")
+    style_specs(cfg)
+    style_blend(cfg)
+    style_mask_specs(cfg)
+    _choice(cfg, "color_preservation", COLOR_MODES)
+    _choice(cfg, "color_histogram", HISTOGRAM_MODES)
     _choice(cfg, "model.name", BACKBONES)
     _choice(cfg, "model.pooling", ("max", "avg"))
     if OmegaConf.select(cfg, "model.precision") is not None:

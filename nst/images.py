@@ -116,6 +116,12 @@ def load_tensor(path: str | os.PathLike, long_side: int, what: str = "image") ->
     return pil_to_tensor(resize_long_side(load_image(path, what), long_side))
 
 
+def load_mask(path: str | os.PathLike, height: int, width: int, what: str = "mask") -> torch.Tensor:
+    """A mask image as (1, 1, height, width) in [0, 1]: its luminance, stretched to the content's shape."""
+    gray = load_image(path, what).convert("L").resize((width, height), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None].contiguous()
+
+
 def save_png(tensor: torch.Tensor, path: str | os.PathLike) -> Path:
     """Save an image tensor as PNG (clamped to [0, 1]); parent folders are created."""
     path = Path(path)

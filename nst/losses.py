@@ -34,6 +34,20 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
 
 
+def guided_gram(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Gram matrices of the features inside ``mask`` (1, 1, H0, W0 in [0, 1], resized to the layer).
+
+    Each position is weighted by the mask and the sum divided by the mask's
+    weight instead of H*W, so an all-ones mask gives ``gram`` exactly and the
+    statistics describe the masked region alone (Gatys et al. 2017, spatial control).
+    """
+    b, c, h, w = features.shape
+    weights = torch.nn.functional.adaptive_avg_pool2d(mask.to(features), (h, w))
+    flat = (features * weights).reshape(b, c, h * w)
+    area = weights.pow(2).sum().clamp_min(1e-8)
+    return torch.bmm(flat, flat.transpose(1, 2)) / area
+
+
 def style_layer_loss(g: torch.Tensor, a: torch.Tensor, normalization: str) -> torch.Tensor:
     """Per-image style loss of one layer from H*W-normalised Grams ``g`` (B, C, C) and target ``a``.
 
@@ -80,13 +94,15 @@ class LossTerms:
     tv: torch.Tensor
     content_layers: dict[str, torch.Tensor]
     style_layers: dict[str, torch.Tensor]
+    style_images: dict[str, torch.Tensor] = field(default_factory=dict)  # per style image, when several
 
     def scalars(self, index: int = 0) -> dict[str, float]:
-        """Plain floats for logging: total, content, style, tv, content/<layer>, style/<layer>."""
+        """Plain floats for logging: total, content, style, tv, content/<layer>, style/<layer>, style_image/<i>."""
         values = {"total": self.total[index], "content": self.content[index],
                   "style": self.style[index], "tv": self.tv[index]}
         values.update({f"content/{k}": v[index] for k, v in self.content_layers.items()})
         values.update({f"style/{k}": v[index] for k, v in self.style_layers.items()})
+        values.update({f"style_image/{k}": v[index] for k, v in self.style_images.items()})
         stacked = torch.stack([v.detach().float() for v in values.values()]).cpu().tolist()
         return dict(zip(values, stacked, strict=True))
 
@@ -137,10 +153,13 @@ class StyleTransferLoss(nn.Module):
     include the layer weights.
     """
 
-    def __init__(self, extractor: nn.Module, content_image: torch.Tensor, style_image: torch.Tensor, *,
+    def __init__(self, extractor: nn.Module, content_image: torch.Tensor,
+                 style_image: torch.Tensor | Sequence[torch.Tensor], *,
                  content_layers: Mapping[str, float], style_layers: Mapping[str, float],
                  content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0,
-                 normalization: str = "reference", precision: str = "fp32"):
+                 normalization: str = "reference", precision: str = "fp32",
+                 style_blend: Sequence[float] | None = None,
+                 style_masks: Sequence[torch.Tensor | None] | None = None):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}")
@@ -152,11 +171,20 @@ class StyleTransferLoss(nn.Module):
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.normalization = normalization
         self.precision = precision
+        styles = [style_image] if isinstance(style_image, torch.Tensor) else list(style_image)
+        # several style images: style = sum_i blend_i * style_i, each against its own Gram targets,
+        # each optionally confined to its mask's region of the result (guided Grams)
+        self.style_blend = [float(b) for b in style_blend] if style_blend is not None else [1.0 / len(styles)] * len(styles)
+        self.style_masks = list(style_masks) if style_masks is not None else [None] * len(styles)
+        if not (len(styles) == len(self.style_blend) == len(self.style_masks)):
+            raise ValueError("style_blend and style_masks need one entry per style image")
         with torch.no_grad():
             content_features = extractor(content_image)
-            style_features = extractor(style_image)
-        self.content_targets = {k: content_features[k].detach() for k in self.content_layers}
-        self.style_targets = {k: gram(style_features[k]).detach() for k in self.style_layers}
+            self.content_targets = {k: content_features[k].detach() for k in self.content_layers}
+            self.style_targets = []
+            for image in styles:
+                style_features = extractor(image)
+                self.style_targets.append({k: gram(style_features[k]).detach() for k in self.style_layers})
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's activations, in fp32 (or the image's float64) whatever the compute precision."""
@@ -176,10 +204,18 @@ class StyleTransferLoss(nn.Module):
                 {k: zero + w for k, w in self.style_layers.items()}, has_tv=self.tv_weight != 0)
         content_terms = {k: content_layer_loss(features[k], t, self.normalization)
                          for k, t in self.content_targets.items()}
-        style_terms = {k: style_layer_loss(gram(features[k]), t, self.normalization)
-                       for k, t in self.style_targets.items()}
+        per_image = []
+        for targets, mask in zip(self.style_targets, self.style_masks, strict=True):
+            per_image.append({k: style_layer_loss(gram(features[k]) if mask is None else guided_gram(features[k], mask),
+                                                  t, self.normalization) for k, t in targets.items()})
+        style_terms = {k: sum((b * terms[k] for b, terms in zip(self.style_blend, per_image, strict=True)), zero)
+                       for k in self.style_layers}
         content = sum((weights.content_layers[k] * v for k, v in content_terms.items()), zero)
         style = sum((weights.style_layers[k] * v for k, v in style_terms.items()), zero)
+        style_images = {}
+        if len(per_image) > 1:
+            style_images = {str(i + 1): sum((weights.style_layers[k] * v for k, v in terms.items()), zero)
+                            for i, terms in enumerate(per_image)}
         tv = total_variation(image) if weights.has_tv else zero
         total = weights.content * content + weights.style * style + weights.tv * tv
-        return LossTerms(total, content, style, tv, content_terms, style_terms)
+        return LossTerms(total, content, style, tv, content_terms, style_terms, style_images)

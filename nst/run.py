@@ -29,10 +29,19 @@ from nst.backbones import (
     resolve_name,
     validate_layers,
 )
-from nst.config import layer_weights, optimizer_settings, scale_schedule, validate
+from nst.color import network_images, recombine
+from nst.config import (
+    layer_weights,
+    optimizer_settings,
+    scale_schedule,
+    style_blend,
+    style_mask_specs,
+    style_specs,
+    validate,
+)
 from nst.devices import available_bytes, native_bf16, resolve_device, tune
 from nst.errors import ConfigError, ImageError, NonFiniteLossError, NSTError
-from nst.images import header_size, load_tensor, save_png, scaled_size, style_long_side
+from nst.images import header_size, load_mask, load_tensor, save_png, scaled_size, style_long_side
 from nst.losses import LossWeights, StyleTransferLoss
 from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize_batch
 
@@ -59,6 +68,12 @@ class Inputs:
     style: torch.Tensor
     content_layers: dict[str, float]
     style_layers: dict[str, float]
+    # every style image (style_path / style are the first), their blend weights and optional masks
+    style_paths: list[Path] = field(default_factory=list)
+    styles: list[torch.Tensor] = field(default_factory=list)
+    style_blend: list[float] = field(default_factory=lambda: [1.0])
+    mask_paths: list[Path | None] | None = None
+    masks: list[torch.Tensor | None] | None = None
 
 
 @dataclass
@@ -87,17 +102,31 @@ def prepare(cfg: DictConfig) -> Inputs:
     style_layers = layer_weights(cfg, "loss.style_layers", "loss.style_layer_weights", channels)
 
     content_path = resolve_image(cfg.content, "content")
-    style_path = resolve_image(cfg.style, "style")
+    specs = style_specs(cfg)
+    style_paths = [resolve_image(spec, "style" if len(specs) == 1 else f"style {i + 1}")
+                   for i, spec in enumerate(specs)]
+    mask_specs = style_mask_specs(cfg)
+    mask_paths = None if mask_specs is None else [
+        None if spec is None else resolve_image(spec, f"style_masks[{i}]") for i, spec in enumerate(mask_specs)]
     size = int(cfg.image.size)
     style_size = style_long_side(size, float(cfg.image.style_scale))
     deepest = max(table[n].index for n in (*content_layers, *style_layers))
-    check_memory(device, arch, deepest, [(content_path, size), (style_path, style_size)])
+    check_memory(device, arch, deepest, [(content_path, size), *((p, style_size) for p in style_paths)])
     content = load_tensor(content_path, size, "content")
-    style = load_tensor(style_path, style_size, "style")
+    styles = [load_tensor(p, style_size, "style") for p in style_paths]
+    style, style_path = styles[0], style_paths[0]
+    masks = None if mask_paths is None else [
+        None if p is None else load_mask(p, content.shape[-2], content.shape[-1], f"style_masks[{i}]")
+        for i, p in enumerate(mask_paths)]
+    for i, mask in enumerate(masks or []):
+        if mask is not None and float(mask.max()) <= 0:
+            raise ImageError(f"style_masks[{i}] {mask_paths[i]}: the mask is black everywhere, so style "
+                             f"{specs[i]} would apply nowhere (white marks where it applies)")
 
     pools = sum(1 for n, layer in table.items() if n.startswith("pool") and layer.index < deepest)
     minimum = 2**pools
-    for what, path, image in (("content", content_path, content), ("style", style_path, style)):
+    for what, path, image in (("content", content_path, content),
+                              *(("style", p, s) for p, s in zip(style_paths, styles, strict=True))):
         if min(image.shape[-2:]) < minimum:
             raise ImageError(
                 f"{what} image {path} is {image.shape[-1]}x{image.shape[-2]} px after resizing; the "
@@ -113,7 +142,9 @@ def prepare(cfg: DictConfig) -> Inputs:
                                   f"scales whose {what} image is at least {minimum} px on each side (at "
                                   f"{smallest} px it is {width}x{height}; the deepest layer in use needs {minimum})")
     return Inputs(cfg, device, name, notes, content_path, style_path,
-                  content.to(device), style.to(device), content_layers, style_layers)
+                  content.to(device), style.to(device), content_layers, style_layers,
+                  style_paths, [s.to(device) for s in styles], style_blend(cfg), mask_paths,
+                  None if masks is None else [None if m is None else m.to(device) for m in masks])
 
 
 def check_memory(device: torch.device, arch: str, deepest: int, images: list[tuple[Path, int]]) -> None:
@@ -237,14 +268,18 @@ def optimize_scales(jobs: Sequence[BatchJob], backbone: Backbone,
         if not active:
             break
         if size == int(cfg.image.size):
-            content, style = first.content, first.style
+            content, styles = first.content, first.styles
         else:
             content = load_tensor(first.content_path, size, "content").to(first.device)
-            style = load_tensor(first.style_path, style_long_side(size, style_scale), "style").to(first.device)
+            styles = [load_tensor(p, style_long_side(size, style_scale), "style").to(first.device)
+                      for p in first.style_paths]
+        content, styles = network_images(content, styles, str(cfg.color_preservation), str(cfg.color_histogram))
+        style = styles[0]
         loss = StyleTransferLoss(
-            backbone.extractor, content, style, content_layers=first.content_layers,
+            backbone.extractor, content, styles, content_layers=first.content_layers,
             style_layers=first.style_layers, normalization=cfg.loss.normalization,
-            precision=str(cfg.model.get("precision", "fp32")))
+            precision=str(cfg.model.get("precision", "fp32")), style_blend=first.style_blend,
+            style_masks=first.masks)
         inits = []
         for i in active:
             job = jobs[i].inputs
@@ -275,6 +310,8 @@ def optimize_scales(jobs: Sequence[BatchJob], backbone: Backbone,
                 merged[i].image = images[i] = result.image
                 merged[i].elapsed_s += result.elapsed_s
                 if last:
+                    if str(cfg.color_preservation) == "luminance":  # the content's chroma back on
+                        merged[i].image = recombine(merged[i].image, first.content)
                     outcomes[i] = merged[i]
     return outcomes
 
@@ -318,6 +355,11 @@ def run_record(inputs: Inputs, backbone: Backbone) -> dict:
         "style_image": str(inputs.style_path),
         "content_size": list(inputs.content.shape[-2:]),
         "style_size": list(inputs.style.shape[-2:]),
+        **({"style_images": [str(p) for p in inputs.style_paths], "style_blend": inputs.style_blend}
+           if len(inputs.style_paths) > 1 else {}),
+        **({"style_masks": [None if p is None else str(p) for p in inputs.mask_paths]}
+           if inputs.mask_paths is not None else {}),
+        "color_preservation": str(inputs.cfg.get("color_preservation", "none")),
         "device": str(inputs.device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

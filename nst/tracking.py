@@ -397,7 +397,8 @@ def tracked_batch(contexts: list[JobContext]) -> list:
             start_run({TAG_FAILURE: str(exc)[:5000]}).end("FAILED")
             outcomes[position] = exc
             continue
-        config_hash = fingerprint(cfg, [inputs.content_path, inputs.style_path])
+        config_hash = fingerprint(cfg, [inputs.content_path, *(inputs.style_paths or [inputs.style_path]),
+                                        *(p for p in inputs.mask_paths or [] if p is not None)])
         if context.sweep_id is not None and OmegaConf.select(cfg, "tracking.resume", default=True):
             existing = find_finished(client, experiment_id, config_hash)
             if existing:
@@ -409,6 +410,11 @@ def tracked_batch(contexts: list[JobContext]) -> list:
         tracker = start_run({TAG_HASH: config_hash})
         tracker.log_picture(tensor_to_pil(inputs.content), "inputs/content.png")
         tracker.log_picture(tensor_to_pil(inputs.style), "inputs/style.png")
+        for number, extra_style in enumerate(inputs.styles[1:], start=2):
+            tracker.log_picture(tensor_to_pil(extra_style), f"inputs/style_{number}.png")
+        for number, mask in enumerate(inputs.masks or [], start=1):
+            if mask is not None:
+                tracker.log_picture(tensor_to_pil(mask.expand(-1, 3, -1, -1)), f"inputs/mask_{number}.png")
         members.append((position, _TrackedMember(context, inputs, tracker)))
     if not members:
         return outcomes
