@@ -379,6 +379,16 @@ def available_backbones() -> list[str]:
     return names
 
 
+def _race_table(columns: list[str], rows: Iterator[dict], cells) -> None:
+    """Print a markdown table a row at a time, as the race finishes each; speed-ups against the first row."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    base = None
+    for row in rows:
+        base = base or row["seconds"]
+        print("| " + " | ".join(cells(row, base)) + " |", flush=True)
+
+
 def _ms(value: float) -> str:
     """Milliseconds with the digits that matter: 1768, 14.7, 0.41."""
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
@@ -463,24 +473,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_size:
         print(f"\n## One L-BFGS run: {race_backbone}, {args.run_size} px, {args.run_evals} evaluations, "
               f"after a 5-evaluation warm-up; final images scored by the reference's fp32 loss\n")
-        print("| implementation | evaluations | seconds | ms/evaluation | speed-up | final loss |")
-        print("|---|---|---|---|---|---|")
-        base = None
-        for row in run_race(race_backbone, args.run_size, args.run_evals, args.device, with_bf16):
-            base = base or row["seconds"]
-            print(f"| {row['impl']} | {row['evals']} | {row['seconds']:.2f} | "
-                  f"{1000 * row['seconds'] / row['evals']:.1f} | {base / row['seconds']:.2f}x | "
-                  f"{row['loss']:.6g} |", flush=True)
+        _race_table(["implementation", "evaluations", "seconds", "ms/evaluation", "speed-up", "final loss"],
+                    run_race(race_backbone, args.run_size, args.run_evals, args.device, with_bf16),
+                    lambda row, base: [row["impl"], str(row["evals"]), f"{row['seconds']:.2f}",
+                                       f"{1000 * row['seconds'] / row['evals']:.1f}",
+                                       f"{base / row['seconds']:.2f}x", f"{row['loss']:.6g}"])
     if args.sweep_size:
         print(f"\n## Ratio sweep: {race_backbone}, {args.sweep_size} px, 6 members (beta "
               f"{', '.join(f'{b:g}' for b in RATIO_BETAS)}), {args.sweep_evals} L-BFGS evaluations each, "
               f"wall time including start-up\n")
-        print("| mode | seconds | speed-up |")
-        print("|---|---|---|")
-        base = None
-        for row in sweep_race(race_backbone, args.sweep_size, args.sweep_evals, args.device, with_bf16):
-            base = base or row["seconds"]
-            print(f"| {row['mode']} | {row['seconds']:.1f} | {base / row['seconds']:.2f}x |", flush=True)
+        _race_table(["mode", "seconds", "speed-up"],
+                    sweep_race(race_backbone, args.sweep_size, args.sweep_evals, args.device, with_bf16),
+                    lambda row, base: [row["mode"], f"{row['seconds']:.1f}", f"{base / row['seconds']:.2f}x"])
     return 0
 
 
