@@ -17,10 +17,11 @@ ARGS ?=
 SWEEP ?= ratio
 OUTPUT_DIR ?= $(or $(NST_OUTPUT_DIR),outputs)
 UI_PORT ?= 5000
+SERVER_PORT ?= 5000
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run sweep ratio examples controls ui bench report clean
+.PHONY: help install test test-slow test-all lint run sweep ratio examples controls server ui bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,7 +29,7 @@ help: ## Show this help
 install: ## Create .venv and install nst (editable) with its dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,cluster]"
 
 test: ## Fast tests: random backbone, 32-64 px images (a few minutes on 2 cores)
 	$(PY) -m pytest -m "not slow"
@@ -56,6 +57,12 @@ examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls 
 
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
 	$(VENV)/bin/nst +sweeps=controls $(REPRO) $(ARGS)
+
+server: ## MLflow tracking server on 127.0.0.1:$(SERVER_PORT) (SQLite + artifacts in $(OUTPUT_DIR)/server), for tracking=server
+	mkdir -p $(OUTPUT_DIR)/server
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) \
+		--backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/server/mlflow.db \
+		--artifacts-destination $(abspath $(OUTPUT_DIR))/server/artifacts
 
 ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \

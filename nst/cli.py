@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -32,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO_ROOT / "conf")
 if not OmegaConf.has_resolver("nst_root"):
     OmegaConf.register_new_resolver("nst_root", lambda: str(REPO_ROOT))
+# conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's own config of that name on purpose
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -143,3 +143,20 @@ class BatchedLauncher(Launcher):
             for index, value in zip(group, run_group([contexts[i] for i in group]), strict=True):
                 returns[index].return_value = value
         return returns
+
+
+# nst's variables a Ray worker must see as the shell that ran ``nst -m`` does (Ray workers inherit
+# the environment of ``ray start``, not the driver's)
+FORWARDED_ENVIRONMENT = ("NST_ASSETS_DIR", "NST_CACHE_DIR", "NST_OFFLINE", "NST_HED_WHEEL", "MLFLOW_TRACKING_URI")
+
+
+def ray_environment(config: DictConfig) -> dict[str, str]:
+    """Environment for Ray workers: nst's variables, and the output folder as an absolute path."""
+    import os
+    from pathlib import Path
+
+    environment = {key: os.environ[key] for key in FORWARDED_ENVIRONMENT if key in os.environ}
+    output_dir = OmegaConf.select(config, "paths.output_dir") or "outputs"
+    environment["NST_OUTPUT_DIR"] = str(Path(str(output_dir)).expanduser().resolve())
+    return environment
+

@@ -51,16 +51,21 @@ def _parse_overrides(text: str) -> dict[str, str]:
     return out
 
 
+def child_runs(client, parent_id: str) -> list:
+    """Every run started under the sweep ``parent_id``, retried attempts included."""
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_id}'", max_results=10000)
+
+
 def sweep_runs(client, parent_id: str) -> list:
     """The runs of a sweep in job order: its children plus FINISHED runs reused by resume."""
     parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_id}'",
-                                  max_results=10000)
+    children = child_runs(client, parent_id)
     by_job = {}
     for run in children:
         job = int(run.data.tags.get(tracking.TAG_JOB, len(by_job)))
-        # a job that ran twice in one sweep (should not happen) keeps its latest run
+        # a job that ran twice in one sweep (Ray runs again a job whose worker died) keeps its latest run
         if job not in by_job or run.info.start_time > by_job[job][1].info.start_time:
             by_job[job] = (job, run)
     for key, run_id in parent.data.tags.items():
@@ -119,7 +124,9 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
                     "elapsed_s": metrics.get("elapsed_s"),
                     "failure": run.data.tags.get(tracking.TAG_FAILURE, "")})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=None if rows else [
+        "job", "run_id", "status", "reused", "label", "final_total", "final_content", "final_style",
+        "evaluations", "elapsed_s", "failure"])  # no run recorded (every job failed before MLflow)
     table.attrs["swept"] = keys
     return table
 

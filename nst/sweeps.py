@@ -88,6 +88,9 @@ class SweepCallback(Callback):
 
         status = "FINISHED"
         try:
+            # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
+            # such as Ray may have run that job again; the summary keeps each job's latest run)
+            self.end_orphans("FAILED", "its worker process died before the run ended")
             summary = reports.summarise_sweep(self.client, self.parent, Path(str(config.hydra.sweep.dir)))
             failed = summary.table[summary.table["status"] != "FINISHED"]
             failed_jobs.extend(failed["run_id"].tolist())
@@ -103,6 +106,15 @@ class SweepCallback(Callback):
             self.client.set_terminated(self.parent, status)
             self.close()
 
+    def end_orphans(self, status: str, reason: str) -> None:
+        """End the children left RUNNING with ``status`` and ``reason``."""
+        from nst import reports
+
+        for run in reports.child_runs(self.client, self.parent):
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, tracking.TAG_FAILURE, reason)
+                self.client.set_terminated(run.info.run_id, status)
+
     def close(self) -> None:
         global _open
         if _open is self:
@@ -113,12 +125,8 @@ class SweepCallback(Callback):
         from nst import reports
 
         try:
-            children = reports.sweep_runs(self.client, self.parent)
-            for _, run in children:
-                if run.info.status == "RUNNING":
-                    self.client.set_tag(run.info.run_id, tracking.TAG_FAILURE, reason)
-                    self.client.set_terminated(run.info.run_id, status)
-            if children:
+            self.end_orphans(status, reason)
+            if reports.sweep_runs(self.client, self.parent):
                 reports.summarise_sweep(self.client, self.parent, self.sweep_dir)
         except Exception:  # noqa: BLE001 - closing the parent matters more than its summary
             log.exception("could not summarise the aborted sweep")

@@ -1,8 +1,32 @@
 """Hydra registers launchers only from the ``hydra_plugins`` package, by the module that defines
-them; nst's batched launcher is written in ``nst.launcher`` and declared here."""
+them; nst's launchers are written in ``nst.launcher`` and declared here."""
+
+from omegaconf import open_dict
 
 from nst.launcher import BatchedLauncher as _BatchedLauncher
+from nst.launcher import ray_environment
+
+try:
+    from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as _PluginRayLauncher
+except ImportError:  # hydra-ray-launcher not installed: no hydra/launcher=ray
+    _PluginRayLauncher = None
 
 
 class BatchedLauncher(_BatchedLauncher):
     """``hydra/launcher=batched``: see ``nst.launcher``."""
+
+
+if _PluginRayLauncher is not None:
+
+    class RayLauncher(_PluginRayLauncher):
+        """``hydra/launcher=ray``: hydra-ray-launcher, with the driver's nst variables and absolute
+        output folder passed to every Ray worker (``runtime_env.env_vars``)."""
+
+        def launch(self, job_overrides, initial_job_idx):
+            with open_dict(self.ray_cfg):
+                runtime = self.ray_cfg.init.get("runtime_env") or {}
+                self.ray_cfg.init.runtime_env = runtime
+                env_vars = dict(self.ray_cfg.init.runtime_env.get("env_vars") or {})
+                env_vars.update(ray_environment(self.config))
+                self.ray_cfg.init.runtime_env.env_vars = env_vars
+            return super().launch(job_overrides, initial_job_idx)
