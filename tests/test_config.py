@@ -125,3 +125,27 @@ def test_resolved_config_round_trips_to_yaml():
     cfg = make()
     text = OmegaConf.to_yaml(cfg, resolve=True)
     assert "conv4_2" in text and not math.isnan(OmegaConf.create(text).loss.style_weight)
+
+
+def test_cluster_launchers_and_tracking_server_compose(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        ray = compose("config", overrides=[*BASE, "hydra/launcher=ray", "tracking=server"], return_hydra_config=True)
+        slurm = compose("config", overrides=[*BASE, "hydra/launcher=slurm"], return_hydra_config=True)
+    assert ray.hydra.launcher._target_ == "hydra_plugins.nst_launcher.RayLauncher"
+    assert ray.hydra.launcher.ray.init.object_store_memory is None  # Ray refuses it for an existing cluster
+    assert ray.hydra.launcher.ray.remote.num_cpus == 1 and ray.hydra.launcher.ray.remote.max_retries == 2
+    assert ray.tracking.uri == "http://tracking.example:5000" and ray.tracking.enabled
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert slurm.hydra.launcher.cpus_per_task == 4 and slurm.hydra.launcher.timeout_min == 120
+
+
+def test_ray_workers_get_nst_variables_and_an_absolute_output_folder(monkeypatch, tmp_path):
+    from nst.launcher import ray_environment
+
+    monkeypatch.setenv("NST_ASSETS_DIR", "/data/assets")
+    monkeypatch.delenv("NST_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    environment = ray_environment(OmegaConf.create({"paths": {"output_dir": "outputs"}}))
+    assert environment["NST_ASSETS_DIR"] == "/data/assets" and "NST_OFFLINE" not in environment
+    assert environment["NST_OUTPUT_DIR"] == str(tmp_path / "outputs")
