@@ -146,6 +146,8 @@ def test_a_killed_ray_worker_loses_no_other_run(cluster, tmp_path):
                    for run in earlier)
         if job not in retried:
             assert latest.info.status == "FINISHED"  # no other run is lost
+    print(f"killed Ray worker {killed[0]}; exit {done.returncode}; attempts per job: "
+          f"{ {job: [run.info.status for run in attempts] for job, attempts in sorted(by_job.items())} }")
     # the retried job either finished on its second attempt (exit 0) or is reported FAILED (exit 1)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     if done.returncode == 0:
