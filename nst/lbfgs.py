@@ -30,33 +30,34 @@ class CompactLBFGS(torch.optim.LBFGS):
     @torch.no_grad()
     def _direction(self, state: dict, grad: torch.Tensor) -> torch.Tensor:
         """-H g for the current history (H: the L-BFGS inverse-Hessian approximation)."""
-        count = state["count"]
+        count = len(state.get("slots", ()))
         gamma = state["gamma"]
         if count == 0:
             return grad.neg()
-        pairs = state["pairs"][:, :count]  # (2, k, n): pairs[0] = S, pairs[1] = Y, in buffer order
+        # (k, 2, n) -> (2k, n) rows s_0, y_0, s_1, y_1, ... in buffer order: a view, no copy
+        pairs = state["pairs"][:count].reshape(2 * count, -1)
         order = state["order"]  # buffer slots, oldest first
         sy = state["sy"][:count, :count][order][:, order]  # sy[i, j] = s_i . y_j, chronological
         yy = state["yy"][:count, :count][order][:, order]
-        projected = (pairs.reshape(2 * count, -1) @ grad).reshape(2, count)[:, order]
-        s_g, y_g = projected[0], projected[1]
+        projected = (pairs @ grad).reshape(count, 2)[order]
+        s_g, y_g = projected[:, 0], projected[:, 1]
         upper = torch.triu(sy)
         # [p; q] = M [S^T g; gamma Y^T g] with M = [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]]
         u = torch.linalg.solve_triangular(upper, s_g.unsqueeze(1), upper=True)
         inner = torch.diag(sy).unsqueeze(1) * u + gamma * (yy @ u) - gamma * y_g.unsqueeze(1)
         p = torch.linalg.solve_triangular(upper.T, inner, upper=False).squeeze(1)
         q = -u.squeeze(1)
-        coefficients = torch.empty(2, count, dtype=grad.dtype, device=grad.device)
-        coefficients[0, order] = p
-        coefficients[1, order] = gamma * q
-        hg = gamma * grad + coefficients.reshape(1, -1) @ pairs.reshape(2 * count, -1)
+        coefficients = torch.empty(count, 2, dtype=grad.dtype, device=grad.device)
+        coefficients[order, 0] = p
+        coefficients[order, 1] = gamma * q
+        hg = gamma * grad + coefficients.reshape(1, -1) @ pairs
         return hg.reshape(-1).neg()
 
     @torch.no_grad()
     def _remember(self, state: dict, s: torch.Tensor, y: torch.Tensor, ys: torch.Tensor, size: int) -> None:
         """Store the pair (s, y), dropping the oldest when ``size`` pairs are held."""
         if "pairs" not in state:
-            state["pairs"] = torch.empty(2, size, s.numel(), dtype=s.dtype, device=s.device)
+            state["pairs"] = torch.empty(size, 2, s.numel(), dtype=s.dtype, device=s.device)
             state["sy"] = torch.zeros(size, size, dtype=s.dtype, device=s.device)
             state["yy"] = torch.zeros(size, size, dtype=s.dtype, device=s.device)
             state["slots"] = []
@@ -64,18 +65,17 @@ class CompactLBFGS(torch.optim.LBFGS):
         slot = slots.pop(0) if len(slots) == size else len(slots)
         slots.append(slot)
         pairs = state["pairs"]
-        pairs[0, slot] = s
-        pairs[1, slot] = y
+        pairs[slot, 0] = s
+        pairs[slot, 1] = y
         filled = len(slots)
         # new row and column of S^T Y and Y^T Y (only the slots in use are ever read)
-        s_row = pairs[1, :filled] @ s  # s . y_j
-        y_col = pairs[0, :filled] @ y  # s_i . y
-        y_row = pairs[1, :filled] @ y  # y . y_j
+        s_row = pairs[:filled, 1] @ s  # s . y_j
+        y_col = pairs[:filled, 0] @ y  # s_i . y
+        y_row = pairs[:filled, 1] @ y  # y . y_j
         state["sy"][slot, :filled] = s_row
         state["sy"][:filled, slot] = y_col
         state["yy"][slot, :filled] = y_row
         state["yy"][:filled, slot] = y_row
-        state["count"] = filled
         state["order"] = torch.tensor(slots, device=s.device)
         state["gamma"] = ys / y.dot(y)
 
@@ -90,7 +90,6 @@ class CompactLBFGS(torch.optim.LBFGS):
         state = self.state[self._params[0]]
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
-        state.setdefault("count", 0)
         state.setdefault("gamma", 1.0)
 
         first_loss = closure()

@@ -34,6 +34,13 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
 
 
+def mask_at(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A (1, 1, H0, W0) mask averaged down (or stretched) to a layer's ``height`` x ``width``."""
+    if mask.shape[-2:] == (height, width):
+        return mask
+    return torch.nn.functional.adaptive_avg_pool2d(mask, (height, width))
+
+
 def guided_gram(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Gram matrices of the features inside ``mask`` (1, 1, H0, W0 in [0, 1], resized to the layer).
 
@@ -42,7 +49,7 @@ def guided_gram(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     statistics describe the masked region alone (Gatys et al. 2017, spatial control).
     """
     b, c, h, w = features.shape
-    weights = torch.nn.functional.adaptive_avg_pool2d(mask.to(features), (h, w))
+    weights = mask_at(mask.to(features), h, w)
     flat = (features * weights).reshape(b, c, h * w)
     area = weights.pow(2).sum().clamp_min(1e-8)
     return torch.bmm(flat, flat.transpose(1, 2)) / area
@@ -175,12 +182,16 @@ class StyleTransferLoss(nn.Module):
         # several style images: style = sum_i blend_i * style_i, each against its own Gram targets,
         # each optionally confined to its mask's region of the result (guided Grams)
         self.style_blend = [float(b) for b in style_blend] if style_blend is not None else [1.0 / len(styles)] * len(styles)
-        self.style_masks = list(style_masks) if style_masks is not None else [None] * len(styles)
-        if not (len(styles) == len(self.style_blend) == len(self.style_masks)):
+        masks = list(style_masks) if style_masks is not None else [None] * len(styles)
+        if not (len(styles) == len(self.style_blend) == len(masks)):
             raise ValueError("style_blend and style_masks need one entry per style image")
         with torch.no_grad():
             content_features = extractor(content_image)
             self.content_targets = {k: content_features[k].detach() for k in self.content_layers}
+            # each mask at each style layer's resolution (the result has the content's shape), once
+            self.style_masks = [None if mask is None else {
+                k: mask_at(mask.to(content_features[k]), *content_features[k].shape[-2:]) for k in self.style_layers}
+                for mask in masks]
             self.style_targets = []
             for image in styles:
                 style_features = extractor(image)
@@ -205,11 +216,14 @@ class StyleTransferLoss(nn.Module):
         content_terms = {k: content_layer_loss(features[k], t, self.normalization)
                          for k, t in self.content_targets.items()}
         per_image = []
-        for targets, mask in zip(self.style_targets, self.style_masks, strict=True):
-            per_image.append({k: style_layer_loss(gram(features[k]) if mask is None else guided_gram(features[k], mask),
+        for targets, masks in zip(self.style_targets, self.style_masks, strict=True):
+            per_image.append({k: style_layer_loss(gram(features[k]) if masks is None else guided_gram(features[k], masks[k]),
                                                   t, self.normalization) for k, t in targets.items()})
-        style_terms = {k: sum((b * terms[k] for b, terms in zip(self.style_blend, per_image, strict=True)), zero)
-                       for k in self.style_layers}
+        if self.style_blend == [1.0]:  # one style image, nothing to blend
+            style_terms = per_image[0]
+        else:
+            style_terms = {k: sum((b * terms[k] for b, terms in zip(self.style_blend, per_image, strict=True)), zero)
+                           for k in self.style_layers}
         content = sum((weights.content_layers[k] * v for k, v in content_terms.items()), zero)
         style = sum((weights.style_layers[k] * v for k, v in style_terms.items()), zero)
         style_images = {}

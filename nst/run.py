@@ -63,17 +63,26 @@ class Inputs:
     backbone_name: str
     backbone_notes: list[str]
     content_path: Path
-    style_path: Path
     content: torch.Tensor
-    style: torch.Tensor
     content_layers: dict[str, float]
     style_layers: dict[str, float]
-    # every style image (style_path / style are the first), their blend weights and optional masks
-    style_paths: list[Path] = field(default_factory=list)
-    styles: list[torch.Tensor] = field(default_factory=list)
-    style_blend: list[float] = field(default_factory=lambda: [1.0])
+    style_paths: list[Path]  # every style image, with its blend weight and optional mask
+    styles: list[torch.Tensor]
+    style_blend: list[float]
     mask_paths: list[Path | None] | None = None
     masks: list[torch.Tensor | None] | None = None
+
+    @property
+    def style_path(self) -> Path:
+        return self.style_paths[0]
+
+    @property
+    def style(self) -> torch.Tensor:
+        return self.styles[0]
+
+    def input_files(self) -> list[Path]:
+        """Every file the result depends on: content, styles, masks (what resume fingerprints)."""
+        return [self.content_path, *self.style_paths, *(p for p in self.mask_paths or [] if p is not None)]
 
 
 @dataclass
@@ -114,7 +123,6 @@ def prepare(cfg: DictConfig) -> Inputs:
     check_memory(device, arch, deepest, [(content_path, size), *((p, style_size) for p in style_paths)])
     content = load_tensor(content_path, size, "content")
     styles = [load_tensor(p, style_size, "style") for p in style_paths]
-    style, style_path = styles[0], style_paths[0]
     masks = None if mask_paths is None else [
         None if p is None else load_mask(p, content.shape[-2], content.shape[-1], f"style_masks[{i}]")
         for i, p in enumerate(mask_paths)]
@@ -134,15 +142,14 @@ def prepare(cfg: DictConfig) -> Inputs:
                 f"{' or image.style_scale' if what == 'style' else ''})")
     smallest = scale_schedule(cfg)[0][0]
     if smallest < size:
-        for what, image, long_side in (("content", content, smallest),
-                                       ("style", style, style_long_side(smallest, float(cfg.image.style_scale)))):
+        coarse_style = style_long_side(smallest, float(cfg.image.style_scale))
+        for what, image, long_side in (("content", content, smallest), *(("style", s, coarse_style) for s in styles)):
             width, height = scaled_size((image.shape[-1], image.shape[-2]), long_side)
             if min(width, height) < minimum:
                 raise ConfigError("image.scales", list(cfg.image.scales),
                                   f"scales whose {what} image is at least {minimum} px on each side (at "
                                   f"{smallest} px it is {width}x{height}; the deepest layer in use needs {minimum})")
-    return Inputs(cfg, device, name, notes, content_path, style_path,
-                  content.to(device), style.to(device), content_layers, style_layers,
+    return Inputs(cfg, device, name, notes, content_path, content.to(device), content_layers, style_layers,
                   style_paths, [s.to(device) for s in styles], style_blend(cfg), mask_paths,
                   None if masks is None else [None if m is None else m.to(device) for m in masks])
 

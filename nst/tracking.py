@@ -397,8 +397,7 @@ def tracked_batch(contexts: list[JobContext]) -> list:
             start_run({TAG_FAILURE: str(exc)[:5000]}).end("FAILED")
             outcomes[position] = exc
             continue
-        config_hash = fingerprint(cfg, [inputs.content_path, *(inputs.style_paths or [inputs.style_path]),
-                                        *(p for p in inputs.mask_paths or [] if p is not None)])
+        config_hash = fingerprint(cfg, inputs.input_files())
         if context.sweep_id is not None and OmegaConf.select(cfg, "tracking.resume", default=True):
             existing = find_finished(client, experiment_id, config_hash)
             if existing:

@@ -212,3 +212,28 @@ def test_controls_sweep_makes_a_gallery(tmp_path):
     summary = list(csv.DictReader(open(grids[0].parent / "summary.csv")))
     assert len(summary) == len(CONTROLS) and all(row["status"] == "FINISHED" for row in summary)
     assert Image.open(grids[0]).size[1] > 2 * 128  # content, style and six tiles: two rows or more
+
+
+def test_tracked_run_records_every_style_and_mask(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    white = tmp_path / "white.png"
+    Image.new("L", (10, 7), 255).save(white)
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("NST_OUTPUT_DIR", str(out))
+    cfg = make(*TINY, "tracking=local", "style=[starry_night,the_scream]", f"style_masks=[{white},null]",
+               "style_blend=[3,1]", f"paths.output_dir={out}")
+    inputs = prepare(cfg)
+    assert inputs.input_files() == [inputs.content_path, *inputs.style_paths, white.resolve()]
+    from nst.run import run
+
+    run(cfg, tmp_path / "job")
+    record = __import__("json").loads((tmp_path / "job" / "run.json").read_text())
+    assert record["style_blend"] == [0.75, 0.25] and len(record["style_images"]) == 2
+    assert record["style_masks"][0].endswith("white.png") and record["style_masks"][1] is None
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nst")
+    (found,) = client.search_runs([experiment.experiment_id])
+    inputs_logged = {a.path for a in client.list_artifacts(found.info.run_id, "inputs")}
+    assert {"inputs/style.png", "inputs/style_2.png", "inputs/mask_1.png"} <= inputs_logged
+    assert "style_image/2" in found.data.metrics

@@ -37,3 +37,11 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
     assert devices.native_bf16(torch.device("cpu")) is True
     fake_cpuinfo("fpu amx_tile amx_bf16")
     assert devices.native_bf16(torch.device("cpu")) is True
+
+
+def test_tune_turns_on_cudnn_autotuning_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    devices.tune(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    devices.tune(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True

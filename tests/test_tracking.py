@@ -245,3 +245,13 @@ def test_swept_inputs_give_one_row_per_job(tmp_path):
     row_two = grid.crop((reports.TILE + 12, reports.TILE + 40, 2 * reports.TILE + 12, 2 * reports.TILE + 40))
     row_one = grid.crop((reports.TILE + 12, 6, 2 * reports.TILE + 12, reports.TILE + 6))
     assert list(row_one.getdata()) != list(row_two.getdata())
+
+
+def test_a_sweep_with_no_recorded_run_still_summarises(tmp_path):
+    """Every job failed before reaching MLflow (an unreachable server): an empty table, not a crash."""
+    client = client_for(tmp_path)
+    experiment = client.create_experiment("empty")
+    parent = client.create_run(experiment, tags={"nst.role": "sweep"}).info.run_id
+    summary = reports.summarise_sweep(client, parent, tmp_path / "summary", log_to_parent=False)
+    assert summary.table.empty and "status" in summary.table.columns
+    assert (tmp_path / "summary" / "summary.csv").read_text().startswith("job,run_id,status")
