@@ -24,6 +24,9 @@ if _PluginRayLauncher is not None:
 
         def launch(self, job_overrides, initial_job_idx):
             with open_dict(self.ray_cfg):
-                runtime = self.ray_cfg.init.setdefault("runtime_env", {})
-                runtime.env_vars = {**(runtime.get("env_vars") or {}), **ray_environment(self.config)}
+                runtime = self.ray_cfg.init.get("runtime_env") or {}
+                self.ray_cfg.init.runtime_env = runtime
+                env_vars = dict(self.ray_cfg.init.runtime_env.get("env_vars") or {})
+                env_vars.update(ray_environment(self.config))
+                self.ray_cfg.init.runtime_env.env_vars = env_vars
             return super().launch(job_overrides, initial_job_idx)
