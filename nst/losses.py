@@ -11,7 +11,7 @@ with the normalisation it was tuned for:
     content = 1/2 * sum (F - P)^2.
 
 Every function keeps the batch dimension (one loss per image) so several
-images can be optimised through one network pass (``nst.batching``), each
+images can be optimised through one network pass (``nst.run.execute_batch``), each
 with its own weights (``LossWeights``).
 """
 
