@@ -45,18 +45,18 @@ lint: ## Static checks (ruff)
 run: ## One style transfer: make run CONTENT=tubingen STYLE=starry_night ARGS="epochs=10"
 	$(VENV)/bin/nst content=$(CONTENT) style=$(STYLE) $(ARGS)
 
-sweep: ## A sweep from sweeps/: make sweep SWEEP=learning_rate ARGS="image.size=128"
-	$(VENV)/bin/nst +sweeps=$(SWEEP) content=$(CONTENT) style=$(STYLE) $(ARGS)
+sweep: ## A sweep from conf/sweep/: make sweep SWEEP=learning_rate ARGS="image.size=128"
+	$(VENV)/bin/nst sweep=$(SWEEP) content=$(CONTENT) style=$(STYLE) $(ARGS)
 
 ratio: ## Reproduce the seed's ratio experiment (Figure 5) on tubingen + starry_night
-	$(VENV)/bin/nst +sweeps=ratio content=tubingen style=starry_night $(REPRO) $(ARGS)
+	$(VENV)/bin/nst sweep=ratio content=tubingen style=starry_night $(REPRO) $(ARGS)
 
 examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls gallery (make controls)
-	$(VENV)/bin/nst +sweeps=examples $(REPRO) $(ARGS)
-	$(VENV)/bin/nst +sweeps=controls $(REPRO) $(ARGS)
+	$(VENV)/bin/nst sweep=examples $(REPRO) $(ARGS)
+	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
 
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
-	$(VENV)/bin/nst +sweeps=controls $(REPRO) $(ARGS)
+	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
 
 server: ## MLflow tracking server on 127.0.0.1:$(SERVER_PORT) (SQLite + artifacts in $(OUTPUT_DIR)/server), for tracking=server
 	mkdir -p $(OUTPUT_DIR)/server

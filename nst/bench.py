@@ -305,7 +305,7 @@ def sweep_race(backbone: str, size: int, evaluations: int, device: str, bf16: bo
     modes = [m for m in modes if bf16 or "model.precision=bf16" not in (m[1] or [])]
     with tempfile.TemporaryDirectory() as out:
         for label, extra in modes:
-            sweep = ["+sweeps=ratio"] if extra is not None else ["loss.style_weight=1e4"]
+            sweep = ["sweep=ratio"] if extra is not None else ["loss.style_weight=1e4"]
             command = [sys.executable, "-m", "nst.cli", *sweep, "content=tubingen",
                        "style=starry_night", f"model={backbone}", f"image.size={size}", "epochs=1",
                        f"optimizer.max_iter={evaluations}", f"optimizer.max_eval={evaluations}",
