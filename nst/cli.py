@@ -3,34 +3,32 @@
     nst content=tubingen style=starry_night                 # one run
     nst content=tubingen style=starry_night experiment=seed_presentation
     nst -m content=tubingen style=starry_night loss.style_weight=1,100,1e4   # a sweep
-    nst +sweeps=ratio content=tubingen style=starry_night    # a sweep from sweeps/
+    nst sweep=ratio content=tubingen style=starry_night      # a sweep from conf/sweep/
 
 A single run's user error (bad value, missing file, weights that cannot be
 obtained) prints one line and exits with status 2. In a multirun a failing job
 is recorded as FAILED and the other jobs go on; the command then exits with 1.
+Running a job is ``nst.jobs``' business; this module is Hydra's entry point,
+signals and the exit status.
 """
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nst.errors import NSTError
-
-log = logging.getLogger("nst")
+from nst import jobs, sweeps
 
 # The configs live in the repository's top-level conf/ (nst is installed editable by `make install`);
-# its root is also on Hydra's search path, so sweeps/<name>.yaml is the option `+sweeps=<name>`.
+# conf/sweep/<name>.yaml is the option `sweep=<name>`.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO_ROOT / "conf")
+# ${nst_root:} in a config is the repository root (conf/experiment/masks.yaml's sample masks)
 if not OmegaConf.has_resolver("nst_root"):
     OmegaConf.register_new_resolver("nst_root", lambda: str(REPO_ROOT))
 # conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's own config of that name on purpose
@@ -40,25 +38,7 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Run one style transfer; returns the final total loss (Hydra sweepers read it)."""
-    from nst.run import run  # imported here so `nst --help` stays fast
-
-    hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        outcome = run(cfg, output_dir)
-    except NSTError as exc:
-        log.error("%s", exc)
-        print(f"nst: error: {exc}", file=sys.stderr)
-        if in_sweep:
-            return None  # recorded as FAILED; the sweep goes on
-        sys.exit(exc.exit_code)
-    except Exception:
-        if not in_sweep:
-            raise
-        log.exception("job %s failed", hydra_cfg.job.get("num"))
-        return None
-    return None if outcome is None else outcome.result.final.get("total")
+    return jobs.run_hydra_job(cfg)
 
 
 def _terminate(signum: int, _frame) -> None:
@@ -71,8 +51,6 @@ def main() -> None:
     SIGTERM is handled like Ctrl-C: the running MLflow run ends KILLED with its
     partial image, and an open sweep's parent is closed, so re-running resumes it.
     """
-    from nst import sweeps
-
     signal.signal(signal.SIGTERM, _terminate)
     try:
         hydra_main()

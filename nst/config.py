@@ -16,8 +16,9 @@ from nst.backbones import CHOICES as BACKBONES
 from nst.color import COLOR_MODES, HISTOGRAM_MODES
 from nst.devices import DEVICES
 from nst.errors import ConfigError
-from nst.losses import NORMALIZATIONS, PRECISIONS, paper_style_layer_weights
+from nst.losses import NORMALIZATIONS, PRECISIONS
 from nst.optimization import INIT_MODES, OPTIMIZERS, SPACES, OptimizerSettings
+from nst.spec import MemberSpec, RunSpec, SharedSpec, TrackingSpec, weighted
 
 
 def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, exclusive: bool = False,
@@ -61,9 +62,8 @@ def layer_weights(cfg: DictConfig, layers_key: str, weights_key: str,
     layers = _layer_list(cfg, layers_key)
     weights = OmegaConf.select(cfg, weights_key)
     if weights in (None, "auto"):
-        if weights_key.endswith("style_layer_weights") and channels is not None:
-            return dict(zip(layers, paper_style_layer_weights([channels[n] for n in layers]), strict=True))
-        return {name: 1.0 for name in layers}
+        style = weights_key.endswith("style_layer_weights") and channels is not None
+        return weighted(layers, None, [channels[n] for n in layers] if style else None)
     if isinstance(weights, int | float) and not isinstance(weights, bool):
         weights = [weights]
     if not isinstance(weights, ListConfig | list):
@@ -204,3 +204,57 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "image.style_scale", minimum=0, exclusive=True)
     scale_schedule(cfg)
     optimizer_settings(cfg)
+
+
+# --- the one reading of a run's config: a checked, frozen RunSpec ------------------------------
+
+
+def _explicit_weights(cfg: DictConfig, layers_key: str, weights_key: str) -> tuple[float, ...] | None:
+    """The checked per-layer weights as given, or None for ``auto`` (resolved once channels are known)."""
+    checked = layer_weights(cfg, layers_key, weights_key)
+    return None if OmegaConf.select(cfg, weights_key) in (None, "auto") else tuple(checked.values())
+
+
+def parse(cfg: DictConfig) -> RunSpec:
+    """Check ``cfg`` and freeze it into a ``RunSpec``; raises ``ConfigError`` on the first bad value.
+
+    This is the only place a run's values are read from the config: the job driver
+    calls it once per job and hands the spec down.
+    """
+    validate(cfg)
+    masks = style_mask_specs(cfg)
+    schedule = scale_schedule(cfg)
+    shared = SharedSpec(
+        content=str(cfg.content), styles=tuple(style_specs(cfg)), style_blend=tuple(style_blend(cfg)),
+        style_masks=None if masks is None else tuple(masks),
+        color_preservation=str(cfg.color_preservation), color_histogram=str(cfg.color_histogram),
+        model=str(cfg.model.name), pooling=str(cfg.model.pooling),
+        precision=str(OmegaConf.select(cfg, "model.precision") or "fp32"),
+        normalization=str(cfg.loss.normalization),
+        content_layers=tuple(_layer_list(cfg, "loss.content_layers")),
+        style_layers=tuple(_layer_list(cfg, "loss.style_layers")),
+        size=int(cfg.image.size), style_scale=float(cfg.image.style_scale),
+        scales=tuple(size for size, _ in schedule), device=str(cfg.device))
+    member = MemberSpec(
+        content_weight=float(cfg.loss.content_weight), style_weight=float(cfg.loss.style_weight),
+        tv_weight=float(cfg.loss.tv_weight),
+        content_layer_weights=_explicit_weights(cfg, "loss.content_layers", "loss.content_layer_weights"),
+        style_layer_weights=_explicit_weights(cfg, "loss.style_layers", "loss.style_layer_weights"),
+        optimizer=optimizer_settings(cfg), scale_epochs=tuple(epochs for _, epochs in schedule),
+        init=str(cfg.init), seed=int(cfg.seed), progress=bool(OmegaConf.select(cfg, "progress", default=True)))
+    return RunSpec(shared, member, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def tracking_spec(cfg: DictConfig) -> TrackingSpec:
+    """The ``tracking`` group and the output root: read apart from ``parse`` so that a job whose
+    values are bad can still be recorded as FAILED."""
+
+    def get(key: str, default=None):
+        return OmegaConf.select(cfg, f"tracking.{key}", default=default)
+
+    uri, artifacts = get("uri"), get("artifact_location")
+    return TrackingSpec(
+        enabled=bool(get("enabled", False)), uri=str(uri) if uri else None,
+        artifact_location=str(artifacts) if artifacts else None, experiment=str(get("experiment") or "nst"),
+        log_every=int(get("log_every", 10)), video=bool(get("video", True)), resume=bool(get("resume", True)),
+        output_dir=str(OmegaConf.select(cfg, "paths.output_dir") or "outputs"))

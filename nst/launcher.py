@@ -2,10 +2,11 @@
 
 Jobs that share content, style, sizes, layers, normalisation, backbone and
 device (differing in alpha, beta, TV or layer weights, optimiser settings,
-epochs, init, seed) run through the network together (``nst.run.execute_batch``):
-one backbone load, one set of targets, and one batched forward/backward per
-evaluation, while each job keeps its own optimiser state, output folder and
-MLflow run. Other jobs run one by one, as with Hydra's basic launcher.
+epochs, init, seed; the rule is ``nst.spec.batch_key``) run through the network
+together: one backbone load, one set of targets, and one batched forward/backward
+per evaluation, while each job keeps its own optimiser state, output folder and
+MLflow run. Other jobs run one by one, as with Hydra's basic launcher. Running a
+group is the job driver's business (``nst.jobs.run_group``).
 
 Hydra accepts launchers only from the ``hydra_plugins`` package, so
 ``hydra_plugins/nst_launcher`` re-exports this class.
@@ -13,43 +14,24 @@ Hydra accepts launchers only from the ``hydra_plugins`` package, so
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nst.errors import NSTError
+from nst import hydra_job
+from nst.errors import ConfigError
+from nst.jobs import Job, run_group
+from nst.spec import batch_key
 
 log = logging.getLogger(__name__)
 
-# Config keys members of one batch may differ in (everything else must be equal).
-MEMBER_KEYS = ("loss.content_weight", "loss.style_weight", "loss.tv_weight", "loss.content_layer_weights",
-               "loss.style_layer_weights", "optimizer", "epochs", "init", "seed", "progress")
 
-
-def batch_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys can share one batch. The seed matters for the random backbone's weights."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    random_weights = container.get("model", {}).get("name") == "random"
-    for key in MEMBER_KEYS:
-        if key == "seed" and random_weights:
-            continue
-        *parents, leaf = key.split(".")
-        node = container
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return json.dumps(container, sort_keys=True, default=str)
-
-
-def group_jobs(configs: Sequence[DictConfig | None], max_batch: int) -> list[list[int]]:
+def group_jobs(configs: Sequence[Mapping | None], max_batch: int) -> list[list[int]]:
     """Indices of compatible jobs, in job order, in groups of at most ``max_batch``."""
     groups: dict[str, list[list[int]]] = {}
     order: list[list[int]] = []
@@ -64,42 +46,12 @@ def group_jobs(configs: Sequence[DictConfig | None], max_batch: int) -> list[lis
     return order
 
 
-def run_group(contexts: list) -> list[float | None]:
-    """Run one group; per job the final total loss, or None when it failed or was skipped.
-
-    Like the CLI in a multirun, a failing job is reported (and recorded FAILED in
-    MLflow) without stopping the sweep.
-    """
-    from nst.run import run_contexts
-
-    try:
-        outcomes = run_contexts(contexts)
-    except NSTError as exc:
-        log.error("%s", exc)
-        print(f"nst: error: {exc}", file=sys.stderr)
-        return [None] * len(contexts)
-    except Exception:
-        log.exception("batch of jobs %s failed", [c.tags.get("nst.job_num") for c in contexts])
-        return [None] * len(contexts)
-    values: list[float | None] = []
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            log.error("%s", outcome)
-            print(f"nst: error: {outcome}", file=sys.stderr)
-            values.append(None)
-        else:
-            values.append(None if outcome is None else outcome.result.final.get("total"))
-    return values
-
-
 class BatchedLauncher(Launcher):
     """Hydra launcher: sets up every job's folder and config first, then runs compatible jobs batched."""
 
     def __init__(self, max_batch: int = 8) -> None:
         super().__init__()
         if int(max_batch) < 1:
-            from nst.errors import ConfigError
-
             raise ConfigError("hydra.launcher.max_batch", max_batch, "an integer >= 1")
         self.max_batch = int(max_batch)
         self.config: DictConfig | None = None
@@ -110,15 +62,13 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from nst.tracking import JobContext
-
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info("Launching %d jobs, compatible ones batched (at most %d per batch)",
                  len(job_overrides), self.max_batch)
         returns: list[JobReturn] = []
-        contexts: list[JobContext | None] = []
+        jobs: list[Job | None] = []
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
@@ -126,21 +76,21 @@ class BatchedLauncher(Launcher):
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
-            captured: list[JobContext] = []
+            captured: list[Job] = []
 
             def capture(cfg: DictConfig, captured=captured) -> None:
                 """Hydra's job set-up (folder, .hydra/, logging) now; the work later, in its batch."""
                 resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-                captured.append(JobContext.current(resolved, Path(HydraConfig.get().runtime.output_dir)))
+                captured.append(Job.current(resolved, hydra_job.output_dir()))
 
             returns.append(run_job(hydra_context=self.hydra_context, task_function=capture,
                                    config=sweep_config, job_dir_key="hydra.sweep.dir",
                                    job_subdir_key="hydra.sweep.subdir"))
-            contexts.append(captured[0] if captured else None)
-        for group in group_jobs([c.cfg if c else None for c in contexts], self.max_batch):
+            jobs.append(captured[0] if captured else None)
+        for group in group_jobs([job.config if job else None for job in jobs], self.max_batch):
             if len(group) > 1:
-                log.info("batch of %d jobs: %s", len(group), [contexts[i].tags.get("nst.job_num") for i in group])
-            for index, value in zip(group, run_group([contexts[i] for i in group]), strict=True):
+                log.info("batch of %d jobs: %s", len(group), [jobs[i].tags.get("nst.job_num") for i in group])
+            for index, value in zip(group, run_group([jobs[i] for i in group]), strict=True):
                 returns[index].return_value = value
         return returns
 
@@ -152,9 +102,6 @@ FORWARDED_ENVIRONMENT = ("NST_ASSETS_DIR", "NST_CACHE_DIR", "NST_OFFLINE", "NST_
 
 def ray_environment(config: DictConfig) -> dict[str, str]:
     """Environment for Ray workers: nst's variables, and the output folder as an absolute path."""
-    import os
-    from pathlib import Path
-
     environment = {key: os.environ[key] for key in FORWARDED_ENVIRONMENT if key in os.environ}
     output_dir = OmegaConf.select(config, "paths.output_dir") or "outputs"
     environment["NST_OUTPUT_DIR"] = str(Path(str(output_dir)).expanduser().resolve())

@@ -1,8 +1,14 @@
-"""One style-transfer run, from a composed config to files on disk.
+"""One style-transfer run, or a batch of them, from a checked ``RunSpec`` to files on disk.
 
-The order matters: every cheap check (values, paths, layer names, image sizes)
-comes before the expensive steps (loading weights, optimising), so a typo costs
-a second, not a model download.
+The engine's entry points: ``prepare`` (cheap checks, images loaded) and
+``execute``/``execute_batch`` (backbone, optimisation, result.png, losses.csv,
+config.yaml, run.json). The order matters: every cheap check (paths, layer
+names, image sizes, memory) comes before the expensive steps (loading weights,
+optimising), so a typo costs a second, not a model download.
+
+This module knows nothing of Hydra or MLflow: whoever records a run passes
+per-evaluation callbacks and an ``on_ready`` hook (``nst.jobs`` hands in the
+MLflow recorder).
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
 from nst.assets import resolve_image
 from nst.backbones import (
@@ -30,25 +35,18 @@ from nst.backbones import (
     validate_layers,
 )
 from nst.color import network_images, recombine
-from nst.config import (
-    layer_weights,
-    optimizer_settings,
-    scale_schedule,
-    style_blend,
-    style_mask_specs,
-    style_specs,
-    validate,
-)
 from nst.devices import available_bytes, native_bf16, resolve_device, tune
-from nst.errors import ConfigError, ImageError, NonFiniteLossError, NSTError
+from nst.errors import ConfigError, ImageError, NonFiniteLossError
 from nst.images import header_size, load_mask, load_tensor, save_png, scaled_size, style_long_side
 from nst.losses import LossWeights, StyleTransferLoss
 from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize_batch
+from nst.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
 RESULT_PNG = "result.png"
 LAST_FINITE_PNG = "last_finite.png"
+PARTIAL_PNG = "partial.png"
 LOSSES_CSV = "losses.csv"
 CONFIG_YAML = "config.yaml"
 RECORD_JSON = "run.json"
@@ -56,9 +54,9 @@ RECORD_JSON = "run.json"
 
 @dataclass
 class Inputs:
-    """Everything a run needs that is cheap to prepare: checked values and loaded images."""
+    """Everything a run needs that is cheap to prepare: its spec, checked layers and loaded images."""
 
-    cfg: DictConfig
+    spec: RunSpec
     device: torch.device
     backbone_name: str
     backbone_notes: list[str]
@@ -93,46 +91,63 @@ class RunOutcome:
     record: dict = field(default_factory=dict)
 
 
-def prepare(cfg: DictConfig) -> Inputs:
-    """Validate ``cfg`` and load the images; raises ``NSTError`` before any heavy work."""
-    validate(cfg)
-    device = resolve_device(cfg.device)
+def prepare(spec: RunSpec) -> Inputs:
+    """Check layers, files, sizes and memory, and load the images; raises ``NSTError`` before any heavy work."""
+    shared = spec.shared
+    device = resolve_device(shared.device)
     tune(device)
-    if cfg.model.get("precision") == "bf16" and native_bf16(device) is False:
+    if shared.precision == "bf16" and native_bf16(device) is False:
         log.warning("model.precision=bf16: this %s has no bfloat16 hardware (no avx512_bf16 or AMX on a CPU), so "
                     "bf16 is emulated and slower than fp32; use model.precision=fp32 here", device.type)
-    name, notes = resolve_name(cfg.model.name)
+    name, notes = resolve_name(shared.model)
     arch = SPECS[name].arch
-    validate_layers(arch, list(cfg.loss.content_layers), "loss.content_layers")
-    validate_layers(arch, list(cfg.loss.style_layers), "loss.style_layers")
+    validate_layers(arch, shared.content_layers, "loss.content_layers")
+    validate_layers(arch, shared.style_layers, "loss.style_layers")
     table = layer_table(arch)
-    channels = {n: layer.channels for n, layer in table.items()}
-    content_layers = layer_weights(cfg, "loss.content_layers", "loss.content_layer_weights")
-    style_layers = layer_weights(cfg, "loss.style_layers", "loss.style_layer_weights", channels)
-
-    content_path = resolve_image(cfg.content, "content")
-    specs = style_specs(cfg)
-    style_paths = [resolve_image(spec, "style" if len(specs) == 1 else f"style {i + 1}")
-                   for i, spec in enumerate(specs)]
-    mask_specs = style_mask_specs(cfg)
-    mask_paths = None if mask_specs is None else [
-        None if spec is None else resolve_image(spec, f"style_masks[{i}]") for i, spec in enumerate(mask_specs)]
-    size = int(cfg.image.size)
-    style_size = style_long_side(size, float(cfg.image.style_scale))
+    content_layers, style_layers = spec.layer_weights({n: layer.channels for n, layer in table.items()})
+    content_path, style_paths, mask_paths = _input_paths(spec)
+    style_size = style_long_side(shared.size, shared.style_scale)
     deepest = max(table[n].index for n in (*content_layers, *style_layers))
-    check_memory(device, arch, deepest, [(content_path, size), *((p, style_size) for p in style_paths)])
-    content = load_tensor(content_path, size, "content")
+    check_memory(device, arch, deepest, [(content_path, shared.size), *((p, style_size) for p in style_paths)])
+    content = load_tensor(content_path, shared.size, "content")
     styles = [load_tensor(p, style_size, "style") for p in style_paths]
-    masks = None if mask_paths is None else [
-        None if p is None else load_mask(p, content.shape[-2], content.shape[-1], f"style_masks[{i}]")
-        for i, p in enumerate(mask_paths)]
-    for i, mask in enumerate(masks or []):
+    masks = _load_masks(spec, mask_paths, content)
+    minimum = 2 ** sum(1 for n, layer in table.items() if n.startswith("pool") and layer.index < deepest)
+    _check_sizes(spec, minimum, content_path, content, style_paths, styles)
+    return Inputs(spec, device, name, notes, content_path, content.to(device), content_layers, style_layers,
+                  style_paths, [s.to(device) for s in styles], list(shared.style_blend), mask_paths,
+                  None if masks is None else [None if m is None else m.to(device) for m in masks])
+
+
+def _input_paths(spec: RunSpec) -> tuple[Path, list[Path], list[Path | None] | None]:
+    """The content, style and mask files, each resolved from a path or a sample name."""
+    shared = spec.shared
+    content_path = resolve_image(shared.content, "content")
+    style_paths = [resolve_image(name, "style" if len(shared.styles) == 1 else f"style {i + 1}")
+                   for i, name in enumerate(shared.styles)]
+    mask_paths = None if shared.style_masks is None else [
+        None if name is None else resolve_image(name, f"style_masks[{i}]")
+        for i, name in enumerate(shared.style_masks)]
+    return content_path, style_paths, mask_paths
+
+
+def _load_masks(spec: RunSpec, mask_paths: list[Path | None] | None,
+                content: torch.Tensor) -> list[torch.Tensor | None] | None:
+    """Each mask stretched to the content's shape; an all-black one is refused."""
+    if mask_paths is None:
+        return None
+    masks = [None if p is None else load_mask(p, content.shape[-2], content.shape[-1], f"style_masks[{i}]")
+             for i, p in enumerate(mask_paths)]
+    for i, mask in enumerate(masks):
         if mask is not None and float(mask.max()) <= 0:
             raise ImageError(f"style_masks[{i}] {mask_paths[i]}: the mask is black everywhere, so style "
-                             f"{specs[i]} would apply nowhere (white marks where it applies)")
+                             f"{spec.shared.styles[i]} would apply nowhere (white marks where it applies)")
+    return masks
 
-    pools = sum(1 for n, layer in table.items() if n.startswith("pool") and layer.index < deepest)
-    minimum = 2**pools
+
+def _check_sizes(spec: RunSpec, minimum: int, content_path: Path, content: torch.Tensor,
+                 style_paths: list[Path], styles: list[torch.Tensor]) -> None:
+    """Every image, at every scale, must keep ``minimum`` px a side down to the deepest layer."""
     for what, path, image in (("content", content_path, content),
                               *(("style", p, s) for p, s in zip(style_paths, styles, strict=True))):
         if min(image.shape[-2:]) < minimum:
@@ -140,18 +155,16 @@ def prepare(cfg: DictConfig) -> Inputs:
                 f"{what} image {path} is {image.shape[-1]}x{image.shape[-2]} px after resizing; the "
                 f"deepest layer in use needs at least {minimum} px on each side (raise image.size"
                 f"{' or image.style_scale' if what == 'style' else ''})")
-    smallest = scale_schedule(cfg)[0][0]
-    if smallest < size:
-        coarse_style = style_long_side(smallest, float(cfg.image.style_scale))
+    shared = spec.shared
+    smallest = shared.scales[0]
+    if smallest < shared.size:
+        coarse_style = style_long_side(smallest, shared.style_scale)
         for what, image, long_side in (("content", content, smallest), *(("style", s, coarse_style) for s in styles)):
             width, height = scaled_size((image.shape[-1], image.shape[-2]), long_side)
             if min(width, height) < minimum:
-                raise ConfigError("image.scales", list(cfg.image.scales),
+                raise ConfigError("image.scales", list(shared.scales),
                                   f"scales whose {what} image is at least {minimum} px on each side (at "
                                   f"{smallest} px it is {width}x{height}; the deepest layer in use needs {minimum})")
-    return Inputs(cfg, device, name, notes, content_path, content.to(device), content_layers, style_layers,
-                  style_paths, [s.to(device) for s in styles], style_blend(cfg), mask_paths,
-                  None if masks is None else [None if m is None else m.to(device) for m in masks])
 
 
 def check_memory(device: torch.device, arch: str, deepest: int, images: list[tuple[Path, int]]) -> None:
@@ -185,10 +198,9 @@ class BatchJob:
 
 def member_weights(inputs: Inputs) -> dict:
     """The loss weights of one member (alpha, beta, TV, per layer), for ``LossWeights.stack``."""
-    loss = inputs.cfg.loss
-    return {"content": float(loss.content_weight), "style": float(loss.style_weight),
-            "tv": float(loss.tv_weight), "content_layers": inputs.content_layers,
-            "style_layers": inputs.style_layers}
+    member = inputs.spec.member
+    return {"content": member.content_weight, "style": member.style_weight, "tv": member.tv_weight,
+            "content_layers": inputs.content_layers, "style_layers": inputs.style_layers}
 
 
 def execute(inputs: Inputs, output_dir: Path, callbacks: Sequence[EvaluationCallback] = (),
@@ -205,7 +217,7 @@ def execute(inputs: Inputs, output_dir: Path, callbacks: Sequence[EvaluationCall
 
 
 def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
-    """Run jobs that share images, sizes, layers and backbone as one batch (``nst.batching``).
+    """Run jobs that share images, sizes, layers and backbone (``RunSpec.batch_key``) as one batch.
 
     One backbone and one set of targets serve all of them; each keeps its own
     weights, optimiser, epochs and init, and writes its own files. A member whose
@@ -213,45 +225,53 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
     (the others go on); anything else that goes wrong is raised.
     """
     first = jobs[0].inputs
-    cfg = first.cfg
     if len(jobs) > 1:
         check_batch_memory(first, len(jobs))
     for job in jobs:
         job.output_dir.mkdir(parents=True, exist_ok=True)
-        (job.output_dir / CONFIG_YAML).write_text(OmegaConf.to_yaml(job.inputs.cfg, resolve=True))
-    layers = [*first.content_layers, *first.style_layers]
-    backbone = load_backbone(first.backbone_name, layers, cfg.model.pooling, first.device, int(cfg.seed))
-    backbone.requested = cfg.model.name
-    backbone.notes = first.backbone_notes + backbone.notes
+        (job.output_dir / CONFIG_YAML).write_text(job.inputs.spec.config_yaml)
+    backbone = _load_backbone(first)
     weights = LossWeights.stack([member_weights(job.inputs) for job in jobs], first.device)
     records = []
     for job in jobs:
-        record = run_record(job.inputs, backbone)
-        record["batch_size"] = len(jobs)
+        record = {**run_record(job.inputs, backbone), "batch_size": len(jobs)}
         records.append(record)
         if job.on_ready is not None:
             job.on_ready(record)
     outcomes = optimize_scales(jobs, backbone, weights)
-    finished: list[RunOutcome | BaseException] = []
-    for job, record, outcome in zip(jobs, records, outcomes, strict=True):
-        if isinstance(outcome, NonFiniteLossError):
-            save_png(outcome.last_finite_image, job.output_dir / LAST_FINITE_PNG)
-            pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
-            record.update(status="FAILED", failure=str(outcome))
-            _write_record(job.output_dir, record)
-            finished.append(outcome)
-            continue
-        if isinstance(outcome, BaseException):
-            raise outcome
-        save_png(outcome.image, job.output_dir / RESULT_PNG)
+    return [_write_outcome(job, record, backbone, outcome)
+            for job, record, outcome in zip(jobs, records, outcomes, strict=True)]
+
+
+def _load_backbone(inputs: Inputs) -> Backbone:
+    """The network cut after the deepest layer in use, recorded with what was asked for and why."""
+    shared = inputs.spec.shared
+    layers = [*inputs.content_layers, *inputs.style_layers]
+    backbone = load_backbone(inputs.backbone_name, layers, shared.pooling, inputs.device, inputs.spec.member.seed)
+    backbone.requested = shared.model
+    backbone.notes = inputs.backbone_notes + backbone.notes
+    return backbone
+
+
+def _write_outcome(job: BatchJob, record: dict, backbone: Backbone,
+                   outcome: OptimizationResult | BaseException) -> RunOutcome | BaseException:
+    """Write a member's files: result.png (or last_finite.png), losses.csv and run.json."""
+    if isinstance(outcome, NonFiniteLossError):
+        save_png(outcome.last_finite_image, job.output_dir / LAST_FINITE_PNG)
         pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
-        record.update(status="FINISHED", evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
-                      final_losses={k: v for k, v in outcome.final.items() if k not in ("evaluation", "epoch")})
+        record.update(status="FAILED", failure=str(outcome))
         _write_record(job.output_dir, record)
-        log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", job.output_dir / RESULT_PNG,
-                 outcome.evaluations, outcome.elapsed_s, outcome.final.get("total", float("nan")))
-        finished.append(RunOutcome(job.output_dir, outcome, backbone, record))
-    return finished
+        return outcome
+    if isinstance(outcome, BaseException):
+        raise outcome
+    save_png(outcome.image, job.output_dir / RESULT_PNG)
+    pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
+    record.update(status="FINISHED", evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
+                  final_losses={k: v for k, v in outcome.final.items() if k not in ("evaluation", "epoch")})
+    _write_record(job.output_dir, record)
+    log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", job.output_dir / RESULT_PNG,
+             outcome.evaluations, outcome.elapsed_s, outcome.final.get("total", float("nan")))
+    return RunOutcome(job.output_dir, outcome, backbone, record)
 
 
 def optimize_scales(jobs: Sequence[BatchJob], backbone: Backbone,
@@ -262,65 +282,80 @@ def optimize_scales(jobs: Sequence[BatchJob], backbone: Backbone,
     from the previous scale's result, upsampled. Evaluations are numbered across
     scales, so MLflow shows one continuous history; records carry their ``scale``.
     """
-    first, cfg = jobs[0].inputs, jobs[0].inputs.cfg
-    schedules = [scale_schedule(job.inputs.cfg) for job in jobs]
-    style_scale = float(cfg.image.style_scale)
+    first = jobs[0].inputs
+    scales = first.spec.shared.scales
     images: list[torch.Tensor | None] = [None] * len(jobs)
     merged: list[OptimizationResult] = [OptimizationResult(image=first.content) for _ in jobs]
     outcomes: list[OptimizationResult | BaseException | None] = [None] * len(jobs)
-    several = len(schedules[0]) > 1
-    for step, (size, _) in enumerate(schedules[0]):
-        label = size if several else None
+    for step, size in enumerate(scales):
         active = [i for i in range(len(jobs)) if outcomes[i] is None]
         if not active:
             break
-        if size == int(cfg.image.size):
-            content, styles = first.content, first.styles
-        else:
-            content = load_tensor(first.content_path, size, "content").to(first.device)
-            styles = [load_tensor(p, style_long_side(size, style_scale), "style").to(first.device)
-                      for p in first.style_paths]
-        content, styles = network_images(content, styles, str(cfg.color_preservation), str(cfg.color_histogram))
-        style = styles[0]
-        loss = StyleTransferLoss(
-            backbone.extractor, content, styles, content_layers=first.content_layers,
-            style_layers=first.style_layers, normalization=cfg.loss.normalization,
-            precision=str(cfg.model.get("precision", "fp32")), style_blend=first.style_blend,
-            style_masks=first.masks)
-        inits = []
-        for i in active:
-            job = jobs[i].inputs
-            if images[i] is None:
-                inits.append(initial_image(job.cfg.init, content, style, int(job.cfg.seed)))
-            else:
-                inits.append(F.interpolate(images[i], size=content.shape[-2:], mode="bilinear",
-                                           align_corners=False))
-        results = optimize_batch(
-            lambda batch, members, active=active, loss=loss: loss(
-                batch, weights.select([active[m] for m in members])),
-            inits, [optimizer_settings(jobs[i].inputs.cfg) for i in active],
-            [schedules[i][step][1] for i in active],
-            [[_renumbered(cb, merged[i].evaluations, merged[i].elapsed_s, label) for cb in jobs[i].callbacks]
-             for i in active],
-            progress=bool(cfg.get("progress", True)), preprocess=backbone.extractor.preprocess)
-        last = step == len(schedules[0]) - 1
+        label = size if len(scales) > 1 else None
+        results = _optimize_scale(jobs, backbone, weights, step, size, active, images, merged, label)
+        last = step == len(scales) - 1
         for i, result in zip(active, results, strict=True):
-            offset, seconds = merged[i].evaluations, merged[i].elapsed_s
-            if isinstance(result, NonFiniteLossError):
-                result.history = merged[i].history + [_at(r, offset, seconds, label) for r in result.history]
-                result.evaluation = (result.evaluation or 0) + offset
-                outcomes[i] = result
-            elif isinstance(result, BaseException):
-                outcomes[i] = result
-            else:
-                merged[i].history += [_at(r, offset, seconds, label) for r in result.history]
-                merged[i].image = images[i] = result.image
-                merged[i].elapsed_s += result.elapsed_s
-                if last:
-                    if str(cfg.color_preservation) == "luminance":  # the content's chroma back on
-                        merged[i].image = recombine(merged[i].image, first.content)
-                    outcomes[i] = merged[i]
+            outcomes[i] = _merge(result, merged[i], images, i, label, last, first)
     return outcomes
+
+
+def _scale_images(first: Inputs, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Content and styles at long side ``size``, as the network sees them (colour control applied)."""
+    shared = first.spec.shared
+    if size == shared.size:
+        content, styles = first.content, first.styles
+    else:
+        content = load_tensor(first.content_path, size, "content").to(first.device)
+        styles = [load_tensor(p, style_long_side(size, shared.style_scale), "style").to(first.device)
+                  for p in first.style_paths]
+    return network_images(content, styles, shared.color_preservation, shared.color_histogram)
+
+
+def _optimize_scale(jobs: Sequence[BatchJob], backbone: Backbone, weights: LossWeights, step: int, size: int,
+                    active: list[int], images: list[torch.Tensor | None], merged: list[OptimizationResult],
+                    label: int | None) -> list[OptimizationResult | BaseException]:
+    """One scale for the members still running: targets at this size, each from its start image."""
+    first = jobs[0].inputs
+    content, styles = _scale_images(first, size)
+    loss = StyleTransferLoss(
+        backbone.extractor, content, styles, content_layers=first.content_layers,
+        style_layers=first.style_layers, normalization=first.spec.shared.normalization,
+        precision=first.spec.shared.precision, style_blend=first.style_blend, style_masks=first.masks)
+    inits = []
+    for i in active:
+        member = jobs[i].inputs.spec.member
+        if images[i] is None:
+            inits.append(initial_image(member.init, content, styles[0], member.seed))
+        else:
+            inits.append(F.interpolate(images[i], size=content.shape[-2:], mode="bilinear", align_corners=False))
+    return optimize_batch(
+        lambda batch, members: loss(batch, weights.select([active[m] for m in members])),
+        inits, [jobs[i].inputs.spec.member.optimizer for i in active],
+        [jobs[i].inputs.spec.member.scale_epochs[step] for i in active],
+        [[_renumbered(cb, merged[i].evaluations, merged[i].elapsed_s, label) for cb in jobs[i].callbacks]
+         for i in active],
+        progress=first.spec.member.progress, preprocess=backbone.extractor.preprocess)
+
+
+def _merge(result: OptimizationResult | BaseException, merged: OptimizationResult,
+           images: list[torch.Tensor | None], i: int, label: int | None, last: bool,
+           first: Inputs) -> OptimizationResult | BaseException | None:
+    """Append one scale's result to the member's history; its outcome once done or failed, else None."""
+    offset, seconds = merged.evaluations, merged.elapsed_s
+    if isinstance(result, NonFiniteLossError):
+        result.history = merged.history + [_at(r, offset, seconds, label) for r in result.history]
+        result.evaluation = (result.evaluation or 0) + offset
+        return result
+    if isinstance(result, BaseException):
+        return result
+    merged.history += [_at(r, offset, seconds, label) for r in result.history]
+    merged.image = images[i] = result.image
+    merged.elapsed_s += result.elapsed_s
+    if not last:
+        return None
+    if first.spec.shared.color_preservation == "luminance":  # the content's chroma back on
+        merged.image = recombine(merged.image, first.content)
+    return merged
 
 
 def _at(record: dict, offset: int, seconds: float, size: int | None) -> dict:
@@ -354,8 +389,8 @@ def run_record(inputs: Inputs, backbone: Backbone) -> dict:
     """What a reader needs to interpret the numbers: backbone, weights, normalisation, versions."""
     return {
         **backbone.record(),
-        "normalization": inputs.cfg.loss.normalization,
-        "optimizer_space": inputs.cfg.optimizer.space,
+        "normalization": inputs.spec.shared.normalization,
+        "optimizer_space": inputs.spec.member.optimizer.space,
         "content_layers": inputs.content_layers,
         "style_layers": inputs.style_layers,
         "content_image": str(inputs.content_path),
@@ -366,7 +401,7 @@ def run_record(inputs: Inputs, backbone: Backbone) -> dict:
            if len(inputs.style_paths) > 1 else {}),
         **({"style_masks": [None if p is None else str(p) for p in inputs.mask_paths]}
            if inputs.mask_paths is not None else {}),
-        "color_preservation": str(inputs.cfg.get("color_preservation", "none")),
+        "color_preservation": inputs.spec.shared.color_preservation,
         "device": str(inputs.device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
@@ -375,35 +410,3 @@ def run_record(inputs: Inputs, backbone: Backbone) -> dict:
 
 def _write_record(output_dir: Path, record: dict) -> None:
     (output_dir / RECORD_JSON).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
-def run_contexts(contexts: Sequence) -> list[RunOutcome | BaseException | None]:
-    """Run compatible jobs (``nst.tracking.JobContext``) as one batch; per job its outcome or error."""
-    if OmegaConf.select(contexts[0].cfg, "tracking.enabled", default=False):
-        from nst.tracking import tracked_batch
-
-        return tracked_batch(list(contexts))
-    outcomes: list[RunOutcome | BaseException | None] = [None] * len(contexts)
-    jobs, positions = [], []
-    for position, context in enumerate(contexts):
-        try:
-            jobs.append(BatchJob(prepare(context.cfg), Path(context.output_dir)))
-            positions.append(position)
-        except NSTError as exc:
-            outcomes[position] = exc
-    if jobs:
-        for position, outcome in zip(positions, execute_batch(jobs), strict=True):
-            outcomes[position] = outcome
-    return outcomes
-
-
-def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
-    """Check, then execute one run; tracked in MLflow unless ``tracking.enabled=false``.
-
-    Returns None when resume found the same run already FINISHED.
-    """
-    if not OmegaConf.select(cfg, "tracking.enabled", default=False):
-        return execute(prepare(cfg), Path(output_dir))
-    from nst.tracking import tracked_run
-
-    return tracked_run(cfg, Path(output_dir))

@@ -10,14 +10,15 @@ sweep directory, which every job of one multirun shares.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nst import tracking
+from nst import reports, store
+from nst.config import tracking_spec
+from nst.hydra_job import sweep_id
 
 log = logging.getLogger(__name__)
 
@@ -25,33 +26,6 @@ log = logging.getLogger(__name__)
 failed_jobs: list[str] = []
 # The callback whose parent run is open in this process (closed by abort_open_sweep on a crash).
 _open: SweepCallback | None = None
-
-
-def sweep_id(sweep_dir: str) -> str:
-    return hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:12]
-
-
-def current_sweep_id() -> str | None:
-    """The sweep id of the running Hydra job, or None outside a multirun."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra = HydraConfig.get()
-    except (ImportError, ValueError):
-        return None
-    if str(hydra.mode) != "RunMode.MULTIRUN":
-        return None
-    return sweep_id(hydra.sweep.dir)
-
-
-def parent_run_id(client, experiment_id: str, sid: str | None = None) -> str | None:
-    """The parent run of the multirun ``sid`` (default: the current one), if there is one."""
-    sid = sid or current_sweep_id()
-    if sid is None:
-        return None
-    runs = client.search_runs([experiment_id], filter_string=(
-        f"tags.`{tracking.TAG_SWEEP}` = '{sid}' and tags.`{tracking.TAG_ROLE}` = 'sweep'"), max_results=1)
-    return runs[0].info.run_id if runs else None
 
 
 class SweepCallback(Callback):
@@ -62,19 +36,20 @@ class SweepCallback(Callback):
         self.client = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if not OmegaConf.select(config, "tracking.enabled", default=False):
+        tracking = tracking_spec(config)
+        if not tracking.enabled:
             return
-        self.client, experiment_id = tracking.connect(config)
+        self.client, experiment_id = store.connect(tracking)
         sweep_dir = str(config.hydra.sweep.dir)
         params = OmegaConf.select(config, "hydra.sweeper.params")
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
         overrides = list(config.hydra.overrides.task)
         name = Path(sweep_dir).name
         run = self.client.create_run(experiment_id, run_name=f"sweep {name}", tags={
-            tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP: sweep_id(sweep_dir),
+            store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id(sweep_dir),
             "nst.sweep_dir": str(Path(sweep_dir).resolve()),
-            tracking.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
-            **tracking.environment_tags()})
+            store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
+            **store.environment_tags()})
         self.parent = run.info.run_id
         self.sweep_dir = Path(sweep_dir)
         global _open
@@ -84,8 +59,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent is None:
             return
-        from nst import reports
-
         status = "FINISHED"
         try:
             # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
@@ -108,11 +81,9 @@ class SweepCallback(Callback):
 
     def end_orphans(self, status: str, reason: str) -> None:
         """End the children left RUNNING with ``status`` and ``reason``."""
-        from nst import reports
-
-        for run in reports.child_runs(self.client, self.parent):
+        for run in store.child_runs(self.client, self.parent):
             if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, tracking.TAG_FAILURE, reason)
+                self.client.set_tag(run.info.run_id, store.TAG_FAILURE, reason)
                 self.client.set_terminated(run.info.run_id, status)
 
     def close(self) -> None:
@@ -122,15 +93,13 @@ class SweepCallback(Callback):
 
     def abort(self, status: str, reason: str) -> None:
         """The multirun died (interrupt, a killed worker): end runs left RUNNING, keep what finished."""
-        from nst import reports
-
         try:
             self.end_orphans(status, reason)
-            if reports.sweep_runs(self.client, self.parent):
+            if store.sweep_runs(self.client, self.parent):
                 reports.summarise_sweep(self.client, self.parent, self.sweep_dir)
         except Exception:  # noqa: BLE001 - closing the parent matters more than its summary
             log.exception("could not summarise the aborted sweep")
-        self.client.set_tag(self.parent, tracking.TAG_FAILURE, reason)
+        self.client.set_tag(self.parent, store.TAG_FAILURE, reason)
         self.client.set_terminated(self.parent, status)
         self.close()
 

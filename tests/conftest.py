@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,3 +45,18 @@ def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, max(2, h // 8), max(2, w // 8), generator=generator)
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def run_nst(output_dir: Path, *args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m nst.cli args`` in a subprocess writing under ``output_dir`` (``NST_OUTPUT_DIR``),
+    run from ``cwd`` (default: the folder above ``output_dir``), output captured as text."""
+    environment = {**os.environ, "NST_OUTPUT_DIR": str(output_dir), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "nst.cli", *args], capture_output=True, text=True,
+                          env=environment, cwd=cwd or Path(output_dir).parent, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def nst():
+    """The ``nst`` command in a subprocess: ``nst(output_dir, *overrides, cwd=, env=, timeout=)``."""
+    return run_nst

@@ -8,9 +8,10 @@ from omegaconf import OmegaConf
 
 from nst.backbones import load_backbone
 from nst.errors import NonFiniteLossError
-from nst.launcher import batch_key, group_jobs
+from nst.launcher import group_jobs
 from nst.losses import LossWeights, StyleTransferLoss
 from nst.optimization import OptimizerSettings, optimize, optimize_batch
+from nst.spec import batch_key
 
 STYLE = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
 # Batched convolutions round differently from single-image ones (measured: gradients agree to
@@ -189,8 +190,8 @@ def test_jobs_differing_only_in_member_values_share_a_batch():
     assert group_jobs(configs, max_batch=2) == [[0, 2], [1], [3, 5]]
 
 
-def test_batched_launcher_gives_each_member_its_own_folder_and_mlflow_run(tmp_path):
-    from tests.test_tracking import TINY, artifact_paths, client_for, nst, runs
+def test_batched_launcher_gives_each_member_its_own_folder_and_mlflow_run(tmp_path, nst):
+    from tests.test_tracking import TINY, artifact_paths, client_for, runs
 
     out = tmp_path / "outputs"
     out.mkdir()

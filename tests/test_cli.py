@@ -1,7 +1,6 @@
 """The `nst` command end to end, in a subprocess, with the random backbone and tiny images."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 NST = [sys.executable, "-m", "nst.cli"]
 
 
-def nst(tmp_path, *overrides, env=None):
-    environment = {**os.environ, "NST_OUTPUT_DIR": str(tmp_path / "outputs"), **(env or {})}
-    command = [*NST, "progress=false", "hydra.run.dir=" + str(tmp_path / "run"), *overrides]
-    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path,
-                          timeout=300)
+def single_run(nst, tmp_path, *overrides, env=None):
+    """One run writing its folder to tmp_path/run, from tmp_path."""
+    return nst(tmp_path / "outputs", "progress=false", "hydra.run.dir=" + str(tmp_path / "run"), *overrides,
+               cwd=tmp_path, env=env, timeout=300)
 
 
-def test_run_writes_image_losses_config_and_record(tmp_path):
-    done = nst(tmp_path, "content=tubingen", "style=starry_night", "model=random", "image.size=40",
-               "epochs=2", "optimizer.max_iter=3", "device=cpu")
+def test_run_writes_image_losses_config_and_record(tmp_path, nst):
+    done = single_run(nst, tmp_path, "content=tubingen", "style=starry_night", "model=random", "image.size=40",
+                      "epochs=2", "optimizer.max_iter=3", "device=cpu")
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     image = Image.open(run / "result.png")
@@ -40,30 +38,30 @@ def test_run_writes_image_losses_config_and_record(tmp_path):
     assert (run / ".hydra" / "overrides.yaml").is_file()
 
 
-def test_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
-    done = nst(tmp_path, "content=" + str(tmp_path / "missing.png"), "style=starry_night", "model=random")
+def test_user_error_exits_2_with_one_line_and_no_traceback(tmp_path, nst):
+    done = single_run(nst, tmp_path, "content=" + str(tmp_path / "missing.png"), "style=starry_night", "model=random")
     assert done.returncode == 2
     assert "nst: error: content image" in done.stderr and "missing.png" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def test_bad_value_is_refused_before_loading_anything(tmp_path):
-    done = nst(tmp_path, "content=tubingen", "style=starry_night", "loss.style_layers=[conv9_1]",
-               "model=vgg16_hed")  # vgg16_hed is not cached here: the layer check must come first
+def test_bad_value_is_refused_before_loading_anything(tmp_path, nst):
+    done = single_run(nst, tmp_path, "content=tubingen", "style=starry_night", "loss.style_layers=[conv9_1]",
+                      "model=vgg16_hed")  # vgg16_hed is not cached here: the layer check must come first
     assert done.returncode == 2
     assert "loss.style_layers='conv9_1'" in done.stderr and "conv5_3" in done.stderr
 
 
-def test_image_too_small_for_deepest_layer(tmp_path):
-    done = nst(tmp_path, "content=tubingen", "style=starry_night", "model=random", "image.size=64",
-               "image.style_scale=0.2")
+def test_image_too_small_for_deepest_layer(tmp_path, nst):
+    done = single_run(nst, tmp_path, "content=tubingen", "style=starry_night", "model=random", "image.size=64",
+                      "image.style_scale=0.2")
     assert done.returncode == 2
     assert "style image" in done.stderr and "at least 16 px" in done.stderr
 
 
-def test_non_finite_loss_keeps_last_finite_image(tmp_path):
-    done = nst(tmp_path, "content=tubingen", "style=starry_night", "model=random", "image.size=32",
-               "optimizer=adam", "optimizer.lr=1e30", "epochs=2", "optimizer.max_iter=3")
+def test_non_finite_loss_keeps_last_finite_image(tmp_path, nst):
+    done = single_run(nst, tmp_path, "content=tubingen", "style=starry_night", "model=random", "image.size=32",
+                      "optimizer=adam", "optimizer.lr=1e30", "epochs=2", "optimizer.max_iter=3")
     assert done.returncode == 2 and "non-finite" in done.stderr
     run = tmp_path / "run"
     assert Image.open(run / "last_finite.png").size == (32, 24)

@@ -15,8 +15,9 @@ from nst.color import (
     rgb_to_yiq,
 )
 from nst.errors import ConfigError, ImageError, NSTError
+from nst.jobs import prepare
 from nst.losses import StyleTransferLoss, gram, guided_gram
-from nst.run import execute, prepare
+from nst.run import execute
 
 from .conftest import smooth_image
 from .test_config import CONFIG_DIR, make  # importing nst.cli there registers ${nst_root:}
@@ -187,7 +188,7 @@ def test_each_control_experiment_composes_and_prepares(name):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):  # content and style from the experiment
         # 160 px: coarse_to_fine starts at 128 px
         inputs = prepare(compose("config", overrides=[f"experiment={name}", *TINY, "image.size=160"]))
-    cfg = inputs.cfg
+    cfg = inputs.spec.shared
     assert (cfg.color_preservation != "none") == name.startswith("color_")
     assert (len(inputs.styles) == 2) == (name in ("style_blend", "masks"))
     assert (inputs.masks is not None) == (name == "masks")
@@ -195,17 +196,12 @@ def test_each_control_experiment_composes_and_prepares(name):
 
 
 @pytest.mark.timeout(900)
-def test_controls_sweep_makes_a_gallery(tmp_path):
+def test_controls_sweep_makes_a_gallery(tmp_path, nst):
     import csv
-    import os
-    import subprocess
-    import sys
 
     out = tmp_path / "outputs"
-    done = subprocess.run([sys.executable, "-m", "nst.cli", "+sweeps=controls", "model=random", "image.size=160",
-                           "epochs=1", "optimizer.max_iter=2", "image.scale_epochs=null", "progress=false"],
-                          capture_output=True, text=True, env={**os.environ, "NST_OUTPUT_DIR": str(out)},
-                          cwd=tmp_path, timeout=900)
+    done = nst(out, "sweep=controls", "model=random", "image.size=160", "epochs=1", "optimizer.max_iter=2",
+               "image.scale_epochs=null", "progress=false", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     grids = list((out / "multiruns").rglob("grid.png"))  # (MLflow holds a copy too)
     assert len(grids) == 1
@@ -225,7 +221,7 @@ def test_tracked_run_records_every_style_and_mask(tmp_path, monkeypatch):
                "style_blend=[3,1]", f"paths.output_dir={out}")
     inputs = prepare(cfg)
     assert inputs.input_files() == [inputs.content_path, *inputs.style_paths, white.resolve()]
-    from nst.run import run
+    from nst.jobs import run
 
     run(cfg, tmp_path / "job")
     record = __import__("json").loads((tmp_path / "job" / "run.json").read_text())

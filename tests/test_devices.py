@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nst import devices
-from nst.run import prepare
+from nst.jobs import prepare
 
 from .test_config import make
 

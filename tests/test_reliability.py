@@ -21,12 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=random", "image.size=32", "epochs=1", "optimizer.max_iter=3", "progress=false"]
 
 
-def nst(out, *args, timeout=300):
-    env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
-    return subprocess.run([sys.executable, "-m", "nst.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=out.parent, timeout=timeout)
-
-
 def store(out):
     return MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
 
@@ -52,7 +46,7 @@ def _bad_images(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "not-an-image", "truncated"])
-def test_bad_image_fails_before_weights_with_no_running_run(tmp_path, case):
+def test_bad_image_fails_before_weights_with_no_running_run(tmp_path, case, nst):
     out = tmp_path / "outputs"
     name, phrase = _bad_images(tmp_path)[case]
     # vgg16_hed is not cached and the network is off: reaching the weights would be a different error
@@ -79,7 +73,7 @@ def test_bad_image_fails_before_weights_with_no_running_run(tmp_path, case):
     ("model.name=resnet", "one of vgg19, vgg19_caffe, vgg16_hed, random, auto"),
     ("device=tpu", "one of auto, cpu, cuda, mps"),
 ])
-def test_bad_values_exit_2_before_any_work(tmp_path, override, phrase):
+def test_bad_values_exit_2_before_any_work(tmp_path, override, phrase, nst):
     done = nst(tmp_path / "outputs", "content=tubingen", "style=starry_night", "model=vgg16_hed",
                "progress=false", override)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -94,7 +88,7 @@ def test_cuda_without_cuda_is_refused():
         resolve_device("cuda")
 
 
-def test_size_beyond_memory_is_refused_with_estimate_and_limit(tmp_path):
+def test_size_beyond_memory_is_refused_with_estimate_and_limit(tmp_path, nst):
     start = time.perf_counter()
     done = nst(tmp_path / "outputs", "content=tubingen", "style=starry_night", "model=random",
                "image.size=60000", "progress=false")
@@ -111,13 +105,13 @@ def test_activation_estimate_counts_every_layer():
         4 * deep, rel=0.01)
 
 
-def test_image_too_small_for_deepest_layer(tmp_path):
+def test_image_too_small_for_deepest_layer(tmp_path, nst):
     done = nst(tmp_path / "outputs", "content=tubingen", "style=starry_night", "model=random", "image.size=12",
                "loss.style_layers=[conv1_1]", "loss.content_layers=[conv5_1]", "progress=false")
     assert done.returncode == 2 and "image.size=12" in done.stderr  # below the minimum of 16 px
 
 
-def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path):
+def test_unreachable_tracking_server_fails_fast_with_uri(tmp_path, nst):
     start = time.perf_counter()
     done = nst(tmp_path / "outputs", "content=tubingen", "style=starry_night", *TINY,
                "tracking.uri=http://127.0.0.1:9")
@@ -220,7 +214,7 @@ SLOW_SWEEP = ["-m", "content=tubingen", "style=starry_night", "model=random", "i
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_kills_run_keeps_partial_and_rerun_completes(tmp_path, sig):
+def test_signal_kills_run_keeps_partial_and_rerun_completes(tmp_path, sig, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
@@ -246,7 +240,7 @@ def test_signal_kills_run_keeps_partial_and_rerun_completes(tmp_path, sig):
 
 
 @pytest.mark.slow
-def test_killed_joblib_worker_loses_no_other_run(tmp_path):
+def test_killed_joblib_worker_loses_no_other_run(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "content=tubingen", "style=starry_night",
@@ -274,7 +268,7 @@ def test_killed_joblib_worker_loses_no_other_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_eight_jobs_on_four_workers_record_eight_children(tmp_path):
+def test_eight_jobs_on_four_workers_record_eight_children(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     done = nst(out, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "content=tubingen",

@@ -8,7 +8,8 @@ from PIL import Image
 
 from nst.config import scale_schedule, validate
 from nst.errors import ConfigError
-from nst.run import execute, prepare
+from nst.jobs import prepare
+from nst.run import execute
 
 from .test_config import make
 

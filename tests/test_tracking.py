@@ -11,16 +11,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from nst import reports, tracking
+from nst import pictures, reports, store
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
         "optimizer.max_iter=4", "progress=false", "tracking.log_every=3"]
-
-
-def nst(out, *args):
-    env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
-    return subprocess.run([sys.executable, "-m", "nst.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=out.parent, timeout=600)
 
 
 def client_for(out):
@@ -41,7 +35,7 @@ def artifact_paths(client, run_id, path=None):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, nst):
     out = tmp_path_factory.mktemp("sweep") / "outputs"
     out.mkdir()
     done = nst(out, "-m", *TINY, "loss.style_weight=1,100,1e4")
@@ -94,14 +88,14 @@ def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
             "sweep/losses_vs_loss_style_weight.png"} <= set(paths)
     grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
     # content, style and 3 tiles: 4 per row -> 2 rows
-    assert grid.size == (4 * (reports.TILE + 6) + 6, 2 * (reports.TILE + 28 + 6) + 6)
+    assert grid.size == (4 * (pictures.TILE + 6) + 6, 2 * (pictures.TILE + 28 + 6) + 6)
     table = list(csv.DictReader(open(client.download_artifacts(parent, "sweep/summary.csv", str(tmp_path)))))
     assert [row["label"] for row in table] == ["α/β = 1", "α/β = 0.01", "α/β = 0.0001"]
     assert all(row["status"] == "FINISHED" and float(row["final_style"]) > 0 for row in table)
     assert "sweep summary" in done.stdout
 
 
-def test_rerun_skips_finished_jobs(sweep):
+def test_rerun_skips_finished_jobs(sweep, nst):
     out, _ = sweep
     done = nst(out, "-m", *TINY, "loss.style_weight=1,100,1e4")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -109,7 +103,7 @@ def test_rerun_skips_finished_jobs(sweep):
     client = client_for(out)
     assert len(runs(client, "run", "FINISHED")) == 3
     # the new parent still reports all three jobs, reused from the first sweep
-    newest = reports.latest_sweep(client, "nst")
+    newest = store.latest_sweep(client, "nst")
     table = reports.sweep_table(client, newest)
     assert len(table) == 3 and table["reused"].all()
 
@@ -136,11 +130,11 @@ def test_report_rebuilds_grid_from_mlflow_alone(sweep, tmp_path):
     done = subprocess.run([sys.executable, "-m", "nst.reports", "--sweep", first, "--rebuild",
                            str(tmp_path / "rebuilt")], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert Image.open(tmp_path / "rebuilt" / "grid.png").size[0] > 4 * reports.TILE
+    assert Image.open(tmp_path / "rebuilt" / "grid.png").size[0] > 4 * pictures.TILE
     assert (tmp_path / "rebuilt" / "losses_vs_loss_style_weight.png").is_file()
 
 
-def test_failed_job_is_failed_and_runs_again(tmp_path):
+def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     args = ["-m", *TINY, "optimizer=adam", "optimizer.lr=0.01,1e30"]
@@ -149,7 +143,7 @@ def test_failed_job_is_failed_and_runs_again(tmp_path):
     assert "1 of 2 jobs did not finish" in first.stdout
     client = client_for(out)
     failed = runs(client, "run", "FAILED")
-    assert len(failed) == 1 and "non-finite" in failed[0].data.tags[tracking.TAG_FAILURE]
+    assert len(failed) == 1 and "non-finite" in failed[0].data.tags[store.TAG_FAILURE]
     assert "last_finite.png" in artifact_paths(client, failed[0].info.run_id)
     assert runs(client, "sweep")[0].info.status == "FINISHED"
 
@@ -159,7 +153,7 @@ def test_failed_job_is_failed_and_runs_again(tmp_path):
     assert len(runs(client, "run", "FAILED")) == 2 and len(runs(client, "run", "FINISHED")) == 1
 
 
-def test_joblib_workers_lose_no_run(tmp_path):
+def test_joblib_workers_lose_no_run(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     done = nst(out, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
@@ -174,7 +168,7 @@ def test_joblib_workers_lose_no_run(tmp_path):
     assert "database is locked" not in done.stderr
 
 
-def test_single_run_is_tracked_without_parent(tmp_path):
+def test_single_run_is_tracked_without_parent(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     for _ in range(2):  # a single run is never skipped: only sweeps resume
@@ -188,13 +182,13 @@ def test_single_run_is_tracked_without_parent(tmp_path):
     assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
 
 
-def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path):
+def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
     done = nst(out, *TINY, "content=" + str(tmp_path / "nope.png"))
     assert done.returncode == 2 and "nope.png" in done.stderr
     (run,) = runs(client_for(out), "run")
-    assert run.info.status == "FAILED" and "nope.png" in run.data.tags[tracking.TAG_FAILURE]
+    assert run.info.status == "FAILED" and "nope.png" in run.data.tags[store.TAG_FAILURE]
 
 
 def test_sweep_files_compose_and_stay_overridable():
@@ -209,29 +203,29 @@ def test_sweep_files_compose_and_stay_overridable():
                 "examples": ("+pair", None)}
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for name, (key, values) in expected.items():
-            cfg = compose("config", overrides=[f"+sweeps={name}", "content=a", "style=b"],
+            cfg = compose("config", overrides=[f"sweep={name}", "content=a", "style=b"],
                           return_hydra_config=True)
             params = cfg.hydra.sweeper.params
             assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
             assert key in params, name
             if values:
                 assert params[key] == values
-        layers = compose("config", overrides=["+sweeps=style_layers", "content=a", "style=b"],
+        layers = compose("config", overrides=["sweep=style_layers", "content=a", "style=b"],
                          return_hydra_config=True).hydra.sweeper.params["loss.style_layers"]
         assert layers.count("],[") == 4 and layers.startswith("[conv1_1]")
 
 
-def test_sweep_file_values_overridable_from_shell(tmp_path):
+def test_sweep_file_values_overridable_from_shell(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
-    done = nst(out, "+sweeps=ratio", *TINY, "loss.style_weight=1,2")
+    done = nst(out, "sweep=ratio", *TINY, "loss.style_weight=1,2")
     assert done.returncode == 0, done.stderr[-3000:]
     children = runs(client_for(out), "run")
     assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1.0, 2.0]
-    assert json.loads(children[0].data.tags[tracking.TAG_OVERRIDES])
+    assert json.loads(children[0].data.tags[store.TAG_OVERRIDES])
 
 
-def test_swept_inputs_give_one_row_per_job(tmp_path):
+def test_swept_inputs_give_one_row_per_job(tmp_path, nst):
     """Sweeping the images (make examples): each row is that job's content | style | result."""
     out = tmp_path / "outputs"
     out.mkdir()
@@ -240,10 +234,10 @@ def test_swept_inputs_give_one_row_per_job(tmp_path):
     client = client_for(out)
     parent = runs(client, "sweep")[0].info.run_id
     grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
-    assert grid.size == (3 * (reports.TILE + 6) + 6, 2 * (reports.TILE + 28 + 6) + 6)
+    assert grid.size == (3 * (pictures.TILE + 6) + 6, 2 * (pictures.TILE + 28 + 6) + 6)
     # the second row's style tile is the wave, not the first job's starry night
-    row_two = grid.crop((reports.TILE + 12, reports.TILE + 40, 2 * reports.TILE + 12, 2 * reports.TILE + 40))
-    row_one = grid.crop((reports.TILE + 12, 6, 2 * reports.TILE + 12, reports.TILE + 6))
+    row_two = grid.crop((pictures.TILE + 12, pictures.TILE + 40, 2 * pictures.TILE + 12, 2 * pictures.TILE + 40))
+    row_one = grid.crop((pictures.TILE + 12, 6, 2 * pictures.TILE + 12, pictures.TILE + 6))
     assert list(row_one.getdata()) != list(row_two.getdata())
 
 

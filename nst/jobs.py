@@ -1,0 +1,195 @@
+"""The job driver: the one way a job is run, from the CLI, the batched launcher or a Ray/SLURM worker.
+
+For a group of jobs (one job, or jobs the batched launcher found compatible):
+
+1. parse each job's config once into a ``RunSpec`` (``nst.config.parse``) and
+   prepare its inputs (``nst.run.prepare``); a refused job is recorded FAILED;
+2. recording on or off: with tracking, open the store once, skip a sweep job
+   whose identical config already FINISHED (resume), start an MLflow run per job;
+3. execute them as one batch (``nst.run.execute_batch``) with each job's
+   recorder handed in as the engine's callback;
+4. end each run by its outcome (FINISHED, FAILED, KILLED), and turn outcomes
+   into what Hydra expects: the final loss, or an exit status for a single run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nst import hydra_job
+from nst.config import parse, tracking_spec
+from nst.errors import NonFiniteLossError, NSTError
+from nst.recorder import NoRecording, Recording, RunRecorder
+from nst.run import BatchJob, Inputs, RunOutcome, execute_batch
+from nst.run import prepare as prepare_spec
+from nst.spec import TrackingSpec
+
+log = logging.getLogger(__name__)
+
+Outcome = RunOutcome | BaseException | None  # None: skipped by resume
+
+
+@dataclass
+class Job:
+    """A job as Hydra set it up: its config, its folder, and what Hydra knew about it then.
+
+    The batched launcher captures every job first and runs them later, when
+    Hydra's global state describes another job, so the tags are taken at once.
+    """
+
+    cfg: DictConfig
+    output_dir: Path
+    tags: dict[str, str] = field(default_factory=dict)
+    sweep_id: str | None = None
+
+    @classmethod
+    def current(cls, cfg: DictConfig, output_dir: Path) -> Job:
+        return cls(cfg, Path(output_dir), hydra_job.job_tags(), hydra_job.current_sweep_id())
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved config as a plain dict (params of a run, refused or not)."""
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
+    @cached_property
+    def tracking(self) -> TrackingSpec:
+        return tracking_spec(self.cfg)
+
+
+@dataclass
+class _Member:
+    position: int
+    inputs: Inputs
+    recorder: RunRecorder
+
+
+def prepare(cfg: DictConfig) -> Inputs:
+    """Parse and check ``cfg``, and load its images; raises ``NSTError`` before any heavy work."""
+    return prepare_spec(parse(cfg))
+
+
+def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
+    """Run one job (recorded unless ``tracking.enabled=false``); None when resume skipped it.
+
+    Whatever happens, its MLflow run ends FINISHED, FAILED or KILLED, never RUNNING;
+    a failure is raised after it is recorded.
+    """
+    (outcome,) = run_jobs([Job.current(cfg, output_dir)])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
+    """Run compatible jobs as one batch; per job its ``RunOutcome``, None (skipped) or its error.
+
+    Only errors that stop the whole batch (an unusable store, an interrupt) are raised.
+    """
+    recording = Recording(jobs[0].tracking) if jobs[0].tracking.enabled else NoRecording()
+    outcomes: list[Outcome] = [None] * len(jobs)
+    members: list[_Member] = []
+    for position, job in enumerate(jobs):
+        try:
+            inputs = prepare(job.cfg)
+        except NSTError as exc:
+            recording.refused(job, job.tracking, exc)
+            outcomes[position] = exc
+            continue
+        recorder = recording.begin(job, job.tracking, inputs)
+        if recorder is not None:
+            members.append(_Member(position, inputs, recorder))
+    if members:
+        for member, outcome in zip(members, _execute(members, jobs), strict=True):
+            outcomes[member.position] = outcome
+    return outcomes
+
+
+def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | BaseException]:
+    """The batch through the engine, each member's recorder ended by its outcome."""
+    batch = [BatchJob(m.inputs, jobs[m.position].output_dir, m.recorder.callbacks, m.recorder.on_ready)
+             for m in members]
+    try:
+        results = execute_batch(batch)
+    except KeyboardInterrupt:
+        for member in members:
+            member.recorder.fail("interrupted", "KILLED", partial=True)
+        raise
+    except BaseException as exc:
+        for member in members:
+            member.recorder.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    for member, result in zip(members, results, strict=True):
+        if isinstance(result, NonFiniteLossError):
+            member.recorder.fail(str(result), final=result.last_finite_image,
+                                 step=result.evaluation - 1 if result.evaluation else None)
+        elif isinstance(result, BaseException):
+            member.recorder.fail(f"{type(result).__name__}: {result}")
+        else:
+            member.recorder.finish(result, member.inputs)
+    return results
+
+
+# --- outcomes as Hydra wants them ------------------------------------------------------------
+
+
+def final_loss(outcome: Outcome) -> float | None:
+    """What Hydra's sweepers read: the final total loss; None for a skipped or failed job."""
+    if outcome is None or isinstance(outcome, BaseException):
+        return None
+    return outcome.result.final.get("total")
+
+
+def report_error(error: BaseException) -> None:
+    """One line on stderr (and in the job's log) naming what was refused."""
+    log.error("%s", error)
+    print(f"nst: error: {error}", file=sys.stderr)
+
+
+def run_hydra_job(cfg: DictConfig) -> float | None:
+    """Hydra's task function: run the current job, in a single run or as one job of a multirun.
+
+    A single run's user error exits with status 2; in a multirun a failing job is
+    recorded FAILED and the other jobs go on (the CLI exits 1 at the end).
+    """
+    in_sweep = hydra_job.in_multirun()
+    try:
+        outcome = run(cfg, hydra_job.output_dir())
+    except NSTError as exc:
+        report_error(exc)
+        if in_sweep:
+            return None
+        sys.exit(exc.exit_code)
+    except Exception:
+        if not in_sweep:
+            raise
+        log.exception("job %s failed", hydra_job.job_number())
+        return None
+    return final_loss(outcome)
+
+
+def run_group(jobs: list[Job]) -> list[float | None]:
+    """The batched launcher's group: per job the final total loss, or None when it failed or was skipped.
+
+    Like the CLI in a multirun, a failing job is reported (and recorded FAILED in
+    MLflow) without stopping the sweep.
+    """
+    try:
+        outcomes = run_jobs(jobs)
+    except NSTError as exc:
+        report_error(exc)
+        return [None] * len(jobs)
+    except Exception:
+        log.exception("batch of jobs %s failed", [job.tags.get("nst.job_num") for job in jobs])
+        return [None] * len(jobs)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            report_error(outcome)
+    return [final_loss(outcome) for outcome in outcomes]

@@ -1,0 +1,196 @@
+"""Pictures of runs and sweeps: triptych, loss curve, video, grid tiles and plots.
+
+Used while a run is recorded (``nst.recorder``) and when a sweep is summarised
+or rebuilt from the store (``nst.reports``), so both draw the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from nst.images import tensor_to_pil
+
+log = logging.getLogger(__name__)
+
+TILE = 192
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a finite float, or None (swept values arrive as strings)."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib, has Greek letters for alpha/beta), else Pillow's default."""
+    try:
+        import matplotlib  # matplotlib takes a second to import: only when a picture is drawn
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return ImageFont.truetype(str(path), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def tile(picture: Image.Image | None, caption: str) -> Image.Image:
+    """A square tile: the picture fitted in, the caption below it."""
+    canvas = Image.new("RGB", (TILE, TILE + 28), "white")
+    if picture is not None:
+        scale = TILE / max(picture.size)
+        fitted = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+                                Image.Resampling.LANCZOS)
+        canvas.paste(fitted, ((TILE - fitted.width) // 2, (TILE - fitted.height) // 2))
+    else:
+        ImageDraw.Draw(canvas).text((TILE // 2, TILE // 2), "no image", fill="grey", anchor="mm", font=_font(14))
+    draw = ImageDraw.Draw(canvas)
+    size = 14
+    while size > 8 and draw.textlength(caption, font=_font(size)) > TILE - 4:
+        size -= 1
+    draw.text((TILE // 2, TILE + 14), caption, fill="black", anchor="mm", font=_font(size))
+    return canvas
+
+
+def comparison_grid(content: Image.Image | None, style: Image.Image | None,
+                    tiles: list[tuple[str, Image.Image | None]],
+                    rows: list[str] | None = None, columns: list[str] | None = None,
+                    cell: dict[tuple[str, str], int] | None = None) -> Image.Image:
+    """Content, style, then one labelled tile per job (Figure 5).
+
+    With ``rows``/``columns``/``cell`` (two swept parameters) the jobs form a 2-D
+    grid and content and style sit in an extra first column.
+    """
+    if rows and columns and cell:
+        grid = [[None] * (len(columns) + 1) for _ in range(max(2, len(rows)))]
+        grid[0][0], grid[1][0] = tile(content, "content"), tile(style, "style")
+        for (r, c), index in cell.items():
+            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0])
+    else:
+        flat = [tile(content, "content"), tile(style, "style")] + [tile(p, t) for t, p in tiles]
+        width = min(4, len(flat))
+        grid = [flat[i:i + width] for i in range(0, len(flat), width)]
+    return layout(grid)
+
+
+def layout(grid: list[list[Image.Image | None]]) -> Image.Image:
+    gap = 6
+    n_cols = max(len(r) for r in grid)
+    canvas = Image.new("RGB", (n_cols * (TILE + gap) + gap, len(grid) * (TILE + 28 + gap) + gap), "white")
+    for y, row in enumerate(grid):
+        for x, tile in enumerate(row):
+            if tile is not None:
+                canvas.paste(tile, (gap + x * (TILE + gap), gap + y * (TILE + 28 + gap)))
+    return canvas
+
+
+def loss_curve(history: list[dict]) -> Image.Image:
+    """Total, content and style loss against the evaluation number (log scale)."""
+    figure, axis = _figure()
+    steps = [r["evaluation"] for r in history]
+    for key in ("total", "content", "style", "tv"):
+        values = [r.get(key, 0.0) for r in history]
+        if any(v > 0 for v in values):
+            axis.plot(steps, values, label=key)
+    axis.set_yscale("log")
+    axis.set_xlabel("function evaluation")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _to_image(figure)
+
+
+def triptych(content: torch.Tensor, style: torch.Tensor, result: torch.Tensor, height: int = 256) -> Image.Image:
+    """content | style | result side by side at one height (the seed's Figure 1)."""
+    pictures = [tensor_to_pil(t) for t in (content, style, result)]
+    pictures = [p.resize((max(1, round(p.width * height / p.height)), height)) for p in pictures]
+    canvas = Image.new("RGB", (sum(p.width for p in pictures) + 8 * 2, height), "white")
+    x = 0
+    for picture in pictures:
+        canvas.paste(picture, (x, 0))
+        x += picture.width + 8
+    return canvas
+
+
+def _figure():
+    import matplotlib  # matplotlib takes a second to import: only when a plot is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4), dpi=100)
+
+
+def _to_image(figure) -> Image.Image:
+    import matplotlib.pyplot as plt  # loaded already by _figure
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def loss_plot(table: pd.DataFrame) -> Image.Image | None:
+    """Final content and style loss against the (first) swept value; log axis for log-spaced values."""
+    keys = table.attrs.get("swept", [])
+    done = table[table["status"] == "FINISHED"]
+    if not keys or done.empty:
+        return None
+    import matplotlib.pyplot as plt  # matplotlib takes a second to import: only when a plot is drawn
+
+    key = keys[0]
+    values = [finite_number(v) for v in done[key]]
+    numeric = all(v is not None for v in values)
+    figure, axis = _figure()
+    order = sorted(range(len(done)), key=lambda i: values[i]) if numeric else list(range(len(done)))
+    xs = [values[i] for i in order] if numeric else [str(done[key].iloc[i]) for i in order]
+    for column, name in (("final_content", "content"), ("final_style", "style")):
+        ys = [done[column].iloc[i] for i in order]
+        axis.plot(xs, ys, marker="o", label=f"final {name} loss")
+    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 100:
+        axis.set_xscale("log")
+    if all((y or 0) > 0 for y in [*done["final_content"], *done["final_style"]]):
+        axis.set_yscale("log")
+    axis.set_xlabel(key)
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    if not numeric:
+        plt.setp(axis.get_xticklabels(), rotation=20, ha="right")
+    return _to_image(figure)
+
+
+def write_video(frames: list[Image.Image], stem: Path, fps: int = 8) -> Path:
+    """MP4 (H.264 through PyAV) of the frames; a GIF when no encoder is available."""
+    try:
+        import av  # PyAV (and its codecs) only when a video is written
+
+        path = stem.with_suffix(".mp4")
+        width, height = frames[-1].size
+        width, height = width + width % 2, height + height % 2  # yuv420p needs even sizes
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for frame in frames:
+                canvas = Image.new("RGB", (width, height))
+                canvas.paste(frame.resize(frames[-1].size), (0, 0))
+                for packet in stream.encode(av.VideoFrame.from_image(canvas)):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+    except Exception as exc:  # noqa: BLE001 - no PyAV or no H.264 encoder: fall back to GIF
+        log.info("MP4 encoding unavailable (%s); writing a GIF", exc)
+        path = stem.with_suffix(".gif")
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+        return path
