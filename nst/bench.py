@@ -32,20 +32,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from nst.assets import resolve_image
 from nst.backbones import SPECS, build_features, layer_shapes, layer_table, load_backbone
 from nst.devices import native_bf16, tune
 from nst.errors import NSTError
+from nst.images import load_tensor
 from nst.losses import StyleTransferLoss, gram, paper_style_layer_weights
+from nst.optimization import OptimizerSettings, optimize
 
 CONTENT_LAYERS = ["conv4_2"]
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
@@ -137,9 +142,6 @@ def reference_loss(backbone: str, loaded, content: torch.Tensor, style: torch.Te
 
 
 def _images(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from nst.assets import resolve_image
-    from nst.images import load_tensor
-
     return (load_tensor(resolve_image("tubingen"), size).to(device),
             load_tensor(resolve_image("starry_night"), size).to(device))
 
@@ -176,8 +178,6 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
     Coarse-to-fine spends a quarter of the reference's evaluation budget at half
     the size (a quarter of the cost each); its evaluations column counts both.
     """
-    from nst.optimization import OptimizerSettings, optimize
-
     content, style = _images(size, device)
     loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
     reference = reference_loss(backbone, loaded, content, style, device)
@@ -246,8 +246,6 @@ def run_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool
     search, the allocator's first requests); every final image is scored with
     the reference's fp32 loss, off the clock.
     """
-    from nst.optimization import OptimizerSettings, optimize
-
     content, style = _images(size, device)
     loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
     reference = reference_loss(backbone, loaded, content, style, device)
@@ -286,8 +284,6 @@ def reference_sweep_job(backbone: str, size: int, beta: float, evaluations: int,
 
 def sweep_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool = True) -> Iterator[dict]:
     """Wall time of the 6-member ratio sweep: reference processes against ``nst -m`` modes."""
-    import os
-    import tempfile
 
     start = time.perf_counter()
     for beta in RATIO_BETAS:
@@ -326,9 +322,6 @@ def _sync(device: str) -> None:
 
 def measure_one(impl: str, backbone: str, size: int, evals: int, device: str) -> dict:
     """ms per evaluation (median) and peak memory of one implementation, in this process."""
-    from nst.assets import resolve_image
-    from nst.images import load_tensor
-
     content = load_tensor(resolve_image("tubingen"), size).to(device)
     style = load_tensor(resolve_image("starry_night"), size).to(device)
     loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)

@@ -124,7 +124,7 @@ def _figure():
     import matplotlib  # matplotlib takes a second to import: only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend
 
     return plt.subplots(figsize=(6, 4), dpi=100)
 
