@@ -29,6 +29,7 @@ from nst.backbones import (
     resolve_name,
     validate_layers,
 )
+from nst.calibration import calibrate
 from nst.color import network_images, recombine
 from nst.config import (
     layer_weights,
@@ -223,11 +224,12 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
     backbone = load_backbone(first.backbone_name, layers, cfg.model.pooling, first.device, int(cfg.seed))
     backbone.requested = cfg.model.name
     backbone.notes = first.backbone_notes + backbone.notes
+    calibration = calibrate(backbone, str(cfg.model.calibration), [first.content, *first.styles],
+                            [first.content_path, *first.style_paths])
     weights = LossWeights.stack([member_weights(job.inputs) for job in jobs], first.device)
     records = []
     for job in jobs:
-        record = run_record(job.inputs, backbone)
-        record["batch_size"] = len(jobs)
+        record = {**run_record(job.inputs, backbone), **calibration.record(), "batch_size": len(jobs)}
         records.append(record)
         if job.on_ready is not None:
             job.on_ready(record)

