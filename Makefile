@@ -21,7 +21,7 @@ SERVER_PORT ?= 5000
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run sweep ratio examples controls server ui bench report clean
+.PHONY: help install test test-slow test-all lint run sweep ratio examples controls fidelity server ui bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ ratio: ## Reproduce the seed's ratio experiment (Figure 5) on tubingen + starry_
 examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls gallery (make controls)
 	$(VENV)/bin/nst sweep=examples $(REPRO) $(ARGS)
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
+
+fidelity: ## Check the ratio experiment reproduces: SSIM to the content falls with beta, on two pairs (~5 min)
+	$(PY) -m nst.fidelity $(ARGS)
 
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)

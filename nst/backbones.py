@@ -208,7 +208,9 @@ class FeatureExtractor(nn.Module):
         for name, index in self.indices.items():
             self._names_at.setdefault(index, []).append(name)
         self.preprocess = Preprocess(spec)
+        self.pooling = pooling
         self.features = build_features(spec.arch, pooling, depth=max(self.indices.values()))
+        self.scales: dict[str, torch.Tensor] = {}  # per-filter divisors (nst.calibration); none: raw
         if state is not None:
             # torchvision and jcjohnson files hold a whole VGG ("features.N.weight", "classifier...");
             # converted ones the conv stack alone ("N.weight").
@@ -218,13 +220,26 @@ class FeatureExtractor(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def set_scales(self, scales: dict[str, torch.Tensor] | None) -> None:
+        """Divide each layer's output filter by filter (shape (C,)) from now on; None: raw features."""
+        device = self.preprocess.mean.device
+        self.scales = {k: v.to(device).view(1, -1, 1, 1) for k, v in (scales or {}).items()}
+
+    def raw_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The requested activations as the network computes them."""
         out: dict[str, torch.Tensor] = {}
         x = self.preprocess(image)
         for index, module in enumerate(self.features):
             x = module(x)
             for name in self._names_at.get(index, ()):
                 out[name] = x
+        return out
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The requested activations, divided by their calibration factors when set."""
+        out = self.raw_features(image)
+        if self.scales:
+            out = {k: v / self.scales[k] if k in self.scales else v for k, v in out.items()}
         return out
 
 
@@ -239,9 +254,11 @@ class Backbone:
     weights_sha256: str | None
     weights_path: str | None
     notes: list[str] = field(default_factory=list)
+    calibration: dict[str, object] = field(default_factory=dict)  # what nst.calibration applied
 
     def record(self) -> dict[str, object]:
         return {
+            **self.calibration,
             "backbone": self.name,
             "backbone_requested": self.requested,
             "backbone_description": self.spec.description,

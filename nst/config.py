@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nst.backbones import CHOICES as BACKBONES
+from nst.calibration import CALIBRATIONS
 from nst.color import COLOR_MODES, HISTOGRAM_MODES
 from nst.devices import DEVICES
 from nst.errors import ConfigError
@@ -111,12 +112,13 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
     )
     if name == "lbfgs":
         settings.history_size = _number(cfg, "optimizer.history_size", minimum=1, integer=True)
-        if OmegaConf.select(cfg, "optimizer.max_eval") is not None:
-            settings.max_eval = _number(cfg, "optimizer.max_eval", minimum=1, integer=True)
         line_search = OmegaConf.select(cfg, "optimizer.line_search", default="strong_wolfe")
         if line_search not in (None, "strong_wolfe"):
             raise ConfigError("optimizer.line_search", line_search, "strong_wolfe or null (fixed step lr)")
         settings.line_search = line_search
+        if OmegaConf.select(cfg, "optimizer.max_eval") is not None:
+            # each epoch starts with one evaluation; a line search left no more can never move
+            settings.max_eval = _number(cfg, "optimizer.max_eval", minimum=2 if line_search else 1, integer=True)
         if line_search and OmegaConf.select(cfg, "model.precision") == "bf16":
             # measured: bf16's rounding noise makes the strong-Wolfe search reject every step,
             # and L-BFGS stops after ~10 evaluations with the loss unchanged
@@ -187,6 +189,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "color_histogram", HISTOGRAM_MODES)
     _choice(cfg, "model.name", BACKBONES)
     _choice(cfg, "model.pooling", ("max", "avg"))
+    _choice(cfg, "model.calibration", CALIBRATIONS)
     if OmegaConf.select(cfg, "model.precision") is not None:
         _choice(cfg, "model.precision", PRECISIONS)
     _choice(cfg, "loss.normalization", NORMALIZATIONS)
@@ -228,7 +231,7 @@ def parse(cfg: DictConfig) -> RunSpec:
         content=str(cfg.content), styles=tuple(style_specs(cfg)), style_blend=tuple(style_blend(cfg)),
         style_masks=None if masks is None else tuple(masks),
         color_preservation=str(cfg.color_preservation), color_histogram=str(cfg.color_histogram),
-        model=str(cfg.model.name), pooling=str(cfg.model.pooling),
+        model=str(cfg.model.name), pooling=str(cfg.model.pooling), calibration=str(cfg.model.calibration),
         precision=str(OmegaConf.select(cfg, "model.precision") or "fp32"),
         normalization=str(cfg.loss.normalization),
         content_layers=tuple(_layer_list(cfg, "loss.content_layers")),

@@ -39,8 +39,11 @@ from nst.losses import LossTerms
 INIT_MODES = ("content", "noise", "style")
 OPTIMIZERS = ("lbfgs", "adam")
 SPACES = ("input", "pixel")
+# evaluations an L-BFGS step keeps for its line search beyond one per iteration (see evaluation_budget)
+LINE_SEARCH_ROOM = 5
 
-# Called after every function evaluation with the evaluation's record and the current image.
+# Called after every function evaluation with the evaluation's record and the optimiser's latest
+# accepted image (never a line-search trial: see ``_Member``).
 EvaluationCallback = Callable[[dict, torch.Tensor], None]
 
 
@@ -76,11 +79,25 @@ class OptimizerSettings:
     space: str = "input"  # "input": the backbone's input coordinates; "pixel": RGB in [0, 1]
     line_search: str | None = "strong_wolfe"  # L-BFGS: "strong_wolfe", or None (fixed step lr, as Gatys)
 
+    @property
+    def evaluation_budget(self) -> int:
+        """Most evaluations in one L-BFGS step: ``max_eval``, else torch's 1.25 x ``max_iter``, but
+        never fewer than ``max_iter + LINE_SEARCH_ROOM``.
+
+        torch's default leaves the strong-Wolfe search of ``max_iter=1`` no trial at all (1.25 x 1
+        = 1 evaluation, spent at the start of the step): it then keeps the old point, and a run
+        read as "200 epochs of one iteration" never moves (measured: loss stuck at 2.33e7 for 38
+        evaluations, vgg16_hed 64 px). For ``max_iter >= 20`` the floor changes nothing.
+        """
+        if self.max_eval is not None:
+            return self.max_eval
+        return max(self.max_iter * 5 // 4, self.max_iter + LINE_SEARCH_ROOM)
+
     def build(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         if self.name == "lbfgs":
             # on a GPU the two-loop recursion's per-pair read-backs cost more than the network pass
             lbfgs = torch.optim.LBFGS if params[0].device.type == "cpu" else CompactLBFGS
-            return lbfgs(params, lr=self.lr, max_iter=self.max_iter, max_eval=self.max_eval,
+            return lbfgs(params, lr=self.lr, max_iter=self.max_iter, max_eval=self.evaluation_budget,
                          history_size=self.history_size, tolerance_grad=self.tolerance_grad,
                          tolerance_change=self.tolerance_change, line_search_fn=self.line_search)
         if self.name == "adam":
@@ -90,8 +107,8 @@ class OptimizerSettings:
 
 @dataclass
 class OptimizationResult:
-    image: torch.Tensor  # the last image whose loss was finite, unclamped
-    history: list[dict] = field(default_factory=list)  # one record per function evaluation
+    image: torch.Tensor  # the optimiser's last accepted image, unclamped
+    history: list[dict] = field(default_factory=list)  # one record per function evaluation; the last is at ``image``
     elapsed_s: float = 0.0
 
     @property
@@ -114,6 +131,13 @@ class _Member:
     line search, or Adam) in a thread of its own; the closure does not compute
     anything itself but hands the variable to the coordinator, which evaluates
     every waiting member in one batched pass and writes each gradient back.
+
+    Not every evaluation is at a point the optimiser keeps: a strong-Wolfe line
+    search evaluates trial steps and may reject the last one (measured: a trial
+    at 1.6e11 after an accepted 2.3e7, vgg16_hed 64 px). So the member's image is
+    ``accepted``, the variable as each ``optimizer.step`` leaves it, and the run
+    ends with one more evaluation there when its last evaluation was elsewhere,
+    so that the last record always holds the losses of the saved image.
     """
 
     def __init__(self, index: int, init: torch.Tensor, settings: OptimizerSettings, epochs: int,
@@ -126,7 +150,9 @@ class _Member:
         with torch.no_grad():
             self.variable = self.encode(init.detach()).clone().requires_grad_(True)
         self.optimizer = settings.build([self.variable])
-        self.result = OptimizationResult(image=init.detach().clone())
+        self.accepted = init.detach().clone()  # the optimiser's latest accepted iterate, RGB
+        self.evaluated: torch.Tensor | None = None  # the variable at the last evaluation
+        self.result = OptimizationResult(image=self.accepted)
         self.epoch = 0
         self.state = "running"  # running | waiting (for an evaluation) | done
         self.stop = False
@@ -139,10 +165,20 @@ class _Member:
             self.epoch = epoch
             if self.settings.name == "lbfgs":
                 self.optimizer.step(closure)
+                self.accept()
             else:
                 for _ in range(self.settings.max_iter):
                     self.optimizer.step(closure)
+                    self.accept()
             bar.update(1)
+        if self.evaluated is None or not torch.equal(self.evaluated, self.variable):
+            closure()  # the losses of the image that is kept (fixed step, Adam, a rejected last trial)
+        self.result.image = self.accepted
+
+    def accept(self) -> None:
+        """The variable as the optimiser's step left it is the member's image from now on."""
+        with torch.no_grad():
+            self.accepted = self.decode(self.variable).detach().clone()
 
     def run(self, condition: threading.Condition, bar: tqdm) -> None:
         # One intra-op thread here: the optimiser's vector updates are small, and a second
@@ -254,24 +290,24 @@ def _evaluate(loss_fn, waiting: list[_Member], start: float) -> None:
     finite = torch.isfinite(terms.total.detach())
     if bool(finite.any()):
         terms.total[finite].sum().backward()
-    for row, (m, image) in enumerate(zip(waiting, images, strict=True)):
+    for row, m in enumerate(waiting):
         values = terms.scalars(row)
         evaluation = m.result.evaluations + 1
         if not all(math.isfinite(v) for v in values.values()):
             bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
             m.error = NonFiniteLossError(
                 f"the loss became non-finite at evaluation {evaluation} (epoch {m.epoch + 1}): "
-                f"{bad}. Lower optimizer.lr or the loss weights; the last finite image is kept.",
-                last_finite_image=m.result.image, evaluation=evaluation, history=m.result.history)
+                f"{bad}. Lower optimizer.lr or the loss weights; the last accepted image is kept.",
+                last_finite_image=m.accepted, evaluation=evaluation, history=m.result.history)
             m.stop = True
             continue
-        m.result.image = image.detach().clone()
+        m.evaluated = m.variable.detach().clone()
         record = {"evaluation": evaluation, "epoch": m.epoch + 1, **values,
                   "elapsed_s": time.perf_counter() - start}
         m.result.history.append(record)
         m.loss = terms.total[row].detach().clone()
         for callback in m.callbacks:
-            callback(record, m.result.image)
+            callback(record, m.accepted)
 
 
 def optimize(loss_fn: Callable[[torch.Tensor], LossTerms], init: torch.Tensor,

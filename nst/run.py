@@ -34,6 +34,7 @@ from nst.backbones import (
     resolve_name,
     validate_layers,
 )
+from nst.calibration import calibrate
 from nst.color import network_images, recombine
 from nst.devices import available_bytes, native_bf16, resolve_device, tune
 from nst.errors import ConfigError, ImageError, NonFiniteLossError
@@ -250,6 +251,8 @@ def _load_backbone(inputs: Inputs) -> Backbone:
     backbone = load_backbone(inputs.backbone_name, layers, shared.pooling, inputs.device, inputs.spec.member.seed)
     backbone.requested = shared.model
     backbone.notes = inputs.backbone_notes + backbone.notes
+    backbone.calibration = calibrate(backbone, shared.calibration, [inputs.content, *inputs.styles],
+                                     [inputs.content_path, *inputs.style_paths]).record()
     return backbone
 
 

@@ -39,6 +39,7 @@ class SharedSpec:
     color_histogram: str
     model: str  # as requested: auto, vgg19, vgg19_caffe, vgg16_hed, random
     pooling: str
+    calibration: str  # how features are scaled before the losses (nst.calibration)
     precision: str
     normalization: str
     content_layers: tuple[str, ...]

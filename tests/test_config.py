@@ -99,6 +99,8 @@ def test_shell_overrides_reach_every_section():
     ("model.precision=fp16", "model.precision"),
     ("model.precision=bf16", "optimizer.line_search"),  # bf16 noise defeats the line search
     ("optimizer.max_eval=0", "optimizer.max_eval"),
+    ("optimizer.max_eval=1", "optimizer.max_eval"),  # the line search would get no trial
+    ("model.calibration=ratio", "model.calibration"),
 ])
 def test_bad_values_name_key_and_what_is_allowed(override, key):
     cfg = make(override)

