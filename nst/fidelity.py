@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--model", default="vgg16_hed")
-    parser.add_argument("--tolerance", type=float, default=0.005, help="allowed SSIM rise between neighbours")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="SSIM rise between neighbours still counted as flat (two converged textures differ by ~0.005)")
     parser.add_argument("--min-photo", type=float, default=0.6)
     parser.add_argument("--min-drop", type=float, default=0.25)
     parser.add_argument("--out", type=Path, default=None, help="sweep folders (default: a temporary folder)")

@@ -136,8 +136,10 @@ class _Member:
     search evaluates trial steps and may reject the last one (measured: a trial
     at 1.6e11 after an accepted 2.3e7, vgg16_hed 64 px). So the member's image is
     ``accepted``, the variable as each ``optimizer.step`` leaves it, and the run
-    ends with one more evaluation there when its last evaluation was elsewhere,
-    so that the last record always holds the losses of the saved image.
+    ends with one more evaluation there, so that the last record holds the losses
+    of the saved image and the callbacks see that image with them. (Its last
+    evaluation is often at that point already, but the callbacks then still had
+    the previous step's image; one evaluation in a few hundred buys the rule.)
     """
 
     def __init__(self, index: int, init: torch.Tensor, settings: OptimizerSettings, epochs: int,
@@ -151,7 +153,6 @@ class _Member:
             self.variable = self.encode(init.detach()).clone().requires_grad_(True)
         self.optimizer = settings.build([self.variable])
         self.accepted = init.detach().clone()  # the optimiser's latest accepted iterate, RGB
-        self.evaluated: torch.Tensor | None = None  # the variable at the last evaluation
         self.result = OptimizationResult(image=self.accepted)
         self.epoch = 0
         self.state = "running"  # running | waiting (for an evaluation) | done
@@ -171,8 +172,7 @@ class _Member:
                     self.optimizer.step(closure)
                     self.accept()
             bar.update(1)
-        if self.evaluated is None or not torch.equal(self.evaluated, self.variable):
-            closure()  # the losses of the image that is kept (fixed step, Adam, a rejected last trial)
+        closure()  # the kept image's losses, reported with it: the last record is always the result's
         self.result.image = self.accepted
 
     def accept(self) -> None:
@@ -301,7 +301,6 @@ def _evaluate(loss_fn, waiting: list[_Member], start: float) -> None:
                 last_finite_image=m.accepted, evaluation=evaluation, history=m.result.history)
             m.stop = True
             continue
-        m.evaluated = m.variable.detach().clone()
         record = {"evaluation": evaluation, "epoch": m.epoch + 1, **values,
                   "elapsed_s": time.perf_counter() - start}
         m.result.history.append(record)

@@ -69,7 +69,7 @@ def test_batched_adam_equals_independent_runs(setup):
     together = batched(loss, content, backbone, betas, settings, [1, 1, 1])
     for beta, s, result in zip(betas, settings, together, strict=True):
         alone = independent(loss, content, backbone, beta, s, 1)
-        assert result.evaluations == alone.evaluations == 8
+        assert result.evaluations == alone.evaluations == 8 + 1  # 8 steps, then the kept image's losses
         assert (result.image - alone.image).abs().max() < TOLERANCE
         assert result.final["total"] == pytest.approx(alone.final["total"], rel=1e-3)
     # the members really differ: a larger beta ends with a lower style loss
@@ -107,15 +107,16 @@ def test_lbfgs_members_follow_exactly_their_independent_trajectories(setup):
 
 def test_batched_lbfgs_matches_independent_runs_within_tolerance(setup):
     """Through one batched pass in fp32, rounding differences (~3e-6) grow along L-BFGS's
-    curvature pairs; after 6-12 iterations at 32 px images agree within 0.03 and losses within
-    3 % (measured with torch 2.14: 0.021 and 1.9 %)."""
+    curvature pairs; after 6-12 iterations at 32 px images agree within 0.05 and losses within
+    3 % (measured with torch 2.14: 0.031 and 1.9 % for the accepted images; 0.021 for the last
+    evaluated ones, which for the fixed-step member are one step short of the accepted one)."""
     backbone, content, loss = setup
     betas, settings, epochs = LBFGS_MEMBERS
     together = batched(loss, content, backbone, betas, settings, epochs)
     for beta, s, e, result in zip(betas, settings, epochs, together, strict=True):
         alone = independent(loss, content, backbone, beta, s, e)
         assert result.evaluations == alone.evaluations
-        assert (result.image - alone.image).abs().max() < 0.03
+        assert (result.image - alone.image).abs().max() < 0.05
         assert result.final["total"] == pytest.approx(alone.final["total"], rel=3e-2)
 
 
@@ -146,7 +147,7 @@ def test_a_member_with_a_non_finite_loss_fails_alone(setup):
     good, bad = batched(loss, content, backbone, [100.0, 100.0], settings, [1, 1])
     assert isinstance(bad, NonFiniteLossError) and bad.evaluation == 2
     alone = independent(loss, content, backbone, 100.0, settings[0], 1)
-    assert good.evaluations == 5 and (good.image - alone.image).abs().max() < TOLERANCE
+    assert good.evaluations == 5 + 1 and (good.image - alone.image).abs().max() < TOLERANCE  # + the kept image
 
 
 def test_an_interrupt_unwinds_every_member_thread(setup):

@@ -26,7 +26,7 @@ def test_defaults_are_gatys():
     assert list(cfg.loss.content_layers) == ["conv4_2"]
     assert list(cfg.loss.style_layers) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
     assert cfg.loss.content_weight == 1.0 and cfg.loss.normalization == "reference"
-    assert cfg.loss.tv_weight == 0.0
+    assert cfg.loss.tv_weight == 10.0  # nst's default against pixel noise; the seed's experiments set 0
     weights = layer_weights(cfg, "loss.style_layers", "loss.style_layer_weights",
                             {"conv1_1": 64, "conv2_1": 128, "conv3_1": 256, "conv4_1": 512, "conv5_1": 512})
     assert list(weights.values()) == pytest.approx([1e3 / n**2 for n in (64, 128, 256, 512, 512)])
@@ -40,6 +40,14 @@ def test_seed_presentation_experiment():
     assert cfg.optimizer.lr == 0.2
     assert cfg.epochs == 200
     assert cfg.loss.style_weight == 100.0 and cfg.loss.content_weight == 1.0
+    assert cfg.loss.tv_weight == 0.0  # the seed's loss has no TV term
+
+
+def test_the_ratio_sweep_has_no_tv_term():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*BASE, "sweep=ratio"], return_hydra_config=True)
+    assert cfg.loss.tv_weight == 0.0 and cfg.loss.content_weight == 1.0
+    assert str(cfg.hydra.sweeper.params["loss.style_weight"]) == "1e-2,1e-1,1,10,100,1e4"
 
 
 def test_experiment_values_stay_overridable():
