@@ -80,8 +80,13 @@ def run_pair(content: str, style: str, size: int, epochs: int, model: str, folde
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"nst fidelity: the sweep failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+    return read_rows(folder)
+
+
+def read_rows(folder: Path) -> list[Row]:
+    """One row per job of a finished ratio sweep folder, by beta."""
     rows = []
-    for job in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+    for job in (p for p in folder.iterdir() if p.name.isdigit()):
         record = json.loads((job / "run.json").read_text())
         beta = float(OmegaConf.load(job / "config.yaml").loss.style_weight)
         rows.append(Row(beta, record["final_losses"]["content"], record["final_losses"]["style"],
