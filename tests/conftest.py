@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,11 +25,32 @@ os.environ["NST_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-test-cache-")
 os.environ.pop("NST_HED_WHEEL", None)
 
 
+@pytest.fixture(scope="session")
+def _random_calibration(tmp_path_factory) -> Path:
+    """The random backbone's calibration (seed 0, max pooling, every conv layer), computed once.
+
+    Every CLI run calibrates its backbone on the nine sample images; in a private cache per test
+    that cost a second or two per run, so each test's cache starts with this file.
+    """
+    from nst.backbones import layer_table, load_backbone
+    from nst.calibration import calibrate
+
+    cache = tmp_path_factory.mktemp("calibration-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NST_CACHE_DIR", str(cache))
+        layers = [name for name in layer_table("vgg19") if name.startswith("conv")]
+        calibrate(load_backbone("random", layers, seed=0), "rms_activation", [], [])
+    return cache / "calibration"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory, monkeypatch):
-    """No network, an empty private nst cache, and the shared sample images, for every test."""
+def _isolated_env(tmp_path_factory, monkeypatch, _random_calibration):
+    """No network, a private nst cache (holding only the random backbone's calibration), and the
+    shared sample images, for every test."""
+    cache = tmp_path_factory.mktemp("nst-cache")
+    shutil.copytree(_random_calibration, cache / "calibration")
     monkeypatch.setenv("NST_OFFLINE", "1")
-    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path_factory.mktemp("nst-cache")))
+    monkeypatch.setenv("NST_CACHE_DIR", str(cache))
     monkeypatch.setenv("NST_ASSETS_DIR", os.environ["NST_ASSETS_DIR"])
 
 
