@@ -69,6 +69,7 @@ server: ## MLflow tracking server on 127.0.0.1:$(SERVER_PORT) (SQLite + artifact
 		--artifacts-destination $(abspath $(OUTPUT_DIR))/server/artifacts
 
 ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
+	$(PY) -m nst.database $(abspath $(OUTPUT_DIR))/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
 

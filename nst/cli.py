@@ -14,6 +14,7 @@ signals and the exit status.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import warnings
@@ -52,6 +53,9 @@ def main() -> None:
     partial image, and an open sweep's parent is closed, so re-running resumes it.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    # a log file that cannot be written (the disk is full) must not print a traceback per record:
+    # the error that matters is reported on stderr in one line
+    logging.raiseExceptions = False
     try:
         hydra_main()
     except KeyboardInterrupt as exc:
@@ -63,7 +67,7 @@ def main() -> None:
         if exc.code not in (0, None):
             sweeps.abort_open_sweep("FAILED", f"the multirun stopped with status {exc.code}")
         raise
-    if sweeps.failed_jobs:
+    if sweeps.failed_jobs or jobs.failed_jobs:
         sys.exit(1)
 
 

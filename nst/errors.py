@@ -22,6 +22,22 @@ class ConfigError(NSTError):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
+class TrackingError(NSTError):
+    """The tracking store cannot be reached, created or written; the message names it and what to do."""
+
+
+class UnrecordedRunError(TrackingError):
+    """A run ended and its files are on disk, but the store could not record it (exit 1: work was done)."""
+
+    exit_code = 1
+
+
+class OutputError(NSTError):
+    """A run's own files cannot be written (disk full, read-only folder); exit 1: work had started."""
+
+    exit_code = 1
+
+
 class ImageError(NSTError):
     """An image file cannot be read or used."""
 

@@ -17,24 +17,27 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nst import hydra_job
+from nst import hydra_job, store
 from nst.config import parse, tracking_spec
-from nst.errors import NonFiniteLossError, NSTError
-from nst.recorder import NoRecording, Recording, RunRecorder
-from nst.run import BatchJob, Inputs, RunOutcome, execute_batch
+from nst.errors import NonFiniteLossError, NSTError, TrackingError, UnrecordedRunError
+from nst.recorder import NoRecording, Recording, RunRecorder, relog_folder
+from nst.run import CONFIG_YAML, BatchJob, Inputs, RunOutcome, execute_batch
 from nst.run import prepare as prepare_spec
 from nst.spec import TrackingSpec
 
 log = logging.getLogger(__name__)
 
 Outcome = RunOutcome | BaseException | None  # None: skipped by resume
+# Jobs of a multirun that failed in this process; the CLI exits 1 when there are any (with tracking, the
+# sweep callback also finds failed jobs in the store, those of other worker processes included)
+failed_jobs: list[str] = []
 
 
 @dataclass
@@ -91,24 +94,33 @@ def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
 def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
     """Run compatible jobs as one batch; per job its ``RunOutcome``, None (skipped) or its error.
 
-    Only errors that stop the whole batch (an unusable store, an interrupt) are raised.
+    Only errors that stop the whole batch (an unusable store, an interrupt) are raised, and
+    then every run this batch created has ended (FAILED or KILLED) first.
     """
     recording = Recording(jobs[0].tracking) if jobs[0].tracking.enabled else NoRecording()
     outcomes: list[Outcome] = [None] * len(jobs)
     members: list[_Member] = []
-    for position, job in enumerate(jobs):
-        try:
-            inputs = prepare(job.cfg)
-        except NSTError as exc:
-            recording.refused(job, job.tracking, exc)
-            outcomes[position] = exc
-            continue
-        recorder = recording.begin(job, job.tracking, inputs)
-        if recorder is not None:
-            members.append(_Member(position, inputs, recorder))
-    if members:
-        for member, outcome in zip(members, _execute(members, jobs), strict=True):
-            outcomes[member.position] = outcome
+    try:
+        for position, job in enumerate(jobs):
+            try:
+                inputs = prepare(job.cfg)
+            except NSTError as exc:
+                recording.refused(job, job.tracking, exc)
+                outcomes[position] = exc
+                continue
+            recorder = recording.begin(job, job.tracking, inputs)
+            if recorder is not None:
+                members.append(_Member(position, inputs, recorder))
+        if members:
+            for member, outcome in zip(members, _execute(members, jobs), strict=True):
+                outcomes[member.position] = outcome
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        for member in members:
+            if not member.recorder.ended:
+                member.recorder.fail("interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
+                                     "KILLED" if interrupted else "FAILED", partial=interrupted)
+        raise
     return outcomes
 
 
@@ -116,25 +128,36 @@ def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | B
     """The batch through the engine, each member's recorder ended by its outcome."""
     batch = [BatchJob(m.inputs, jobs[m.position].output_dir, m.recorder.callbacks, m.recorder.on_ready)
              for m in members]
-    try:
-        results = execute_batch(batch)
-    except KeyboardInterrupt:
-        for member in members:
-            member.recorder.fail("interrupted", "KILLED", partial=True)
-        raise
-    except BaseException as exc:
-        for member in members:
-            member.recorder.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    for member, result in zip(members, results, strict=True):
+    results: list[RunOutcome | BaseException] = execute_batch(batch)
+    for index, (member, result) in enumerate(zip(members, results, strict=True)):
         if isinstance(result, NonFiniteLossError):
             member.recorder.fail(str(result), final=result.last_finite_image,
                                  step=result.evaluation - 1 if result.evaluation else None)
         elif isinstance(result, BaseException):
             member.recorder.fail(f"{type(result).__name__}: {result}")
         else:
-            member.recorder.finish(result, member.inputs)
+            try:
+                member.recorder.finish(result, member.inputs)
+            except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
+                results[index] = exc
     return results
+
+
+def relog(folder: Path) -> tuple[str, bool]:
+    """Record the run whose files are in ``folder`` in the store its config names (``nst-report --relog``);
+    its run id, and whether anything was recorded now (False: the run had ended by itself)."""
+    config = folder / CONFIG_YAML
+    if not config.is_file():
+        raise TrackingError(f"{folder} holds no {CONFIG_YAML}: not the folder of an nst run")
+    tracking = tracking_spec(OmegaConf.load(config))
+    if not tracking.enabled:
+        raise TrackingError(f"{folder} was run with tracking=none: there is no store to record it in")
+    output_dir = Path(tracking.output_dir)
+    if not output_dir.is_absolute():  # relative to where the run was started: the folder's ancestor of that name
+        output_dir = next((parent for parent in folder.resolve().parents
+                           if parent.as_posix().endswith("/" + output_dir.as_posix().strip("./"))), output_dir)
+    tracking = replace(tracking, output_dir=str(output_dir))
+    return relog_folder(*store.connect(tracking), folder, tracking)
 
 
 # --- outcomes as Hydra wants them ------------------------------------------------------------
@@ -165,12 +188,14 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     except NSTError as exc:
         report_error(exc)
         if in_sweep:
+            failed_jobs.append(f"job {hydra_job.job_number()}")
             return None
         sys.exit(exc.exit_code)
     except Exception:
         if not in_sweep:
             raise
         log.exception("job %s failed", hydra_job.job_number())
+        failed_jobs.append(f"job {hydra_job.job_number()}")
         return None
     return final_loss(outcome)
 
@@ -181,15 +206,19 @@ def run_group(jobs: list[Job]) -> list[float | None]:
     Like the CLI in a multirun, a failing job is reported (and recorded FAILED in
     MLflow) without stopping the sweep.
     """
+    numbers = [f"job {job.tags.get(store.TAG_JOB)}" for job in jobs]
     try:
         outcomes = run_jobs(jobs)
     except NSTError as exc:
         report_error(exc)
+        failed_jobs.extend(numbers)
         return [None] * len(jobs)
     except Exception:
-        log.exception("batch of jobs %s failed", [job.tags.get("nst.job_num") for job in jobs])
+        log.exception("batch of %s failed", ", ".join(numbers))
+        failed_jobs.extend(numbers)
         return [None] * len(jobs)
-    for outcome in outcomes:
+    for number, outcome in zip(numbers, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             report_error(outcome)
+            failed_jobs.append(number)
     return [final_loss(outcome) for outcome in outcomes]

@@ -13,18 +13,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import pandas as pd
 import torch
 from PIL import Image
 
-from nst import store
-from nst.images import save_png, tensor_to_pil
+from nst import ownership, store
+from nst.errors import TrackingError, UnrecordedRunError
+from nst.images import load_image, pil_to_tensor, save_png, tensor_to_pil
 from nst.pictures import loss_curve, triptych, write_video
-from nst.run import PARTIAL_PNG, Inputs, RunOutcome
+from nst.run import LOSSES_CSV, PARTIAL_PNG, RECORD_JSON, RESULT_PNG, Inputs, RunOutcome
 from nst.spec import TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -39,20 +42,34 @@ class JobInfo(Protocol):
     sweep_id: str | None
 
 
+def metrics(record: dict, timestamp_ms: int) -> list:
+    """An evaluation's record (a row of losses.csv) as MLflow metrics at its evaluation number."""
+    from mlflow.entities import Metric  # MLflow takes seconds to import: only when recording
+
+    step = int(record["evaluation"])
+    return [Metric(key, float(value), timestamp_ms, step) for key, value in record.items()
+            if key not in ("evaluation", "epoch") and isinstance(value, int | float) and math.isfinite(value)]
+
+
 class RunRecorder:
     """Logs one run: params, per-evaluation metrics, image steps, final artifacts, status.
 
     Metrics are buffered and written in batches (at each image step and at the
     end), so a run costs a few dozen store transactions, not one per evaluation.
+    A write the store refuses during the optimisation (locked beyond the wait, disk
+    full) never stops it: the write is kept and tried again when the run ends,
+    after the engine has put result.png, losses.csv and run.json in the run's folder.
     """
 
     def __init__(self, client, run_id: str, output_dir: Path, log_every: int = 10, video: bool = True):
         self.client, self.run_id, self.output_dir = client, run_id, Path(output_dir)
-        self.log_every = max(1, int(log_every))
+        self.log_every = log_every
         self.video = video
         self.pending: list = []
+        self.deferred: list[Callable[[], None]] = []
         self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
+        self.ended = False
 
     # --- the engine's callbacks ---
 
@@ -61,23 +78,30 @@ class RunRecorder:
         return [self.on_evaluation]
 
     def on_evaluation(self, record: dict, image: torch.Tensor) -> None:
-        from mlflow.entities import Metric  # MLflow takes seconds to import: only when recording
-
         step = int(record["evaluation"])
-        now = int(time.time() * 1000)
-        for key, value in record.items():
-            if key in ("evaluation", "epoch") or not isinstance(value, int | float):
-                continue
-            if math.isfinite(value):
-                self.pending.append(Metric(key, float(value), now, step))
+        self.pending += metrics(record, int(time.time() * 1000))
         self.last_image = image
         if step == 1 or step % self.log_every == 0:
-            self.log_step_image(image, step)
-            self.flush()
+            picture = tensor_to_pil(image)
+            self.frames.append(picture)
+            self.write(lambda: self.log_step_picture(picture, step))
+            self.write(self.flush)
 
     def on_ready(self, record: dict) -> None:
         """The run record (backbone actually used, weights, ...) as ``run.*`` params."""
-        store.log_params(self.client, self.run_id, store.flatten(json.loads(json.dumps(record, default=str)), "run."))
+        params = store.flatten(json.loads(json.dumps(record, default=str)), "run.")
+        self.write(lambda: store.log_params(self.client, self.run_id, params))
+
+    def write(self, action: Callable[[], None]) -> None:
+        """Do a store write now, or, once the store has refused one, keep it for the end of the run."""
+        if not self.deferred:
+            try:
+                action()
+                return
+            except TrackingError as exc:
+                print(f"nst: warning: {exc}; the run goes on, recording is tried again when it ends",
+                      file=sys.stderr)
+        self.deferred.append(action)
 
     # --- logging ---
 
@@ -91,15 +115,15 @@ class RunRecorder:
             if mask is not None:
                 self.log_picture(tensor_to_pil(mask.expand(-1, 3, -1, -1)), f"inputs/mask_{number}.png")
 
-    def log_step_image(self, image: torch.Tensor, step: int) -> None:
-        picture = tensor_to_pil(image)
-        self.frames.append(picture)
+    def log_step_picture(self, picture: Image.Image, step: int) -> None:
         self.client.log_image(self.run_id, picture, key="progress", step=step, synchronous=True)
 
     def flush(self) -> None:
-        pending, self.pending = self.pending, []
-        for start in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[start:start + 1000], synchronous=True)
+        """Write the buffered metrics; a batch leaves the buffer only once the store took it."""
+        while self.pending:
+            batch = self.pending[:1000]
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            del self.pending[:len(batch)]
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         if path.is_dir():
@@ -113,7 +137,9 @@ class RunRecorder:
     def keep_outputs(self, final: torch.Tensor | None, step: int | None) -> None:
         """The last image as an image step, the optimisation as a video, and the run's folder."""
         if final is not None and step is not None and (not self.frames or step % self.log_every != 0):
-            self.log_step_image(final, step)
+            picture = tensor_to_pil(final)
+            self.frames.append(picture)
+            self.log_step_picture(picture, step)
         if self.video and len(self.frames) >= 2:
             self.log_file(write_video(self.frames, self.output_dir / "optimisation"))
         for path in sorted(self.output_dir.iterdir()):
@@ -121,27 +147,65 @@ class RunRecorder:
                 self.log_file(path)
         self.log_file(self.output_dir / ".hydra", ".hydra")
 
+    def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
+                   overview: Image.Image | None = None) -> None:
+        """The result, its loss curve (and the content-style-result overview), the folder, the evaluation count."""
+        self.log_picture(tensor_to_pil(image), "result/result.png")
+        if overview is not None:
+            self.log_picture(overview, "result/triptych.png")
+        self.log_picture(loss_curve(history), "result/loss_curve.png")
+        self.keep_outputs(image, evaluations)
+        self.client.log_metric(self.run_id, "evaluations", evaluations, step=evaluations)
+
     # --- the end of the run ---
 
     def finish(self, outcome: RunOutcome, inputs: Inputs) -> None:
+        """Record the result and end FINISHED; raises ``UnrecordedRunError`` (the files are kept) if the
+        store still refuses."""
         result = outcome.result
-        self.log_picture(tensor_to_pil(result.image), "result/result.png")
-        self.log_picture(triptych(inputs.content, inputs.style, result.image), "result/triptych.png")
-        self.log_picture(loss_curve(result.history), "result/loss_curve.png")
-        self.keep_outputs(result.image, result.evaluations)
-        self.client.log_metric(self.run_id, "evaluations", result.evaluations, step=result.evaluations)
-        self.end("FINISHED")
+        overview = triptych(inputs.content, inputs.style, result.image)
+        try:
+            self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview),
+                          "FINISHED")
+        except TrackingError as exc:
+            raise UnrecordedRunError(
+                f"the run ended and its files are in {self.output_dir} (result.png, losses.csv, run.json), but "
+                f"the MLflow store did not record it: {exc}. Once the store works, record it with: "
+                f"nst-report --relog {self.output_dir}") from exc
 
     def fail(self, reason: str, status: str = "FAILED", final: torch.Tensor | None = None,
              step: int | None = None, partial: bool = False) -> None:
-        """End FAILED (or KILLED) with the reason; keep the last finite or partial image and the files."""
-        self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
+        """End FAILED (or KILLED) with the reason; keep the last finite or partial image and the files.
+
+        Called while something else went wrong: a store that refuses is reported, not raised (the run is
+        then ended FAILED by the next command that opens the store, once this process is gone).
+        """
         if partial and self.last_image is not None:
             save_png(self.last_image, self.output_dir / PARTIAL_PNG)
             final = self.last_image
-        if final is not None or partial:
-            self.keep_outputs(final, step)
-        self.end(status)
+
+        def record() -> None:
+            self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
+            if final is not None or partial:
+                self.keep_outputs(final, step)
+
+        try:
+            self.end_with(record, status)
+        except TrackingError as exc:
+            print(f"nst: warning: the MLflow store did not record the end of run {self.run_id}: {exc}",
+                  file=sys.stderr)
+
+    def end_with(self, record: Callable[[], None], status: str) -> None:
+        """The writes kept from the run, then ``record``, then the status; the heartbeat stops either way."""
+        try:
+            while self.deferred:
+                self.deferred[0]()
+                self.deferred.pop(0)
+            record()
+            self.end(status)
+        finally:
+            self.ended = True
+            store.let_go(self.run_id)
 
     def end(self, status: str) -> None:
         self.flush()
@@ -157,26 +221,39 @@ class Recording:
     def __init__(self, tracking: TrackingSpec):
         self.client, self.experiment_id = store.connect(tracking)
 
-    def _tags(self, tags: dict[str, str], sweep_id: str | None) -> dict[str, str]:
-        tags = {store.TAG_ROLE: "run", **store.environment_tags(), **tags}
-        parent = store.parent_run_id(self.client, self.experiment_id, sweep_id)
+    def _tags(self, job: JobInfo) -> dict[str, str]:
+        tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
+                store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve())}
+        parent = store.parent_run_id(self.client, self.experiment_id, job.sweep_id)
         if parent:
             tags[store.PARENT_TAG] = parent
-            tags[store.TAG_SWEEP] = sweep_id or ""
+            tags[store.TAG_SWEEP] = job.sweep_id or ""
         return tags
 
-    def start(self, job: JobInfo, tracking: TrackingSpec, extra: dict[str, str]) -> RunRecorder:
-        """Create the job's MLflow run (a child of its sweep's parent run, if any) with its params."""
-        tags = self._tags(job.tags, job.sweep_id)
+    def start(self, job: JobInfo, tracking: TrackingSpec, extra: dict[str, str],
+              inputs: Inputs | None = None) -> RunRecorder:
+        """Create the job's MLflow run (a child of its sweep's parent run, if any) with its params and inputs.
+
+        From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
+        """
+        tags = {**self._tags(job), **extra}
         overrides = json.loads(tags.get(store.TAG_OVERRIDES, "[]"))
         run_name = " ".join(o for o in overrides if not o.startswith(("content=", "style="))) or "run"
-        run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags={**tags, **extra})
-        store.log_params(self.client, run.info.run_id, store.job_params(job.config))
-        return RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every, tracking.video)
+        run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
+        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every, tracking.video)
+        try:
+            store.keep_alive(self.client, recorder.run_id)
+            store.log_params(self.client, recorder.run_id, store.job_params(job.config))
+            if inputs is not None:
+                recorder.log_inputs(inputs)
+        except BaseException as exc:
+            recorder.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        return recorder
 
     def refused(self, job: JobInfo, tracking: TrackingSpec, error: Exception) -> None:
         """A job whose values or files were refused: a FAILED run saying why."""
-        self.start(job, tracking, {store.TAG_FAILURE: str(error)[:5000]}).end("FAILED")
+        self.start(job, tracking, {store.TAG_FAILURE: str(error)[:5000]}).end_with(lambda: None, "FAILED")
 
     def reuse(self, job: JobInfo, tracking: TrackingSpec, config_hash: str) -> bool:
         """Resume: whether a sweep job with this fingerprint already FINISHED (then the parent notes it)."""
@@ -197,9 +274,57 @@ class Recording:
         config_hash = store.fingerprint(inputs.spec.config, inputs.input_files())
         if self.reuse(job, tracking, config_hash):
             return None
-        recorder = self.start(job, tracking, {store.TAG_HASH: config_hash})
-        recorder.log_inputs(inputs)
-        return recorder
+        return self.start(job, tracking, {store.TAG_HASH: config_hash}, inputs)
+
+
+def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpec) -> tuple[str, bool]:
+    """Record in the store a run whose folder holds its files (``nst-report --relog``); the run's id,
+    and whether anything was recorded now.
+
+    The run nst created for the folder is completed (the metrics the store lacks, the result,
+    the folder, its status); a folder with no run gets a new one. A run that ended by itself is
+    left as it is; one ended FAILED only because its process was gone is completed.
+    """
+    folder = folder.resolve()
+    if not (folder / RECORD_JSON).is_file():
+        raise TrackingError(f"{folder} holds no {RECORD_JSON}: not the folder of a run that ended "
+                            f"(nothing to record)")
+    record = json.loads((folder / RECORD_JSON).read_text())
+    history = pd.read_csv(folder / LOSSES_CSV).to_dict("records") if (folder / LOSSES_CSV).is_file() else []
+    run = _folder_run(client, experiment_id, folder)
+    if run is not None and run.info.status != "RUNNING" and not store.ended_as_dead(run):
+        return run.info.run_id, False
+    if run is None:
+        run_id = client.create_run(experiment_id, run_name=folder.name, tags={
+            store.TAG_ROLE: "run", store.TAG_OUTPUT_DIR: str(folder), **store.environment_tags()}).info.run_id
+    else:
+        run_id = run.info.run_id
+        if store.TAG_FAILURE in run.data.tags:
+            client.delete_tag(run_id, store.TAG_FAILURE)
+    recorder = RunRecorder(client, run_id, folder, tracking.log_every, tracking.video)
+    logged = {metric.step for metric in client.get_metric_history(run_id, "total")}
+    now = int(time.time() * 1000)
+    recorder.pending = [m for row in history if int(row["evaluation"]) not in logged for m in metrics(row, now)]
+    client.set_tag(run_id, "nst.relogged", ownership.now_iso())
+    if record.get("status") == "FINISHED" and (folder / RESULT_PNG).is_file():
+        image = pil_to_tensor(load_image(folder / RESULT_PNG, "result"))
+        recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"])), "FINISHED")
+    else:
+        reason = record.get("failure") or f"the run did not finish (no {RESULT_PNG})"
+
+        def failed() -> None:
+            client.set_tag(run_id, store.TAG_FAILURE, reason[:5000])
+            recorder.keep_outputs(None, None)
+
+        recorder.end_with(failed, "FAILED")
+    return run_id, True
+
+
+def _folder_run(client, experiment_id: str, folder: Path):
+    """The newest run nst created for ``folder``, or None."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{store.TAG_OUTPUT_DIR}` = '{folder}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
 
 
 class NullRecorder:
@@ -207,6 +332,7 @@ class NullRecorder:
 
     callbacks: list = []
     on_ready = None
+    ended = False
 
     def finish(self, outcome: RunOutcome, inputs: Inputs) -> None:
         pass

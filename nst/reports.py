@@ -4,17 +4,13 @@ The same code serves the end of a multirun (``SweepCallback``) and the
 ``nst-report`` command, so a grid can always be rebuilt from the store. The
 store's queries are in ``nst.store``, the drawing in ``nst.pictures``.
 
-    nst-report                         # every run of experiment "nst", Markdown
-    nst-report --sweep latest          # the latest sweep: one row per job
-    nst-report --sweep <run id> --format csv --rebuild reports/
+The ``nst-report`` command that prints them is ``nst.report_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,38 +172,3 @@ def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = 
             client.log_artifact(parent_id, str(path), "sweep")
         client.log_table(parent_id, table.astype(str), "sweep/summary.json")
     return SweepSummary(table, grid, plot, folder)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``nst-report``: print runs or a sweep as a table; rebuild a sweep's grid and plot."""
-    parser = argparse.ArgumentParser(prog="nst-report", description=main.__doc__)
-    parser.add_argument("--uri", default=store.store_uri(),
-                        help="MLflow tracking URI (default: the local store under $NST_OUTPUT_DIR or ./outputs)")
-    parser.add_argument("--experiment", default="nst", help="MLflow experiment name")
-    parser.add_argument("--sweep", help="a sweep's parent run id, or 'latest'")
-    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
-    parser.add_argument("--rebuild", type=Path, metavar="DIR",
-                        help="with --sweep: rebuild grid.png, summary.csv and the loss plot into DIR")
-    args = parser.parse_args(argv)
-    if args.uri.startswith("sqlite:///") and not Path(args.uri.removeprefix("sqlite:///")).is_file():
-        print(f"nst-report: error: no MLflow store at {args.uri}", file=sys.stderr)
-        return 2
-    client = store.client(args.uri)
-    try:
-        if args.sweep:
-            parent = store.latest_sweep(client, args.experiment) if args.sweep == "latest" else args.sweep
-            if args.rebuild:
-                table = summarise_sweep(client, parent, args.rebuild, log_to_parent=False).table
-            else:
-                table = sweep_table(client, parent)
-        else:
-            table = runs_table(client, args.experiment)
-    except store.TrackingError as exc:
-        print(f"nst-report: error: {exc}", file=sys.stderr)
-        return 2
-    print(table.to_csv(index=False) if args.format == "csv" else table.to_markdown(index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

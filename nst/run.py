@@ -17,6 +17,7 @@ import json
 import logging
 import platform
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from nst.backbones import (
 from nst.calibration import calibrate
 from nst.color import network_images, recombine
 from nst.devices import available_bytes, native_bf16, resolve_device, tune
-from nst.errors import ConfigError, ImageError, NonFiniteLossError
+from nst.errors import ConfigError, ImageError, NonFiniteLossError, OutputError
 from nst.images import header_size, load_mask, load_tensor, save_png, scaled_size, style_long_side
 from nst.losses import LossWeights, StyleTransferLoss
 from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize_batch
@@ -229,8 +230,9 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
     if len(jobs) > 1:
         check_batch_memory(first, len(jobs))
     for job in jobs:
-        job.output_dir.mkdir(parents=True, exist_ok=True)
-        (job.output_dir / CONFIG_YAML).write_text(job.inputs.spec.config_yaml)
+        with writing(job.output_dir):
+            job.output_dir.mkdir(parents=True, exist_ok=True)
+            (job.output_dir / CONFIG_YAML).write_text(job.inputs.spec.config_yaml)
     backbone = _load_backbone(first)
     weights = LossWeights.stack([member_weights(job.inputs) for job in jobs], first.device)
     records = []
@@ -240,8 +242,22 @@ def execute_batch(jobs: Sequence[BatchJob]) -> list[RunOutcome | BaseException]:
         if job.on_ready is not None:
             job.on_ready(record)
     outcomes = optimize_scales(jobs, backbone, weights)
-    return [_write_outcome(job, record, backbone, outcome)
-            for job, record, outcome in zip(jobs, records, outcomes, strict=True)]
+    written = []
+    for job, record, outcome in zip(jobs, records, outcomes, strict=True):
+        with writing(job.output_dir):
+            written.append(_write_outcome(job, record, backbone, outcome))
+    return written
+
+
+@contextmanager
+def writing(folder: Path):
+    """A run's files that cannot be written (disk full, read-only, permissions) as one line naming them."""
+    try:
+        yield
+    except OSError as exc:
+        target = exc.filename or folder
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc} (free some space, or choose a "
+                          f"writable output folder: paths.output_dir=<folder> or NST_OUTPUT_DIR)") from exc
 
 
 def _load_backbone(inputs: Inputs) -> Backbone:

@@ -11,16 +11,24 @@ artifacts would otherwise land relative to whatever the working directory is).
 
 All calls go through ``MlflowClient`` with explicit run ids rather than the
 fluent API's process-global "active run", because a multirun executes several
-runs in one process and a joblib sweep in several.
+runs in one process and a joblib sweep in several. The client is wrapped in
+``StoreClient``: a write that meets another process's lock waits (with back-off,
+``NST_STORE_WAIT`` seconds at most) instead of failing, and a store that cannot
+be used (locked beyond the wait, disk full, read-only, damaged) is one
+``TrackingError`` line naming it. Opening the store (``connect``, ``open_store``)
+creates it safely (``nst.database``) and ends the runs whose process died
+(``nst.ownership``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sqlite3
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -29,9 +37,12 @@ from typing import Any
 
 import torch
 
+from nst import database, ownership
 from nst.downloads import sha256_file
-from nst.errors import NSTError
+from nst.errors import TrackingError  # noqa: F401 - store.TrackingError for callers
 from nst.spec import TrackingSpec
+
+log = logging.getLogger(__name__)
 
 # Tag names shared by runs, sweeps and reports.
 TAG_ROLE = "nst.role"  # "run" | "sweep"
@@ -40,16 +51,13 @@ TAG_JOB = "nst.job_num"
 TAG_HASH = "nst.config_hash"
 TAG_OVERRIDES = "nst.overrides"
 TAG_FAILURE = "nst.failure"
+TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
 TAG_REUSED = "nst.reused."  # + job number, on a sweep's parent: a FINISHED run reused by resume
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 # Keys that do not change what a run computes: left out of its fingerprint.
 NON_SEMANTIC_KEYS = ("hydra", "paths", "tracking", "progress")
 DEFAULT_EXPERIMENT = "nst"
-
-
-class TrackingError(NSTError):
-    """The tracking store cannot be reached or used."""
 
 
 def default_output_dir() -> Path:
@@ -75,32 +83,120 @@ def artifact_location(tracking: TrackingSpec) -> str | None:
     return (Path(tracking.output_dir).expanduser().resolve() / "mlartifacts").as_uri()
 
 
-def client(uri: str):
-    """An ``MlflowClient`` for ``uri``."""
-    from mlflow import MlflowClient  # MLflow takes seconds to import: only when a store is used
+class StoreClient:
+    """An ``MlflowClient`` whose calls wait out another process's lock and fail as one ``TrackingError``.
 
-    return MlflowClient(tracking_uri=uri)
+    Measured before: a ``sqlite3`` shell holding the write lock for 30 s killed a running
+    optimisation with ``database is locked`` and threw its result away. A call that meets
+    the lock is retried with back-off for ``NST_STORE_WAIT`` seconds (each attempt also
+    waits MLflow's own 20 s busy timeout); an SQLite write that fails leaves nothing
+    behind, so trying it again records it once.
+    """
+
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient  # MLflow takes seconds to import: only when a store is used
+
+        database.quiet_mlflow()
+        self.tracking_uri = uri
+        self._client = guarded(uri, MlflowClient, tracking_uri=uri)
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: guarded(self.tracking_uri, attribute, *args, **kwargs)
+
+
+def guarded(uri: str, function, *args, **kwargs):
+    """``function(*args, **kwargs)``, retried while the store is locked; store failures as ``TrackingError``."""
+    wait, started, pause = database.store_wait_s(), time.monotonic(), 0.05
+    while True:
+        try:
+            return function(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            problem = database.store_problem(exc)
+            if problem is None:
+                raise
+            if problem == "locked" and time.monotonic() - started + pause <= wait:
+                log.info("the MLflow store is locked by another process; trying again in %.2f s", pause)
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                continue
+            raise TrackingError(database.describe_problem(problem, uri.removeprefix("sqlite:///"), exc,
+                                                          wait)) from exc
+
+
+def client(uri: str) -> StoreClient:
+    """A ``StoreClient`` for ``uri`` (the store must exist: ``connect`` and ``open_store`` make sure)."""
+    return StoreClient(uri)
 
 
 def connect(tracking: TrackingSpec):
     """Open the store and return ``(client, experiment_id)``; create both on first use.
 
-    Fails fast with the URI in the message when the store cannot be reached.
+    Fails fast, with the URI in the message, when the store cannot be reached or used.
     """
     uri = store_uri(tracking.uri, tracking.output_dir)
+    mlflow_client = open_store(uri, create=True, artifact_root=artifact_location(tracking))
+    return mlflow_client, _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
+
+
+def open_store(uri: str, create: bool = False, artifact_root: str | None = None) -> StoreClient:
+    """A client for the store at ``uri`` once it is usable; runs whose process died are ended FAILED.
+
+    A local SQLite store is created (``create``) or checked first (``nst.database``); a server must answer.
+    """
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    if uri.startswith("sqlite:///"):
+    elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        _enable_wal(db)
+        if create:
+            database.prepare(db, artifact_root or (db.parent / "mlartifacts").as_uri())
+        elif not db.is_file():
+            raise TrackingError(f"no MLflow store at {db}: run nst first, or pass --uri")
+        else:
+            database.inspect(db)
     mlflow_client = client(uri)
-    try:
-        return mlflow_client, _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
-    except NSTError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure here means the store is unusable
-        raise TrackingError(f"cannot use the MLflow tracking store {uri}: {exc}") from exc
+    end_dead_runs(mlflow_client)
+    return mlflow_client
+
+
+def end_dead_runs(mlflow_client) -> list[str]:
+    """End FAILED, with the reason, nst's RUNNING runs whose process died; their ids.
+
+    A sweep's parent is a run of the process that launched the sweep, so it is ended by the same rule.
+    """
+    experiments = [experiment.experiment_id for experiment in mlflow_client.search_experiments()]
+    running = mlflow_client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'",
+                                        max_results=5000) if experiments else []
+    ended = []
+    for run in running:
+        reason = ownership.owner_gone(run.data.tags, run.info.start_time) if TAG_ROLE in run.data.tags else None
+        if reason:
+            mlflow_client.set_tag(run.info.run_id, TAG_FAILURE, reason)
+            mlflow_client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    if ended:
+        print(f"nst: {len(ended)} run(s) left RUNNING by a process that died are now FAILED: {', '.join(ended)}",
+              file=sys.stderr)
+    return ended
+
+
+def ended_as_dead(run) -> bool:
+    """Whether ``run`` was ended FAILED by ``end_dead_runs`` (its process was gone), not by itself."""
+    return run.info.status == "FAILED" and run.data.tags.get(TAG_FAILURE, "").startswith(ownership.DIED)
+
+
+def keep_alive(mlflow_client, run_id: str) -> None:
+    """Refresh the run's heartbeat tag from this process until ``let_go``."""
+    ownership.HEARTBEAT.add(run_id, lambda: mlflow_client.set_tag(run_id, ownership.TAG_HEARTBEAT,
+                                                                  ownership.now_iso()))
+
+
+def let_go(run_id: str) -> None:
+    ownership.HEARTBEAT.remove(run_id)
 
 
 def _experiment_id(mlflow_client, name: str, artifacts: str | None) -> str:
@@ -126,12 +222,6 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         problem = str(getattr(exc, "reason", exc))
     raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({problem}); start it "
                         f"(`make server` for a local one) or choose another tracking.uri")
-
-
-def _enable_wal(db: Path) -> None:
-    """Write-ahead logging lets parallel jobs read while one writes (fewer 'database is locked')."""
-    with sqlite3.connect(db, timeout=60) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
 
 
 # --- what a run is: params, fingerprint, environment ----------------------------------------
@@ -169,8 +259,10 @@ def git_commit() -> str:
 
 
 def environment_tags() -> dict[str, str]:
+    """Where and by what a run is made, and its owner (``nst.ownership``): tags of every run nst creates."""
     return {"nst.git_commit": git_commit(), "nst.torch_version": torch.__version__,
-            "nst.host": os.uname().nodename, "nst.pid": str(os.getpid())}
+            "nst.host": os.uname().nodename, "nst.pid": str(os.getpid()),
+            ownership.TAG_OWNER: ownership.owner(), ownership.TAG_HEARTBEAT: ownership.now_iso()}
 
 
 def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ sweep directory, which every job of one multirun shares.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nst import reports, store
 from nst.config import tracking_spec
+from nst.errors import NSTError
 from nst.hydra_job import sweep_id
 
 log = logging.getLogger(__name__)
@@ -39,22 +41,32 @@ class SweepCallback(Callback):
         tracking = tracking_spec(config)
         if not tracking.enabled:
             return
+        try:
+            self.open_parent(config, tracking)
+        except NSTError as exc:
+            # Hydra turns an exception raised by a callback into a warning and runs every job anyway
+            # (measured: three jobs failed, their errors only in their logs, exit status 0): stop here
+            print(f"nst: error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from exc
+        log.info("sweep %s: MLflow parent run %s", self.sweep_dir, self.parent)
+
+    def open_parent(self, config: DictConfig, tracking) -> None:
+        """The store, the experiment and the sweep's parent run, kept alive by this process's heartbeat."""
         self.client, experiment_id = store.connect(tracking)
         sweep_dir = str(config.hydra.sweep.dir)
         params = OmegaConf.select(config, "hydra.sweeper.params")
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
         overrides = list(config.hydra.overrides.task)
-        name = Path(sweep_dir).name
-        run = self.client.create_run(experiment_id, run_name=f"sweep {name}", tags={
+        run = self.client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}", tags={
             store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id(sweep_dir),
             "nst.sweep_dir": str(Path(sweep_dir).resolve()),
             store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
             **store.environment_tags()})
         self.parent = run.info.run_id
         self.sweep_dir = Path(sweep_dir)
+        store.keep_alive(self.client, self.parent)
         global _open
         _open = self
-        log.info("sweep %s: MLflow parent run %s", sweep_dir, self.parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent is None:
@@ -64,15 +76,20 @@ class SweepCallback(Callback):
             # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
             # such as Ray may have run that job again; the summary keeps each job's latest run)
             self.end_orphans("FAILED", "its worker process died before the run ended")
-            summary = reports.summarise_sweep(self.client, self.parent, Path(str(config.hydra.sweep.dir)))
-            failed = summary.table[summary.table["status"] != "FINISHED"]
-            failed_jobs.extend(failed["run_id"].tolist())
-            if len(failed):
-                print(f"nst: {len(failed)} of {len(summary.table)} jobs did not finish: "
-                      + ", ".join(f"job {j} {s}" for j, s in zip(failed["job"], failed["status"], strict=True)))
+            summary = reports.summarise_sweep(self.client, self.parent, self.sweep_dir)
+            failed = [f"job {job} {state}" for job, state in zip(summary.table["job"], summary.table["status"],
+                                                                   strict=True) if state != "FINISHED"]
+            recorded = {int(job) for job in summary.table["job"]}
+            failed += [f"job {job} left no run" for job in job_numbers(self.sweep_dir) if job not in recorded]
+            failed_jobs.extend(failed)
+            if failed:
+                print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
+                      f"finish: {', '.join(failed)}", file=sys.stderr)
             print(f"nst: sweep summary in MLflow run {self.parent} and {summary.folder}")
-        except Exception:
+        except Exception as exc:
             status = "FAILED"
+            failed_jobs.append(f"the sweep's summary: {exc}")
+            print(f"nst: error: could not summarise the sweep: {exc}", file=sys.stderr)
             log.exception("could not summarise the sweep")
             raise
         finally:
@@ -87,6 +104,7 @@ class SweepCallback(Callback):
                 self.client.set_terminated(run.info.run_id, status)
 
     def close(self) -> None:
+        store.let_go(self.parent)
         global _open
         if _open is self:
             _open = None
@@ -102,6 +120,11 @@ class SweepCallback(Callback):
         self.client.set_tag(self.parent, store.TAG_FAILURE, reason)
         self.client.set_terminated(self.parent, status)
         self.close()
+
+
+def job_numbers(sweep_dir: Path) -> list[int]:
+    """The jobs Hydra set up in ``sweep_dir``: its numbered folders holding a ``.hydra`` folder."""
+    return sorted(int(path.parent.name) for path in sweep_dir.glob("*/.hydra") if path.parent.name.isdigit())
 
 
 def abort_open_sweep(status: str, reason: str) -> None:

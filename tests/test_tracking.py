@@ -111,14 +111,14 @@ def test_rerun_skips_finished_jobs(sweep, nst):
 def test_report_prints_one_row_per_run(sweep):
     out, _ = sweep
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
-    done = subprocess.run([sys.executable, "-m", "nst.reports", "--sweep", "latest", "--format", "csv"],
+    done = subprocess.run([sys.executable, "-m", "nst.report_cli", "--sweep", "latest", "--format", "csv"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert len(rows) == 3
     assert sorted(float(r["loss.style_weight"]) for r in rows) == [1.0, 100.0, 1e4]
     assert all(float(r["final_total"]) > 0 and float(r["final_content"]) >= 0 for r in rows)
-    markdown = subprocess.run([sys.executable, "-m", "nst.reports"], capture_output=True, text=True,
+    markdown = subprocess.run([sys.executable, "-m", "nst.report_cli"], capture_output=True, text=True,
                               env=env, timeout=120)
     assert markdown.returncode == 0 and markdown.stdout.startswith("| run_id")
 
@@ -127,7 +127,7 @@ def test_report_rebuilds_grid_from_mlflow_alone(sweep, tmp_path):
     out, _ = sweep
     first = sorted(runs(client_for(out), "sweep"), key=lambda r: r.info.start_time)[0].info.run_id
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
-    done = subprocess.run([sys.executable, "-m", "nst.reports", "--sweep", first, "--rebuild",
+    done = subprocess.run([sys.executable, "-m", "nst.report_cli", "--sweep", first, "--rebuild",
                            str(tmp_path / "rebuilt")], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "rebuilt" / "grid.png").size[0] > 4 * pictures.TILE
@@ -140,7 +140,7 @@ def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
     args = ["-m", *TINY, "optimizer=adam", "optimizer.lr=0.01,1e30"]
     first = nst(out, *args)
     assert first.returncode == 1, first.stderr[-3000:]  # the sweep ran both jobs, one failed
-    assert "1 of 2 jobs did not finish" in first.stdout
+    assert "1 of 2 jobs did not finish" in first.stderr
     client = client_for(out)
     failed = runs(client, "run", "FAILED")
     assert len(failed) == 1 and "non-finite" in failed[0].data.tags[store.TAG_FAILURE]
