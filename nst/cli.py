@@ -14,6 +14,7 @@ signals and the exit status.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -21,14 +22,17 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig, OmegaConf
 
-from nst import jobs, sweeps
+from nst import jobs, schema, sweeps
+from nst.config import check_launch
+from nst.errors import NSTError
 
 # The configs live in the repository's top-level conf/ (nst is installed editable by `make install`);
 # conf/sweep/<name>.yaml is the option `sweep=<name>`.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO_ROOT / "conf")
+CONFIG_DIR = str(schema.CONFIG_DIR)
 # ${nst_root:} in a config is the repository root (conf/experiment/masks.yaml's sample masks)
 if not OmegaConf.has_resolver("nst_root"):
     OmegaConf.register_new_resolver("nst_root", lambda: str(REPO_ROOT))
@@ -46,6 +50,38 @@ def _terminate(signum: int, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def _hydra_args(argv: list[str]) -> argparse.Namespace | None:
+    """The command line as Hydra will read it; None where Hydra would refuse it (it says why)."""
+    if "--version" in argv:
+        return None
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        args, _unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return None
+    return args
+
+
+def preflight(argv: list[str]) -> None:
+    """Check the command line before Hydra composes anything; raises ``NSTError``.
+
+    Hydra's own messages here are misleading: an unquoted space or bracket gives a
+    lexer error, a mistyped key the advice to add it with ``+`` (after which the value
+    is silently ignored), a worker count of 0 a joblib traceback once the sweep starts.
+    """
+    args = _hydra_args(argv)
+    if args is None or args.shell_completion or args.experimental_rerun:
+        return
+    overrides = schema.parse_overrides(args.overrides, multirun=args.multirun)
+    if not (args.config_dir or args.config_name or args.config_path):  # another conf/, another schema
+        schema.check_override_keys(overrides)
+    for key, value in schema.values_of(overrides, ("tracking.", "hydra.launcher.")):
+        launch = OmegaConf.create()
+        OmegaConf.update(launch, key, value, force_add=True)
+        check_launch(launch)
+
+
 def main() -> None:
     """Console entry point: Hydra's app, then a non-zero status if a sweep had failed jobs.
 
@@ -56,6 +92,11 @@ def main() -> None:
     # a log file that cannot be written (the disk is full) must not print a traceback per record:
     # the error that matters is reported on stderr in one line
     logging.raiseExceptions = False
+    try:
+        preflight(sys.argv[1:])
+    except NSTError as exc:
+        print(f"nst: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     try:
         hydra_main()
     except KeyboardInterrupt as exc:

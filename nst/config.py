@@ -15,15 +15,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from nst.backbones import CHOICES as BACKBONES
 from nst.calibration import CALIBRATIONS
 from nst.color import COLOR_MODES, HISTOGRAM_MODES
-from nst.devices import DEVICES
+from nst.devices import parse_device
 from nst.errors import ConfigError
 from nst.losses import NORMALIZATIONS, PRECISIONS
 from nst.optimization import INIT_MODES, OPTIMIZERS, SPACES, OptimizerSettings
+from nst.schema import check_config
 from nst.spec import MemberSpec, RunSpec, SharedSpec, TrackingSpec, weighted
 
 
 def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, exclusive: bool = False,
-            integer: bool = False) -> float:
+            integer: bool = False, allowed_extra: str = "") -> float:
     value = OmegaConf.select(cfg, key)
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if integer:
@@ -34,7 +35,7 @@ def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, exclusiv
     if not ok:
         kind = "an integer" if integer else "a finite number"
         bound = "" if minimum is None else f" {'>' if exclusive else '>='} {minimum:g}"
-        raise ConfigError(key, value, f"{kind}{bound}")
+        raise ConfigError(key, value, f"{kind}{bound}{f', or {allowed_extra}' if allowed_extra else ''}")
     return int(value) if integer else float(value)
 
 
@@ -178,7 +179,12 @@ def style_mask_specs(cfg: DictConfig) -> list[str | None] | None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every value a run needs; raise ``ConfigError`` on the first bad one."""
+    """Check every value a run needs; raise ``ConfigError`` on the first bad one.
+
+    A key no file under conf/ defines (``+loss.styleweight=1``, a sweep's mistyped
+    param) is refused first: Hydra composes it, and nothing would ever read it.
+    """
+    check_config(cfg)
     value = OmegaConf.select(cfg, "content", throw_on_missing=False)
     if value is None or str(value).strip() == "":
         raise ConfigError("content", value, "a path or a sample asset name: pass content=<path|name>")
@@ -194,9 +200,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, "model.precision", PRECISIONS)
     _choice(cfg, "loss.normalization", NORMALIZATIONS)
     _choice(cfg, "init", INIT_MODES)
-    device = OmegaConf.select(cfg, "device")
-    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
-        raise ConfigError("device", device, f"one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
+    parse_device(OmegaConf.select(cfg, "device"))
     for key in ("loss.content_weight", "loss.style_weight", "loss.tv_weight"):
         _number(cfg, key, minimum=0)
     layer_weights(cfg, "loss.content_layers", "loss.content_layer_weights")
@@ -248,6 +252,14 @@ def parse(cfg: DictConfig) -> RunSpec:
     return RunSpec(shared, member, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
+    """A true/false value; ``bool('false')`` would be True, so anything else is refused."""
+    value = OmegaConf.select(cfg, key, default=default)
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
 def tracking_spec(cfg: DictConfig) -> TrackingSpec:
     """The ``tracking`` group and the output root: read apart from ``parse`` so that a job whose
     values are bad can still be recorded as FAILED."""
@@ -256,8 +268,26 @@ def tracking_spec(cfg: DictConfig) -> TrackingSpec:
         return OmegaConf.select(cfg, f"tracking.{key}", default=default)
 
     uri, artifacts = get("uri"), get("artifact_location")
+    log_every = 10 if get("log_every") is None else _number(cfg, "tracking.log_every", minimum=1, integer=True)
     return TrackingSpec(
-        enabled=bool(get("enabled", False)), uri=str(uri) if uri else None,
+        enabled=_flag(cfg, "tracking.enabled", False), uri=str(uri) if uri else None,
         artifact_location=str(artifacts) if artifacts else None, experiment=str(get("experiment") or "nst"),
-        log_every=int(get("log_every", 10)), video=bool(get("video", True)), resume=bool(get("resume", True)),
+        log_every=log_every, video=_flag(cfg, "tracking.video", True), resume=_flag(cfg, "tracking.resume", True),
         output_dir=str(OmegaConf.select(cfg, "paths.output_dir") or "outputs"))
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Check what the launching process reads before the first job: the tracking values and the
+    launcher's worker and batch counts; raises ``ConfigError``.
+
+    The CLI calls it on the command line's values before Hydra starts; a multirun's
+    ``on_multirun_start`` can call it on the composed config (Hydra only warns about a
+    callback's exception, so that caller must exit itself).
+    """
+    tracking_spec(cfg)
+    n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs")
+    if n_jobs is not None and n_jobs != -1:
+        # joblib's own refusal of 0 is a traceback from inside the launcher
+        _number(cfg, "hydra.launcher.n_jobs", minimum=1, integer=True, allowed_extra="-1 (one worker per CPU)")
+    if OmegaConf.select(cfg, "hydra.launcher.max_batch") is not None:
+        _number(cfg, "hydra.launcher.max_batch", minimum=1, integer=True)

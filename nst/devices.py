@@ -1,4 +1,4 @@
-"""Choosing the torch device from ``device=auto|cpu|cuda|mps``."""
+"""Choosing the torch device from ``device=auto|cpu|cuda|cuda:N|mps``."""
 
 from __future__ import annotations
 
@@ -16,17 +16,39 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
+DEVICE_CHOICES = f"one of {', '.join(DEVICES)} (cuda:N for GPU N, N = 0, 1, ...)"
+
+
+def parse_device(name: object) -> tuple[str, int | None]:
+    """``cuda:1`` -> ("cuda", 1); refuse anything but auto, cpu, cuda, cuda:N and mps.
+
+    Checked at config time, so a typo such as ``cuda:x`` is refused before any work,
+    not by torch after the images are loaded.
+    """
+    base, colon, index = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if base not in DEVICES or (colon and (base != "cuda" or not index.isdigit())):
+        raise ConfigError("device", name, DEVICE_CHOICES)
+    return base, int(index) if colon else None
+
+
+def _gpu_indices(count: int) -> str:
+    """``cuda:0 to cuda:3 (this machine has 4 CUDA GPUs)``: the indices a ``device=cuda:N`` may name."""
+    indices = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+    return f"{indices} (this machine has {count} CUDA GPU{'' if count == 1 else 's'})"
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
-    base = str(name).split(":")[0]
-    if base not in DEVICES:
-        raise ConfigError("device", name, f"one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
+    base, index = parse_device(name)
     if base == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps" if _mps_available() else "cpu")
     if base == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", name, "cpu or auto: this torch build or machine has no CUDA GPU")
+    if base == "cuda" and index is not None and index >= torch.cuda.device_count():
+        # torch would accept cuda:99 here and fail at the first tensor moved there
+        raise ConfigError("device", name, f"{_gpu_indices(torch.cuda.device_count())}, cuda, cpu or auto")
     if base == "mps" and not _mps_available():
         raise ConfigError("device", name, "cpu or auto: MPS (Apple GPU) is not available here")
     return torch.device(name)

@@ -63,3 +63,17 @@ class NonFiniteLossError(NSTError):
         self.last_finite_image = last_finite_image
         self.evaluation = evaluation
         self.history = history if history is not None else []
+
+
+class OverrideError(NSTError):
+    """A command-line override that Hydra's grammar cannot parse; the message shows the quoting that works."""
+
+
+class UnknownKeyError(NSTError):
+    """A config key that no file under ``conf/`` defines: a typo that Hydra, given ``+``, would
+    silently ignore."""
+
+    def __init__(self, key: str, suggestion: str | None = None):
+        self.key, self.suggestion = key, suggestion
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        super().__init__(f"unknown config key {key!r}{hint}; nst --help lists the groups, conf/ holds every key")

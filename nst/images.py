@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,46 @@ from nst.errors import ImageError
 WHITE = (255, 255, 255)
 
 
+# stat's answer for each kind of path that is not a regular file; opening one of these can block
+# forever (a FIFO waits for a writer) or never end (/dev/zero), so the type is read before any open
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "is a directory, expected an image file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file"),
+    (stat.S_ISCHR, "is a character device, not a regular file"),
+    (stat.S_ISBLK, "is a block device, not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+)
+PERMISSION_DENIED = "permission denied (cannot read the file; check its permissions)"
+
+
+def check_image_file(path: str | os.PathLike, what: str = "image") -> Path:
+    """Refuse, from ``stat`` alone, anything but a non-empty, readable regular file; return ``path``.
+
+    Every path a run reads goes through this before it is opened: Pillow (and the
+    header peek of the memory check) would hang on a FIFO and read /dev/zero forever.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{what} image {path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{what} image {path}: {PERMISSION_DENIED}") from None
+    except OSError as exc:
+        raise ImageError(f"{what} image {path}: cannot be read ({exc.strerror or exc})") from exc
+    for is_kind, text in _NOT_REGULAR:
+        if is_kind(info.st_mode):
+            raise ImageError(f"{what} image {path}: {text}")
+    if info.st_size == 0:
+        raise ImageError(f"{what} image {path}: the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{what} image {path}: {PERMISSION_DENIED}")
+    return path
+
+
 def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """Open ``path`` as an 8-bit RGB PIL image, upright per EXIF, alpha composited on white."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{what} image {path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{what} image {path}: is a directory, expected an image file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{what} image {path}: the file is empty")
+    path = check_image_file(path, what)
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -43,12 +75,19 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
         raise ImageError(
             f"{what} image {path}: not an image Pillow can read (JPEG, PNG, WebP, TIFF and BMP work)"
         ) from exc
+    except PermissionError as exc:  # os.access says yes to root, and ACLs can still refuse
+        raise ImageError(f"{what} image {path}: {PERMISSION_DENIED}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{what} image {path}: cannot be decoded ({exc}); is it truncated?") from exc
 
 
 def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if unreadable."""
+    """(width, height) from the file header without decoding pixels; None if unreadable.
+
+    Only a regular file is opened: a FIFO would block here before ``load_image`` could refuse it.
+    """
+    if not Path(path).is_file():
+        return None
     try:
         with Image.open(path) as image:
             return image.size

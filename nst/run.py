@@ -39,7 +39,15 @@ from nst.calibration import calibrate
 from nst.color import network_images, recombine
 from nst.devices import available_bytes, native_bf16, resolve_device, tune
 from nst.errors import ConfigError, ImageError, NonFiniteLossError, OutputError
-from nst.images import header_size, load_mask, load_tensor, save_png, scaled_size, style_long_side
+from nst.images import (
+    check_image_file,
+    header_size,
+    load_mask,
+    load_tensor,
+    save_png,
+    scaled_size,
+    style_long_side,
+)
 from nst.losses import LossWeights, StyleTransferLoss
 from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize_batch
 from nst.spec import RunSpec
@@ -122,13 +130,21 @@ def prepare(spec: RunSpec) -> Inputs:
 
 
 def _input_paths(spec: RunSpec) -> tuple[Path, list[Path], list[Path | None] | None]:
-    """The content, style and mask files, each resolved from a path or a sample name."""
+    """The content, style and mask files, each resolved from a path or a sample name.
+
+    Each is checked to be a readable regular file here, before the memory check peeks at
+    its header: opening a FIFO or a device would block or never end.
+    """
     shared = spec.shared
-    content_path = resolve_image(shared.content, "content")
-    style_paths = [resolve_image(name, "style" if len(shared.styles) == 1 else f"style {i + 1}")
+
+    def local(name: str, what: str) -> Path:
+        return check_image_file(resolve_image(name, what), what)
+
+    content_path = local(shared.content, "content")
+    style_paths = [local(name, "style" if len(shared.styles) == 1 else f"style {i + 1}")
                    for i, name in enumerate(shared.styles)]
     mask_paths = None if shared.style_masks is None else [
-        None if name is None else resolve_image(name, f"style_masks[{i}]")
+        None if name is None else local(name, f"style_masks[{i}]")
         for i, name in enumerate(shared.style_masks)]
     return content_path, style_paths, mask_paths
 
