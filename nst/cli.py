@@ -25,9 +25,10 @@ import hydra
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig, OmegaConf
 
-from nst import jobs, schema, sweeps
+from nst import database, jobs, schema, sweeps
 from nst.config import check_launch
 from nst.errors import NSTError
+from nst.store import default_output_dir
 
 # The configs live in the repository's top-level conf/ (nst is installed editable by `make install`);
 # conf/sweep/<name>.yaml is the option `sweep=<name>`.
@@ -80,6 +81,16 @@ def preflight(argv: list[str]) -> None:
         launch = OmegaConf.create()
         OmegaConf.update(launch, key, value, force_add=True)
         check_launch(launch)
+    if not (args.help or args.hydra_help or args.cfg or args.info):
+        _check_output_folder(overrides)
+
+
+def _check_output_folder(overrides) -> None:
+    """The output root must be writable before Hydra creates a run folder in it (Hydra's own failure
+    there is a traceback: under /proc, on a read-only disk, below a file)."""
+    roots = [str(value) for _, value in schema.values_of(overrides, ("paths.output_dir",))]
+    for root in roots or [str(default_output_dir())]:
+        database.make_folder(Path(root).expanduser(), "the output folder")
 
 
 def main() -> None:

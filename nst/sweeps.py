@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nst import reports, store
-from nst.config import tracking_spec
+from nst.config import check_launch, tracking_spec
 from nst.errors import NSTError
 from nst.hydra_job import sweep_id
 
@@ -38,17 +38,18 @@ class SweepCallback(Callback):
         self.client = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        tracking = tracking_spec(config)
-        if not tracking.enabled:
-            return
         try:
-            self.open_parent(config, tracking)
+            check_launch(config)  # values from conf/local or a sweep file, which the CLI's pre-flight cannot see
+            tracking = tracking_spec(config)
+            if tracking.enabled:
+                self.open_parent(config, tracking)
         except NSTError as exc:
             # Hydra turns an exception raised by a callback into a warning and runs every job anyway
             # (measured: three jobs failed, their errors only in their logs, exit status 0): stop here
             print(f"nst: error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from exc
-        log.info("sweep %s: MLflow parent run %s", self.sweep_dir, self.parent)
+        if self.parent is not None:
+            log.info("sweep %s: MLflow parent run %s", self.sweep_dir, self.parent)
 
     def open_parent(self, config: DictConfig, tracking) -> None:
         """The store, the experiment and the sweep's parent run, kept alive by this process's heartbeat."""

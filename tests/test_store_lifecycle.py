@@ -128,10 +128,11 @@ def small_disk(tmp_path):
     which root has on these machines."""
     mounted: list[Path] = []
 
-    def make(kib: int) -> Path:
+    def make(kib: int, read_only: bool = False) -> Path:
         mount_point = tmp_path / f"disk{len(mounted)}"
         mount_point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount_point)],
+        options = f"size={kib}k" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
@@ -176,6 +177,23 @@ def test_a_disk_that_fills_up_during_a_run_gives_one_line_and_leaves_nothing_run
     assert nst(out, *TINY, "seed=1").returncode == 0
     runs = all_runs(out)
     assert "FINISHED" in {r.info.status for r in runs} and "RUNNING" not in {r.info.status for r in runs}
+
+
+@pytest.mark.parametrize("where", ["read-only disk", "under /proc", "below a file"])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, where, small_disk):
+    if where == "read-only disk":
+        out, reason = small_disk(64, read_only=True) / "outputs", "Read-only file system"
+    elif where == "under /proc":
+        out, reason = Path("/proc/nst-outputs"), "No such file or directory"
+    else:
+        (tmp_path / "a-file").write_text("")
+        out, reason = tmp_path / "a-file" / "outputs", "Not a directory"
+    done = subprocess.run([sys.executable, "-m", "nst.cli", *TINY, f"paths.output_dir={out}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2
+    assert one_line_error(done.stderr) == (f"nst: error: the output folder {out} cannot be written ({reason}): "
+                                           f"choose a writable output folder with paths.output_dir=<folder> "
+                                           f"or NST_OUTPUT_DIR")
 
 
 # --- stores nst must not touch --------------------------------------------------------------------
