@@ -101,6 +101,8 @@ class StoreClient:
         self._client = guarded(uri, MlflowClient, tracking_uri=uri)
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # not MLflow's: unpickling (joblib workers) asks before _client exists
+            raise AttributeError(name)
         attribute = getattr(self._client, name)
         if not callable(attribute):
             return attribute
