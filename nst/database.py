@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -37,11 +38,16 @@ DEFAULT_WAIT_S = 120.0
 
 def store_wait_s() -> float:
     """Seconds to wait for a busy store: ``NST_STORE_WAIT``, else 120 (longer than any lock an
-    MLflow write or a ``make ui`` query holds; a lock held for 30 s by another process is waited out)."""
+    MLflow write or a ``make ui`` query holds; a lock held for 30 s by another process is waited out).
+    Each try also waits MLflow's own busy timeout (20 s), so a wait is never shorter than that."""
+    text = os.environ.get("NST_STORE_WAIT", str(DEFAULT_WAIT_S))
     try:
-        return max(0.0, float(os.environ.get("NST_STORE_WAIT", DEFAULT_WAIT_S)))
+        wait = float(text)
     except ValueError:
-        return DEFAULT_WAIT_S
+        wait = -1.0
+    if not wait >= 0:
+        raise TrackingError(f"NST_STORE_WAIT={text!r} is not allowed: a number of seconds >= 0")
+    return wait
 
 
 def lock_path(db: Path) -> Path:
@@ -63,7 +69,7 @@ def prepare(db: Path, artifact_root: str) -> None:
     """
     quiet_mlflow()
     make_folder(db.parent, "the MLflow store's folder")
-    wait = store_wait_s()
+    wait, started = store_wait_s(), time.monotonic()
     try:
         with FileLock(str(lock_path(db)), timeout=wait):
             _remove_leftovers(db)
@@ -81,7 +87,7 @@ def prepare(db: Path, artifact_root: str) -> None:
         problem = store_problem(exc)
         if problem is None:
             raise TrackingError(f"the MLflow store {db} cannot be used: {exc}") from exc
-        raise TrackingError(describe_problem(problem, str(db), exc, wait)) from exc
+        raise TrackingError(describe_problem(problem, str(db), exc, time.monotonic() - started)) from exc
 
 
 def make_folder(folder: Path, what: str) -> None:
@@ -102,6 +108,9 @@ def make_folder(folder: Path, what: str) -> None:
 def inspect(db: Path) -> str:
     """``missing`` (no file, or an empty one), ``complete``, ``outdated`` (an older MLflow's schema),
     or a ``TrackingError`` naming what is wrong and what to do."""
+    if db.is_dir():
+        raise TrackingError(f"{db} is a directory, not an MLflow store: move it aside, or choose another output "
+                            f"folder (paths.output_dir=<folder>)")
     if not db.exists() or db.stat().st_size == 0:
         return "missing"
     # Only SQLite may open the file: closing any other descriptor of it drops the POSIX locks this
@@ -115,9 +124,13 @@ def inspect(db: Path) -> str:
         if "file is not a database" in str(exc):
             raise TrackingError(f"{db} is not an MLflow store (not an SQLite database); nst never overwrites "
                                 f"it: move it aside, or choose another output folder (paths.output_dir=<folder>)") from exc
-        raise TrackingError(describe_problem(store_problem(exc) or "damaged", str(db), exc, store_wait_s())) from exc
+        raise TrackingError(describe_problem(store_problem(exc) or "damaged", str(db), exc, 0.0)) from exc
     if not tables:
         return "missing"
+    if not {"experiments", "runs"} & tables:
+        raise TrackingError(f"{db} is an SQLite database but not an MLflow store (its tables: "
+                            f"{', '.join(sorted(tables)[:5])}); nst never overwrites it: move it aside, or choose "
+                            f"another output folder (paths.output_dir=<folder>)")
     return _schema_state(db, tables, revision[0] if revision else None)
 
 
@@ -208,14 +221,15 @@ def store_problem(exc: BaseException | None) -> str | None:
     return None
 
 
-def describe_problem(problem: str, where: str, exc: BaseException, wait: float) -> str:
-    """The one line for a store ``problem`` met at ``where`` (a file, or a server's URI)."""
+def describe_problem(problem: str, where: str, exc: BaseException, waited: float) -> str:
+    """The one line for a store ``problem`` met at ``where`` (a file, or a server's URI) after ``waited`` s."""
     cause = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if problem == "io" and _nearly_full(Path(where).parent):
         problem = "full"
     return {
-        "locked": f"the MLflow store {where} stayed locked by another process for more than {wait:g} s "
-                  f"(NST_STORE_WAIT): end what holds it (an open sqlite3 shell, a stuck process) and run again",
+        "locked": f"the MLflow store {where} stayed locked by another process for {waited:.0f} s (nst waits "
+                  f"NST_STORE_WAIT={store_wait_s():g} s, each try at least MLflow's 20 s); what holds it may "
+                  f"be an open sqlite3 shell or a stuck process",
         "full": f"no space left on the device holding the MLflow store {where} ({cause}): free some space "
                 f"and run again",
         "unwritable": f"the MLflow store {where} cannot be written ({cause}): fix the folder's permissions or "

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,9 +59,11 @@ class RunRecorder:
 
     Metrics are buffered and written in batches (at each image step and at the
     end), so a run costs a few dozen store transactions, not one per evaluation.
-    A write the store refuses during the optimisation (locked beyond the wait, disk
-    full) never stops it: the write is kept and tried again when the run ends,
-    after the engine has put result.png, losses.csv and run.json in the run's folder.
+    During the optimisation the writes are made by a ``Writer`` thread, so a slow or
+    locked store delays the records, never the optimisation; a write the store
+    refuses (locked beyond the wait, disk full) is kept, with every later one, and
+    tried again when the run ends, after the engine has put result.png, losses.csv
+    and run.json in the run's folder.
     """
 
     def __init__(self, client, run_id: str, output_dir: Path, log_every: int = 10, video: bool = True):
@@ -66,7 +71,7 @@ class RunRecorder:
         self.log_every = log_every
         self.video = video
         self.pending: list = []
-        self.deferred: list[Callable[[], None]] = []
+        self.writer: Writer | None = None
         self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
         self.ended = False
@@ -84,8 +89,9 @@ class RunRecorder:
         if step == 1 or step % self.log_every == 0:
             picture = tensor_to_pil(image)
             self.frames.append(picture)
+            batch, self.pending = self.pending, []
             self.write(lambda: self.log_step_picture(picture, step))
-            self.write(self.flush)
+            self.write(lambda: self.log_metrics(batch))
 
     def on_ready(self, record: dict) -> None:
         """The run record (backbone actually used, weights, ...) as ``run.*`` params."""
@@ -93,15 +99,10 @@ class RunRecorder:
         self.write(lambda: store.log_params(self.client, self.run_id, params))
 
     def write(self, action: Callable[[], None]) -> None:
-        """Do a store write now, or, once the store has refused one, keep it for the end of the run."""
-        if not self.deferred:
-            try:
-                action()
-                return
-            except TrackingError as exc:
-                print(f"nst: warning: {exc}; the run goes on, recording is tried again when it ends",
-                      file=sys.stderr)
-        self.deferred.append(action)
+        """A store write made by the writer thread, in order, while the optimisation goes on."""
+        if self.writer is None:
+            self.writer = Writer()
+        self.writer.submit(action)
 
     # --- logging ---
 
@@ -118,12 +119,14 @@ class RunRecorder:
     def log_step_picture(self, picture: Image.Image, step: int) -> None:
         self.client.log_image(self.run_id, picture, key="progress", step=step, synchronous=True)
 
+    def log_metrics(self, metrics: list) -> None:
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000], synchronous=True)
+
     def flush(self) -> None:
-        """Write the buffered metrics; a batch leaves the buffer only once the store took it."""
-        while self.pending:
-            batch = self.pending[:1000]
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
-            del self.pending[:len(batch)]
+        """Write the buffered metrics; they leave the buffer only once the store took them."""
+        self.log_metrics(self.pending)
+        self.pending = []
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
         if path.is_dir():
@@ -134,27 +137,36 @@ class RunRecorder:
     def log_picture(self, picture: Image.Image, name: str) -> None:
         self.client.log_image(self.run_id, picture, artifact_file=name)
 
-    def keep_outputs(self, final: torch.Tensor | None, step: int | None) -> None:
-        """The last image as an image step, the optimisation as a video, and the run's folder."""
-        if final is not None and step is not None and (not self.frames or step % self.log_every != 0):
-            picture = tensor_to_pil(final)
-            self.frames.append(picture)
-            self.log_step_picture(picture, step)
+    def last_frame(self, final: torch.Tensor | None, step: int | None) -> Image.Image | None:
+        """The final image as the video's last frame and the last image step, unless it is one already."""
+        if final is None or step is None or (self.frames and step % self.log_every == 0):
+            return None
+        picture = tensor_to_pil(final)
+        self.frames.append(picture)
+        return picture
+
+    def save_video(self) -> None:
+        """The optimisation as a video in the run's folder (on disk before the store is written at the end)."""
         if self.video and len(self.frames) >= 2:
-            self.log_file(write_video(self.frames, self.output_dir / "optimisation"))
+            write_video(self.frames, self.output_dir / "optimisation")
+
+    def keep_outputs(self, last: Image.Image | None, step: int | None) -> None:
+        """The last image step, and the run's folder (its video included)."""
+        if last is not None:
+            self.log_step_picture(last, step)
         for path in sorted(self.output_dir.iterdir()):
-            if path.name != ".hydra" and path.suffix not in (".mp4", ".gif"):
+            if path.name != ".hydra":
                 self.log_file(path)
         self.log_file(self.output_dir / ".hydra", ".hydra")
 
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
-                   overview: Image.Image | None = None) -> None:
+                   overview: Image.Image | None = None, last: Image.Image | None = None) -> None:
         """The result, its loss curve (and the content-style-result overview), the folder, the evaluation count."""
         self.log_picture(tensor_to_pil(image), "result/result.png")
         if overview is not None:
             self.log_picture(overview, "result/triptych.png")
         self.log_picture(loss_curve(history), "result/loss_curve.png")
-        self.keep_outputs(image, evaluations)
+        self.keep_outputs(last, evaluations)
         self.client.log_metric(self.run_id, "evaluations", evaluations, step=evaluations)
 
     # --- the end of the run ---
@@ -164,8 +176,10 @@ class RunRecorder:
         store still refuses."""
         result = outcome.result
         overview = triptych(inputs.content, inputs.style, result.image)
+        last = self.last_frame(result.image, result.evaluations)
+        self.save_video()
         try:
-            self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview),
+            self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last),
                           "FINISHED")
         except TrackingError as exc:
             raise UnrecordedRunError(
@@ -183,11 +197,15 @@ class RunRecorder:
         if partial and self.last_image is not None:
             save_png(self.last_image, self.output_dir / PARTIAL_PNG)
             final = self.last_image
+        keep = final is not None or partial
+        last = self.last_frame(final, step) if keep else None
+        if keep:
+            self.save_video()
 
         def record() -> None:
             self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
-            if final is not None or partial:
-                self.keep_outputs(final, step)
+            if keep:
+                self.keep_outputs(last, step)
 
         try:
             self.end_with(record, status)
@@ -196,11 +214,14 @@ class RunRecorder:
                   file=sys.stderr)
 
     def end_with(self, record: Callable[[], None], status: str) -> None:
-        """The writes kept from the run, then ``record``, then the status; the heartbeat stops either way."""
+        """The run's writes (those the store refused tried again), then ``record``, then the status; the
+        heartbeat stops either way."""
         try:
-            while self.deferred:
-                self.deferred[0]()
-                self.deferred.pop(0)
+            refused = self.writer.close() if self.writer is not None else []
+            self.writer = None
+            while refused:
+                refused[0]()
+                refused.pop(0)
             record()
             self.end(status)
         finally:
@@ -277,6 +298,48 @@ class Recording:
         return self.start(job, tracking, {store.TAG_HASH: config_hash}, inputs)
 
 
+class Writer:
+    """Store writes made in order by one background thread while the optimisation goes on.
+
+    Measured before: a ``sqlite3`` shell holding the store's lock for 30 s froze the
+    optimisation for those 30 s (MLflow waits inside each write), and its ``elapsed_s``
+    came out four times too long. The first write the store refuses is reported once;
+    it and every write after it are kept, in order, for ``close``'s caller to try again.
+    """
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.refused: list[Callable[[], None]] = []
+        self.bug: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="nst-recorder", daemon=True)
+        self.thread.start()
+
+    def submit(self, action: Callable[[], None]) -> None:
+        self.queue.put(action)
+
+    def _loop(self) -> None:
+        while (action := self.queue.get()) is not None:
+            if self.refused or self.bug is not None:
+                self.refused.append(action)
+                continue
+            try:
+                action()
+            except TrackingError as exc:
+                print(f"nst: warning: {exc}; the optimisation goes on, and its records are written when it ends",
+                      file=sys.stderr)
+                self.refused.append(action)
+            except BaseException as exc:  # noqa: BLE001 - a bug: raised in the run's own thread by close
+                self.bug = exc
+
+    def close(self) -> list[Callable[[], None]]:
+        """Wait for the queued writes; those the store refused, in order (a bug in one is raised here)."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.bug is not None:
+            raise self.bug
+        return self.refused
+
+
 def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpec) -> tuple[str, bool]:
     """Record in the store a run whose folder holds its files (``nst-report --relog``); the run's id,
     and whether anything was recorded now.
@@ -308,7 +371,9 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
     client.set_tag(run_id, "nst.relogged", ownership.now_iso())
     if record.get("status") == "FINISHED" and (folder / RESULT_PNG).is_file():
         image = pil_to_tensor(load_image(folder / RESULT_PNG, "result"))
-        recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"])), "FINISHED")
+        overview = _overview(client, run_id, image)
+        recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview),
+                          "FINISHED")
     else:
         reason = record.get("failure") or f"the run did not finish (no {RESULT_PNG})"
 
@@ -318,6 +383,17 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
 
         recorder.end_with(failed, "FAILED")
     return run_id, True
+
+
+def _overview(client, run_id: str, image: torch.Tensor) -> Image.Image | None:
+    """The content-style-result overview from the inputs the run logged when it started, if it did."""
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            content, style = (pil_to_tensor(load_image(client.download_artifacts(run_id, f"inputs/{name}.png", scratch)))
+                              for name in ("content", "style"))
+        except Exception:  # noqa: BLE001 - a run created by the relog itself has no inputs
+            return None
+    return triptych(content, style, image)
 
 
 def _folder_run(client, experiment_id: str, folder: Path):

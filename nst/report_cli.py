@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from nst import jobs, store
 from nst.errors import NSTError
 from nst.reports import runs_table, summarise_sweep, sweep_table
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nst-report: {args.relog} is recorded as MLflow run {run_id}" if recorded else
                   f"nst-report: {args.relog} was already recorded as MLflow run {run_id}; nothing to do")
             return 0
-        client = store.open_store(args.uri)
+        client = store.open_store(store.store_uri(args.uri))
         if args.sweep:
             parent = store.latest_sweep(client, args.experiment) if args.sweep == "latest" else args.sweep
+            store.check_sweep_parent(client, parent)
             if args.rebuild:
                 table = summarise_sweep(client, parent, args.rebuild, log_to_parent=False).table
             else:
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except NSTError as exc:
         print(f"nst-report: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except MlflowException as exc:  # e.g. a run id that is not in the store
+        print(f"nst-report: error: {exc.message}", file=sys.stderr)
+        return 2
     print(table.to_csv(index=False) if args.format == "csv" else table.to_markdown(index=False))
     return 0
 

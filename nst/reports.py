@@ -104,7 +104,8 @@ def runs_table(client, experiment: str) -> pd.DataFrame:
                      "content_weight": params.get("loss.content_weight"),
                      "style_weight": params.get("loss.style_weight"),
                      "final_total": metrics.get("total"), "final_content": metrics.get("content"),
-                     "final_style": metrics.get("style"), "elapsed_s": metrics.get("elapsed_s")})
+                     "final_style": metrics.get("style"), "elapsed_s": metrics.get("elapsed_s"),
+                     "failure": tags.get(store.TAG_FAILURE, "")})
     return pd.DataFrame(rows)
 
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,7 +40,7 @@ import torch
 
 from nst import database, ownership
 from nst.downloads import sha256_file
-from nst.errors import TrackingError  # noqa: F401 - store.TrackingError for callers
+from nst.errors import ConfigError, TrackingError
 from nst.spec import TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,13 @@ def default_output_dir() -> Path:
 
 
 def store_uri(uri: str | None = None, output_dir: str | os.PathLike | None = None) -> str:
-    """The tracking URI: ``uri`` when given (a server), else the SQLite file under the output root."""
-    if uri:
+    """The tracking URI: ``uri`` when given (a server, or a path: a ``.db`` file or the folder holding
+    ``mlflow.db``), else the SQLite file under the output root."""
+    if uri and "://" in str(uri):
         return str(uri)
+    if uri:  # MLflow reads a bare path as its retired file store and fails with a traceback
+        path = Path(uri).expanduser().resolve()
+        return f"sqlite:///{path if path.suffix == '.db' else path / 'mlflow.db'}"
     root = Path(output_dir if output_dir is not None else default_output_dir()).expanduser().resolve()
     return f"sqlite:///{root / 'mlflow.db'}"
 
@@ -127,7 +132,7 @@ def guarded(uri: str, function, *args, **kwargs):
                 pause = min(2 * pause, 2.0)
                 continue
             raise TrackingError(database.describe_problem(problem, uri.removeprefix("sqlite:///"), exc,
-                                                          wait)) from exc
+                                                          time.monotonic() - started)) from exc
 
 
 def client(uri: str) -> StoreClient:
@@ -142,7 +147,24 @@ def connect(tracking: TrackingSpec):
     """
     uri = store_uri(tracking.uri, tracking.output_dir)
     mlflow_client = open_store(uri, create=True, artifact_root=artifact_location(tracking))
-    return mlflow_client, _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
+    experiment_id = _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
+    _check_artifacts(mlflow_client.get_experiment(experiment_id), tracking)
+    return mlflow_client, experiment_id
+
+
+def _check_artifacts(experiment, tracking: TrackingSpec) -> None:
+    """The experiment's artifact folder is the one asked for, and can be written, before any run exists.
+
+    MLflow fixes an experiment's artifact location when the experiment is created, so a
+    later ``tracking.artifact_location`` would be silently ignored.
+    """
+    location = experiment.artifact_location
+    if tracking.artifact_location and location.rstrip("/") != str(artifact_location(tracking)).rstrip("/"):
+        raise ConfigError("tracking.artifact_location", tracking.artifact_location,
+                          f"{location}, where experiment {experiment.name!r} has kept its artifacts since it was "
+                          f"created (MLflow fixes it then); or name a new experiment with tracking.experiment=...")
+    if location.startswith("file:"):
+        database.make_folder(Path(urllib.parse.urlparse(location).path), "the artifact folder")
 
 
 def open_store(uri: str, create: bool = False, artifact_root: str | None = None) -> StoreClient:
@@ -156,7 +178,7 @@ def open_store(uri: str, create: bool = False, artifact_root: str | None = None)
         db = Path(uri.removeprefix("sqlite:///"))
         if create:
             database.prepare(db, artifact_root or (db.parent / "mlartifacts").as_uri())
-        elif not db.is_file():
+        elif not db.exists():
             raise TrackingError(f"no MLflow store at {db}: run nst first, or pass --uri")
         else:
             database.inspect(db)
@@ -317,6 +339,14 @@ def sweep_runs(mlflow_client, parent_id: str) -> list:
             job = int(key.removeprefix(TAG_REUSED))
             by_job.setdefault(job, (job, mlflow_client.get_run(run_id)))
     return [pair for _, pair in sorted(by_job.items())]
+
+
+def check_sweep_parent(mlflow_client, run_id: str) -> None:
+    """``run_id`` must be a sweep's parent run (a single run's id would give an empty table)."""
+    role = mlflow_client.get_run(run_id).data.tags.get(TAG_ROLE)
+    if role != "sweep":
+        raise TrackingError(f"run {run_id} is not a sweep's parent run (nst.role={role}): pass --sweep latest, "
+                            f"or a run id of role 'sweep' from nst-report")
 
 
 def latest_sweep(mlflow_client, experiment: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nst import reports, store
+from nst import ownership, reports, store
 from nst.config import check_launch, tracking_spec
 from nst.errors import NSTError
 from nst.hydra_job import sweep_id
@@ -98,10 +98,12 @@ class SweepCallback(Callback):
             self.close()
 
     def end_orphans(self, status: str, reason: str) -> None:
-        """End the children left RUNNING with ``status`` and ``reason``."""
+        """End the children left RUNNING with ``status`` and ``reason`` (a child whose worker process is gone:
+        "process died ...", naming it)."""
         for run in store.child_runs(self.client, self.parent):
             if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, store.TAG_FAILURE, reason)
+                why = ownership.owner_gone(run.data.tags, run.info.start_time) or reason
+                self.client.set_tag(run.info.run_id, store.TAG_FAILURE, why)
                 self.client.set_terminated(run.info.run_id, status)
 
     def close(self) -> None:
