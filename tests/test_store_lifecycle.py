@@ -179,7 +179,8 @@ def test_a_disk_that_fills_up_during_a_run_gives_one_line_and_leaves_nothing_run
     assert "FINISHED" in {r.info.status for r in runs} and "RUNNING" not in {r.info.status for r in runs}
 
 
-@pytest.mark.parametrize("where", ["read-only disk", "under /proc", "below a file"])
+@pytest.mark.parametrize("where", [pytest.param("read-only disk", marks=pytest.mark.slow),
+                                   pytest.param("under /proc", marks=pytest.mark.slow), "below a file"])
 def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, where, small_disk):
     if where == "read-only disk":
         out, reason = small_disk(64, read_only=True) / "outputs", "Read-only file system"
@@ -199,7 +200,9 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_run
 # --- stores nst must not touch --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["garbage", pytest.param("truncated", marks=pytest.mark.slow),
+@pytest.mark.parametrize("kind", ["garbage", pytest.param("foreign-sqlite", marks=pytest.mark.slow),
+                                  pytest.param("directory", marks=pytest.mark.slow),
+                                  pytest.param("truncated", marks=pytest.mark.slow),
                                   pytest.param("half-migrated", marks=pytest.mark.slow)])
 def test_a_damaged_or_foreign_store_is_named_and_never_overwritten(tmp_path, kind, nst):
     out = tmp_path / "outputs"
@@ -208,6 +211,14 @@ def test_a_damaged_or_foreign_store_is_named_and_never_overwritten(tmp_path, kin
     if kind == "garbage":
         db.write_bytes(b"these are my notes, not a database\n" * 100)
         phrase = "is not an MLflow store"
+    elif kind == "foreign-sqlite":
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE notes (text TEXT)")
+            connection.execute("PRAGMA journal_mode=DELETE")
+        phrase = "is an SQLite database but not an MLflow store"
+    elif kind == "directory":
+        db.mkdir()
+        phrase = "is a directory, not an MLflow store"
     else:
         assert nst(out, *TINY).returncode == 0
         with sqlite3.connect(db) as connection:
@@ -217,12 +228,12 @@ def test_a_damaged_or_foreign_store_is_named_and_never_overwritten(tmp_path, kin
         if kind == "truncated":
             db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
         phrase = "is damaged" if kind == "truncated" else "half-created"
-    before = db.read_bytes()
+    before = db.read_bytes() if db.is_file() else None
     done = nst(out, *TINY)
     assert done.returncode == 2
     line = one_line_error(done.stderr)
     assert phrase in line and str(db) in line, line
-    assert db.read_bytes() == before
+    assert (db.read_bytes() if db.is_file() else None) == before
     listed = report(out)
     assert listed.returncode == 2 and phrase in listed.stderr and "Traceback" not in listed.stderr
 
@@ -332,6 +343,9 @@ def test_a_lock_held_30_s_during_a_run_is_waited_out_and_the_run_recorded(tmp_pa
     folder = Path(recorded.data.tags[store.TAG_OUTPUT_DIR])
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert len(client_for(out).get_metric_history(recorded.info.run_id, "total")) == len(rows)
+    # the records waited, the optimisation did not: no pause between evaluations near the lock's 30 s
+    elapsed = [float(row.split(",")[-1]) for row in rows]
+    assert max(b - a for a, b in zip(elapsed, elapsed[1:], strict=False)) < 10
 
 
 @pytest.mark.slow
@@ -357,7 +371,8 @@ def test_a_lock_held_beyond_the_wait_keeps_the_files_and_relog_records_them(tmp_
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert len(client_for(out).get_metric_history(recorded.info.run_id, "total")) == len(rows)
     artifacts = [a.path for a in client_for(out).list_artifacts(recorded.info.run_id, "result")]
-    assert "result/result.png" in artifacts
+    assert {"result/result.png", "result/triptych.png", "result/loss_curve.png"} <= set(artifacts)
+    assert "optimisation.mp4" in [a.path for a in client_for(out).list_artifacts(recorded.info.run_id)]
 
 
 def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_path, monkeypatch):
@@ -398,17 +413,84 @@ def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_pa
     assert jobs.relog(folder) == (run_id, False)  # a second relog changes nothing
 
 
-def test_an_artifact_folder_that_cannot_be_written_fails_the_run_with_one_line(tmp_path, nst):
+@pytest.mark.parametrize("where", ["under /proc", pytest.param("below a file", marks=pytest.mark.slow)])
+def test_an_artifact_folder_that_cannot_be_written_is_one_line_before_any_run(tmp_path, where, nst):
     out = tmp_path / "outputs"
     out.mkdir()
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    done = nst(out, *TINY, f"tracking.artifact_location={blocker / 'artifacts'}")
+    (tmp_path / "a-file").write_text("")
+    artifacts = "/proc/nst-artifacts" if where == "under /proc" else tmp_path / "a-file" / "artifacts"
+    done = nst(out, *TINY, f"tracking.artifact_location={artifacts}")
+    assert done.returncode == 2
+    assert f"the artifact folder {artifacts} cannot be written" in one_line_error(done.stderr)
+    assert all_runs(out) == []
+
+
+@pytest.mark.slow
+def test_an_artifact_location_the_experiment_does_not_use_is_refused(tmp_path, nst):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    assert nst(out, *TINY, f"tracking.artifact_location={tmp_path / 'first'}").returncode == 0
+    done = nst(out, *TINY, f"tracking.artifact_location={tmp_path / 'second'}")
     assert done.returncode == 2
     line = one_line_error(done.stderr)
-    assert "cannot be written" in line or "cannot be used" in line, line
+    assert "tracking.artifact_location=" in line and (tmp_path / "first").as_uri() in line, line
+
+
+def test_a_store_failure_while_a_run_is_set_up_ends_it_failed(tmp_path, monkeypatch):
+    """Everything after the run is created is inside one protected block (params, inputs, the recorder)."""
+    from hydra import compose, initialize_config_dir
+
+    from nst import jobs, recorder
+    from nst.cli import CONFIG_DIR
+
+    out = tmp_path / "outputs"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", [*TINY, f"paths.output_dir={out}"])
+
+    def refuse(self, inputs):
+        raise TrackingError("the artifact folder is full")
+
+    monkeypatch.setattr(recorder.RunRecorder, "log_inputs", refuse)
+    with pytest.raises(TrackingError, match="the artifact folder is full"):
+        jobs.run(cfg, tmp_path / "run")
     (run,) = all_runs(out)
-    assert run.info.status == "FAILED" and run.data.tags[store.TAG_FAILURE]
+    assert run.info.status == "FAILED" and "the artifact folder is full" in run.data.tags[store.TAG_FAILURE]
+
+
+@pytest.mark.slow
+def test_report_errors_are_one_line(tmp_path, nst):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    assert nst(out, *TINY).returncode == 0
+    (single,) = all_runs(out)
+    unknown = report(out, "--sweep", "deadbeef")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr and "deadbeef" in unknown.stderr
+    not_a_sweep = report(out, "--sweep", single.info.run_id)
+    assert not_a_sweep.returncode == 2 and "is not a sweep's parent run" in not_a_sweep.stderr
+    by_folder = subprocess.run([sys.executable, "-m", "nst.report_cli", "--uri", str(out), "--format", "csv"],
+                               capture_output=True, text=True, timeout=300)  # a path, not an sqlite:/// URI
+    assert by_folder.returncode == 0 and single.info.run_id in by_folder.stdout
+    bad_wait = subprocess.run([sys.executable, "-m", "nst.report_cli", "--uri", str(out)], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "NST_STORE_WAIT": "abc"})
+    assert bad_wait.returncode == 2 and "NST_STORE_WAIT='abc' is not allowed" in bad_wait.stderr
+
+
+def test_the_writer_keeps_every_write_after_a_refused_one_in_order():
+    from nst.recorder import Writer
+
+    done, writer = [], Writer()
+    writer.submit(lambda: done.append(1))
+    writer.submit(lambda: (_ for _ in ()).throw(TrackingError("locked")))
+    writer.submit(lambda: done.append(3))
+    refused = writer.close()
+    assert done == [1] and len(refused) == 2
+    for action in refused[1:]:
+        action()
+    assert done == [1, 3]
+    broken = Writer()
+    broken.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        broken.close()
 
 
 # --- what each store problem is called --------------------------------------------------------------
