@@ -69,7 +69,8 @@ def preflight(argv: list[str]) -> None:
 
     Hydra's own messages here are misleading: an unquoted space or bracket gives a
     lexer error, a mistyped key the advice to add it with ``+`` (after which the value
-    is silently ignored), a worker count of 0 a joblib traceback once the sweep starts.
+    is silently ignored), a worker count of 0 a joblib traceback once the sweep starts, an unknown
+    group option or a single run's comma many lines (a multirun's parent run already created).
     """
     args = _hydra_args(argv)
     if args is None or args.shell_completion or args.experimental_rerun:
@@ -77,6 +78,7 @@ def preflight(argv: list[str]) -> None:
     overrides = schema.parse_overrides(args.overrides, multirun=args.multirun)
     if not (args.config_dir or args.config_name or args.config_path):  # another conf/, another schema
         schema.check_override_keys(overrides)
+        schema.check_override_values(overrides, multirun=args.multirun)
     for key, value in schema.values_of(overrides, ("tracking.", "hydra.launcher.")):
         launch = OmegaConf.create()
         OmegaConf.update(launch, key, value, force_add=True)

@@ -77,3 +77,14 @@ class UnknownKeyError(NSTError):
         self.key, self.suggestion = key, suggestion
         hint = f" (did you mean {suggestion}?)" if suggestion else ""
         super().__init__(f"unknown config key {key!r}{hint}; nst --help lists the groups, conf/ holds every key")
+
+
+class UnknownOptionError(NSTError):
+    """A config group option with no file in ``conf/<group>/``: Hydra's own error is many lines, and
+    in a multirun comes after the sweep's parent run was created (and left FAILED)."""
+
+    def __init__(self, group: str, option: str, allowed: list[str], suggestion: str | None = None):
+        self.group, self.option, self.allowed, self.suggestion = group, option, allowed, suggestion
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        super().__init__(f"{group}={option} is not an option of {group}{hint}: "
+                         f"one of {', '.join(allowed)} (conf/{group}/)")

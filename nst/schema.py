@@ -6,7 +6,10 @@ an unquoted space, bracket or non-ASCII letter says nothing of quoting. Here the
 keys any composition can have are the union of ``conf/config.yaml`` and every
 option file of every config group (Hydra's own ``hydra.*`` aside), so a typo
 gets a did-you-mean from that list, and nothing new has to be registered: a key
-written in a file under ``conf/`` is known.
+written in a file under ``conf/`` is known. A group's options are its files
+(``model=nosuch`` would get Hydra's many-line error, in a multirun after the
+sweep's parent run was created), and a comma in a single run's value (Hydra's
+"Ambiguous value") is refused with the quoting that passes it as one value.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from nst.errors import OverrideError, UnknownKeyError
+from nst.errors import OverrideError, UnknownKeyError, UnknownOptionError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)")
@@ -37,6 +40,9 @@ class Schema:
     keys: frozenset[str]  # sections and values: loss, loss.style_weight, ...
     leaves: frozenset[str]  # keys holding a value (number, list, null), whose insides are not keys
     groups: frozenset[str]  # model, optimizer, experiment, sweep, pair, local, ...
+    options: dict[str, frozenset[str]]  # group -> its option files' names (groups with a folder in conf/)
+    nullable: frozenset[str]  # groups whose default is null (experiment, sweep): null is an option
+    multirun: frozenset[str]  # "sweep=ratio": options that set hydra.mode=MULTIRUN
 
     def knows(self, key: str) -> bool:
         """A key of the schema, or inside a value (``style.0``), which Hydra then checks itself."""
@@ -52,6 +58,14 @@ class Schema:
     def check(self, key: str) -> None:
         if not self.knows(key):
             raise UnknownKeyError(key, self.suggestion(key))
+
+    def check_option(self, group: str, option: object) -> None:
+        """Refuse an option of ``group`` that has no file in conf/<group>/, with a did-you-mean."""
+        option = "null" if option is None else str(option)
+        allowed = sorted(self.options[group]) + (["null"] if group in self.nullable else [])
+        if option not in allowed:
+            close = difflib.get_close_matches(option, allowed, n=1, cutoff=0.6)
+            raise UnknownOptionError(group, option, allowed, close[0] if close else None)
 
 
 def _package(path: Path, group: str) -> str:
@@ -90,19 +104,27 @@ def schema(config_dir: Path = CONFIG_DIR) -> Schema:
     """The schema of ``config_dir`` (read once per process: a few milliseconds of YAML)."""
     primary = OmegaConf.to_container(OmegaConf.load(config_dir / "config.yaml"))
     found = list(_dotted(primary, ""))
-    groups = {next(iter(entry)).split("@")[0].removeprefix("optional ").strip()
-              for entry in primary.get("defaults", []) if isinstance(entry, dict)} - {"hydra"}
+    defaults = {next(iter(entry)).split("@")[0].removeprefix("optional ").strip(): next(iter(entry.values()))
+                for entry in primary.get("defaults", []) if isinstance(entry, dict)}
+    defaults.pop("hydra", None)
+    groups, options, multirun = set(defaults), {}, set()
     for option in sorted(config_dir.rglob("*.yaml")):
         group = option.parent.relative_to(config_dir).as_posix()
         if group == "." or group == "hydra" or group.startswith("hydra/"):
             continue
         groups.add(group)
+        options.setdefault(group, set()).add(option.stem)
         content = OmegaConf.to_container(OmegaConf.load(option)) or {}
         if isinstance(content, dict):
             content.pop("defaults", None)
-        package = _package(option, group.replace("/", "."))
-        found.extend(_dotted(_nest(package, content), ""))
-    return Schema(frozenset(k for k, _ in found), frozenset(k for k, leaf in found if leaf), frozenset(groups))
+        nested = _nest(_package(option, group.replace("/", ".")), content)
+        found.extend(_dotted(nested, ""))
+        if isinstance(nested, dict) and (nested.get("hydra") or {}).get("mode") == "MULTIRUN":
+            multirun.add(f"{group}={option.stem}")
+    return Schema(frozenset(k for k, _ in found), frozenset(k for k, leaf in found if leaf), frozenset(groups),
+                  {group: frozenset(names) for group, names in options.items()},
+                  frozenset(group for group, default in defaults.items() if default is None),
+                  frozenset(multirun))
 
 
 def check_config(cfg: DictConfig, config_dir: Path = CONFIG_DIR) -> None:
@@ -170,6 +192,33 @@ def check_override_keys(overrides: Sequence[Override], config_dir: Path = CONFIG
                 or key.startswith(("hydra.", "hydra/")) or "/" in key):
             continue
         known.check(key)
+
+
+def check_override_values(overrides: Sequence[Override], multirun: bool,
+                          config_dir: Path = CONFIG_DIR) -> None:
+    """Refuse what Hydra would refuse only after starting (a multirun's parent run already created),
+    in many lines: an option with no file in conf/<group>/ (each value of a sweep), and a comma in a
+    single run's value, which Hydra reads as a sweep. A run is a multirun with ``-m``,
+    ``hydra.mode=MULTIRUN`` or an option that sets it (``sweep=ratio``); ``hydra`` groups are Hydra's.
+    """
+    known = schema(config_dir)
+    sets_multirun = known.multirun | {"hydra.mode=MULTIRUN"}
+    multirun = multirun or any(f"{o.key_or_group}={o.value()}" in sets_multirun
+                               for o in overrides if not o.is_sweep_override())
+    for override in overrides:
+        key, line = override.key_or_group, override.input_line
+        if override.is_delete() or key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if not multirun and override.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+            if key in known.options:
+                raise OverrideError(f"{line} has a comma, which Hydra reads as a sweep: "
+                                    "to run each option, use nst -m")
+            raise OverrideError(f"{line} has a comma, which Hydra reads as a sweep (nst -m); "
+                                f"to pass one value quote it: {quoting_hint(line, False)}")
+        if key in known.options and override.value_type != ValueType.GLOB_CHOICE_SWEEP:
+            sweep = override.is_discrete_sweep()
+            for option in override.sweep_iterator() if sweep else [override.value()]:
+                known.check_option(key, option)
 
 
 def values_of(overrides: Sequence[Override], prefixes: Sequence[str]) -> Iterator[tuple[str, object]]:

@@ -20,7 +20,7 @@ from PIL import Image
 from nst import cli, schema
 from nst.config import check_launch, tracking_spec, validate
 from nst.devices import resolve_device
-from nst.errors import ConfigError, ImageError, OverrideError, UnknownKeyError
+from nst.errors import ConfigError, ImageError, OverrideError, UnknownKeyError, UnknownOptionError
 from nst.images import check_image_file, header_size, load_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,6 +307,9 @@ def test_the_schema_holds_every_key_of_every_option_and_is_fast():
     ["+experiment=quick", "optimizer=adam", "optimizer.betas=[0.8,0.9]", "style=[wave,the_scream]"],
     ["--help"], ["--info", "defaults"], ["--version"], ["-cn", "other", "anything.at_all=1"],
     [*BASE, 'content="/tmp/été (1).jpg"', "tracking.log_every=5", "tracking.video=false", "device=cuda:1"],
+    [*BASE, "sweep=ratio", "loss.style_weight=1,10"], [*BASE, "experiment=null", "sweep=null", "model=random"],
+    ["-m", *BASE, "model=random,vgg19", "optimizer=choice(adam,lbfgs)"], ["-m", *BASE, "hydra/launcher=joblib"],
+    [*BASE, "hydra.mode=MULTIRUN", "loss.style_weight=1,10"], [*BASE, 'content="/tmp/a,b.jpg"', "~experiment"],
 ])
 def test_preflight_lets_good_command_lines_through(args):
     cli.preflight(args)
@@ -352,4 +355,57 @@ def test_the_suggested_quoting_runs(tmp_path, assets_dir, nst):
     done = nst(tmp_path / "outputs", suggested, "style=starry_night", *QUIET, f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "result.png").is_file()
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").content == str(photo)
+
+
+# --- 8. group options, and a comma in a single run ---------------------------------------------
+
+MODELS = "one of auto, random, vgg16_hed, vgg19, vgg19_caffe (conf/model/)"
+SWEEPS = "one of content_layer, controls, epochs, examples, learning_rate, ratio, style_layers, null (conf/sweep/)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=nosuch"], f"model=nosuch is not an option of model: {MODELS}"),
+    (["model=null"], f"model=null is not an option of model: {MODELS}"),  # only experiment, sweep default to null
+    (["optimizer=sgd"], "optimizer=sgd is not an option of optimizer: one of adam, lbfgs (conf/optimizer/)"),
+    (["optimizer=adamw"], "optimizer=adamw is not an option of optimizer (did you mean adam?): "
+                          "one of adam, lbfgs (conf/optimizer/)"),
+    (["sweep=nosuch"], f"sweep=nosuch is not an option of sweep: {SWEEPS}"),
+    (["experiment=nosuch"], "experiment=nosuch is not an option of experiment: one of coarse_to_fine, "
+     "color_histogram, color_luminance, gatys_paper, masks, quick, seed_presentation, style_blend, style_scale, "
+     "null (conf/experiment/)"),
+    (["+pair=nosuch"], "pair=nosuch is not an option of pair: one of golden_gate_the_scream, hoovertowernight_wave, "
+                       "mona_lisa_composition_vii, tubingen_starry_night (conf/pair/)"),
+    (["-m", "model=random,vgg19,nosuch"], f"model=nosuch is not an option of model: {MODELS}"),
+    (["-m", "model=choice(random,vgg91)"], f"model=vgg91 is not an option of model (did you mean vgg19?): {MODELS}"),
+    (["content=/tmp/a,b.jpg"], "content=/tmp/a,b.jpg has a comma, which Hydra reads as a sweep (nst -m); "
+                               """to pass one value quote it: 'content="/tmp/a,b.jpg"'"""),
+    (["model=random,vgg19"], "model=random,vgg19 has a comma, which Hydra reads as a sweep: "
+                             "to run each option, use nst -m"),
+])
+def test_preflight_refuses_unknown_options_and_a_single_runs_comma(args, message):
+    multirun = args[0] == "-m"
+    with pytest.raises((UnknownOptionError, OverrideError)) as caught:
+        cli.preflight([*args[:multirun], *BASE, *args[multirun:]])
+    assert str(caught.value) == message
+
+
+def test_an_unknown_option_in_a_sweep_stops_it_before_any_run(tmp_path, nst):
+    # Hydra's own error came after the sweep's parent MLflow run was created, and left it FAILED
+    out = tmp_path / "outputs"
+    done = nst(out, "-m", *BASE, *QUIET, "model=random,nosuch")
+    refused(done, f"nst: error: model=nosuch is not an option of model: {MODELS}")
+    assert not (out / "multiruns").exists() and not (out / "mlflow.db").exists()
+
+
+def test_the_suggested_quoting_of_a_comma_runs(tmp_path, assets_dir, nst):
+    photo = tmp_path / "a,b.jpg"
+    shutil.copy(assets_dir / "tubingen.jpg", photo)
+    done = nst(tmp_path / "outputs", f"content={photo}", "style=starry_night", *QUIET)
+    prefix = f"nst: error: content={photo} has a comma, which Hydra reads as a sweep (nst -m); to pass one value quote it: "
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("nst: error:")]
+    assert done.returncode == 2 and line.startswith(prefix), done.stderr[-2000:]
+    (suggested,) = shlex.split(line.removeprefix(prefix))
+    done = nst(tmp_path / "outputs", suggested, "style=starry_night", *QUIET, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 0, done.stderr[-2000:]
     assert OmegaConf.load(tmp_path / "run" / "config.yaml").content == str(photo)
