@@ -70,6 +70,7 @@ class RunRecorder:
         self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
         self.ended = False
+        self.address: str | None = None  # the run's page in the MLflow UI
 
     # --- the engine's callbacks ---
 
@@ -237,6 +238,7 @@ class Recording:
         run_name = labels.label(list(swept), job.config, job.tags) if swept else _override_name(tags)
         run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
         recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every, tracking.video)
+        recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
         try:
             store.keep_alive(self.client, recorder.run_id)
             store.log_params(self.client, recorder.run_id, {**store.job_params(job.config),
@@ -336,6 +338,7 @@ class NullRecorder:
     callbacks: list = []
     on_ready = None
     ended = False
+    address = None
 
     def finish(self, outcome: RunOutcome, inputs: Inputs) -> None:
         pass

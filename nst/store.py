@@ -169,6 +169,14 @@ def open_store(uri: str, create: bool = False, artifact_root: str | None = None)
     return mlflow_client
 
 
+def run_address(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the MLflow UI shows a run: the tracking server's own page, or for the local store the
+    address of ``make ui`` (port ``NST_UI_PORT``, default 5000)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
+        f"http://127.0.0.1:{os.environ.get('NST_UI_PORT', '5000')}")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def end_dead_runs(mlflow_client) -> list[str]:
     """End FAILED, with the reason, nst's RUNNING runs whose process died; their ids.
 

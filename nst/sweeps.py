@@ -67,7 +67,7 @@ class SweepCallback(Callback):
             store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
             store.TAG_SWEPT: json.dumps(swept), store.TAG_DESCRIPTION: describe(config, values),
             **store.environment_tags()})
-        self.parent = run.info.run_id
+        self.parent, self.experiment_id = run.info.run_id, experiment_id
         self.sweep_dir = Path(sweep_dir)
         store.keep_alive(self.client, self.parent)
         store.log_params(self.client, self.parent, {
@@ -93,7 +93,8 @@ class SweepCallback(Callback):
             if failed:
                 print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
                       f"finish: {', '.join(failed)}", file=sys.stderr)
-            print(f"nst: sweep summary in MLflow run {self.parent} and {summary.folder}")
+            address = store.run_address(self.client.tracking_uri, self.experiment_id, self.parent)
+            print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}  (make ui serves it)")
         except Exception as exc:
             status = "FAILED"
             failed_jobs.append(f"the sweep's summary: {exc}")

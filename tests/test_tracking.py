@@ -79,6 +79,15 @@ def test_multirun_creates_parent_and_children_with_everything(sweep):
         assert triptych.width > 2 * triptych.height  # three images side by side
 
 
+def test_a_sweep_says_where_its_grid_and_parent_are(sweep):
+    out, done = sweep
+    (parent,) = runs(client_for(out), "sweep")
+    lines = done.stdout.strip().splitlines()[-2:]
+    assert lines[0] == f"nst: sweep grid {parent.data.tags['nst.sweep_dir']}/grid.png"
+    assert lines[1] == (f"nst: MLflow sweep http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
+                        f"{parent.info.run_id}  (make ui serves it)")
+
+
 def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
     out, _ = sweep
     client = client_for(out)
@@ -209,6 +218,12 @@ def test_single_run_is_tracked_without_parent(tmp_path, nst):
     assert "mlflow.parentRunId" not in run.data.tags
     # the store's paths are absolute, under the output root, whatever the working directory
     assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
+    # the last lines say where the result is and where the MLflow UI (make ui) shows the run
+    latest = first  # newest first: the run of the last command, `done`
+    lines = done.stdout.strip().splitlines()[-2:]
+    assert lines[0] == f"nst: result {latest.data.tags['nst.output_dir']}/result.png"
+    assert lines[1] == (f"nst: MLflow run http://127.0.0.1:5000/#/experiments/{latest.info.experiment_id}/runs/"
+                        f"{latest.info.run_id}  (make ui serves it)")
 
 
 def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
