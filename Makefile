@@ -17,6 +17,8 @@ ARGS ?=
 SWEEP ?= ratio
 OUTPUT_DIR ?= $(or $(NST_OUTPUT_DIR),outputs)
 UI_PORT ?= 5000
+# the port nst prints in a run's MLflow address (http://127.0.0.1:<port>/#/experiments/...)
+export NST_UI_PORT ?= $(UI_PORT)
 SERVER_PORT ?= 5000
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
@@ -62,13 +64,13 @@ fidelity: ## Check the ratio experiment reproduces: SSIM to the content falls wi
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
 
-server: ## MLflow tracking server on 127.0.0.1:$(SERVER_PORT) (SQLite + artifacts in $(OUTPUT_DIR)/server), for tracking=server
+server: ## MLflow tracking server on 127.0.0.1:5000 (SERVER_PORT=...; SQLite + artifacts in outputs/server), for tracking=server
 	mkdir -p $(OUTPUT_DIR)/server
 	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) \
 		--backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/server/mlflow.db \
 		--artifacts-destination $(abspath $(OUTPUT_DIR))/server/artifacts
 
-ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:$(UI_PORT)
+ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change)
 	$(PY) -m nst.database $(abspath $(OUTPUT_DIR))/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
@@ -77,7 +79,7 @@ bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality,
 	$(PY) -m nst.bench $(ARGS)
 
 report: ## Table of the latest sweep: make report ARGS="--format csv"
-	$(VENV)/bin/nst-report --sweep latest $(ARGS)
+	$(VENV)/bin/nst-report --uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db --sweep latest $(ARGS)
 
 clean: ## Remove outputs and caches made in the repository
 	rm -rf outputs .pytest_cache .ruff_cache

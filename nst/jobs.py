@@ -28,7 +28,7 @@ from nst import hydra_job, store
 from nst.config import parse, tracking_spec
 from nst.errors import NonFiniteLossError, NSTError, TrackingError, UnrecordedRunError
 from nst.recorder import NoRecording, Recording, RunRecorder, relog_folder
-from nst.run import CONFIG_YAML, BatchJob, Inputs, RunOutcome, execute_batch
+from nst.run import CONFIG_YAML, RESULT_PNG, BatchJob, Inputs, RunOutcome, execute_batch
 from nst.run import prepare as prepare_spec
 from nst.spec import TrackingSpec
 
@@ -140,7 +140,17 @@ def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | B
                 member.recorder.finish(result, member.inputs)
             except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
                 results[index] = exc
+                continue
+            if jobs[member.position].sweep_id is None:  # a sweep says where its report is when it ends
+                say_where(result, member.recorder.address)
     return results
+
+
+def say_where(outcome: RunOutcome, address: str | None) -> None:
+    """A single run's last lines: its result image and, when recorded, its page in the MLflow UI."""
+    print(f"nst: result {outcome.output_dir / RESULT_PNG}")
+    if address:
+        print(f"nst: MLflow run {address}  (make ui serves it)")
 
 
 def relog(folder: Path) -> tuple[str, bool]:

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from nst import ownership, store
+from nst import labels, ownership, store
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.images import load_image, pil_to_tensor, save_png, tensor_to_pil
 from nst.pictures import loss_curve, triptych, write_video
@@ -75,6 +75,7 @@ class RunRecorder:
         self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
         self.ended = False
+        self.address: str | None = None  # the run's page in the MLflow UI
 
     # --- the engine's callbacks ---
 
@@ -242,29 +243,27 @@ class Recording:
     def __init__(self, tracking: TrackingSpec):
         self.client, self.experiment_id = store.connect(tracking)
 
-    def _tags(self, job: JobInfo) -> dict[str, str]:
-        tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
-                store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve())}
-        parent = store.parent_run_id(self.client, self.experiment_id, job.sweep_id)
-        if parent:
-            tags[store.PARENT_TAG] = parent
-            tags[store.TAG_SWEEP] = job.sweep_id or ""
-        return tags
-
     def start(self, job: JobInfo, tracking: TrackingSpec, extra: dict[str, str],
               inputs: Inputs | None = None) -> RunRecorder:
         """Create the job's MLflow run (a child of its sweep's parent run, if any) with its params and inputs.
 
-        From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
+        A sweep's child is named by its swept values (``β=1e4 · α/β=1e-4``) and has them as ``sweep.*``
+        params. From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
         """
-        tags = {**self._tags(job), **extra}
-        overrides = json.loads(tags.get(store.TAG_OVERRIDES, "[]"))
-        run_name = " ".join(o for o in overrides if not o.startswith(("content=", "style="))) or "run"
+        tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
+                store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), **extra}
+        parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
+        swept = store.swept(parent) if parent is not None else {}
+        if parent is not None:
+            tags.update({store.PARENT_TAG: parent.info.run_id, store.TAG_SWEEP: job.sweep_id or ""})
+        run_name = labels.label(list(swept), job.config, job.tags) if swept else _override_name(tags)
         run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
         recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every, tracking.video)
+        recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
         try:
             store.keep_alive(self.client, recorder.run_id)
-            store.log_params(self.client, recorder.run_id, store.job_params(job.config))
+            store.log_params(self.client, recorder.run_id, {**store.job_params(job.config),
+                                                            **labels.sweep_params(swept, job.config, job.tags)})
             if inputs is not None:
                 recorder.log_inputs(inputs)
         except BaseException as exc:
@@ -285,9 +284,9 @@ class Recording:
             return False
         log.info("skipping: the same config already FINISHED as MLflow run %s", existing)
         print(f"nst: skipped, identical config already FINISHED as run {existing}")
-        parent = store.parent_run_id(self.client, self.experiment_id, job.sweep_id)
-        if parent and store.TAG_JOB in job.tags:
-            self.client.set_tag(parent, store.TAG_REUSED + job.tags[store.TAG_JOB], existing)
+        parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
+        if parent is not None and store.TAG_JOB in job.tags:
+            self.client.set_tag(parent.info.run_id, store.TAG_REUSED + job.tags[store.TAG_JOB], existing)
         return True
 
     def begin(self, job: JobInfo, tracking: TrackingSpec, inputs: Inputs) -> RunRecorder | None:
@@ -403,12 +402,19 @@ def _folder_run(client, experiment_id: str, folder: Path):
     return found[0] if found else None
 
 
+def _override_name(tags: dict[str, str]) -> str:
+    """A single run's name: its overrides, less the images (shown in their own columns)."""
+    overrides = json.loads(tags.get(store.TAG_OVERRIDES, "[]"))
+    return " ".join(o for o in overrides if not o.startswith(("content=", "style="))) or "run"
+
+
 class NullRecorder:
     """A run that is not recorded: no callbacks for the engine, nothing to end."""
 
     callbacks: list = []
     on_ready = None
     ended = False
+    address = None
 
     def finish(self, outcome: RunOutcome, inputs: Inputs) -> None:
         pass

@@ -52,6 +52,10 @@ TAG_JOB = "nst.job_num"
 TAG_HASH = "nst.config_hash"
 TAG_OVERRIDES = "nst.overrides"
 TAG_FAILURE = "nst.failure"
+TAG_DESCRIPTION = "mlflow.note.content"  # the description MLflow shows on a run's page
+# marks an experiment as model training, so MLflow 3's UI opens it on the runs table, not its GenAI pages
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TAG_SWEPT = "nst.swept"  # on a sweep's parent: {swept key: log-spaced?}, in the order given
 TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
 TAG_REUSED = "nst.reused."  # + job number, on a sweep's parent: a FINISHED run reused by resume
 PARENT_TAG = "mlflow.parentRunId"
@@ -187,6 +191,14 @@ def open_store(uri: str, create: bool = False, artifact_root: str | None = None)
     return mlflow_client
 
 
+def run_address(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the MLflow UI shows a run: the tracking server's own page, or for the local store the
+    address of ``make ui`` (port ``NST_UI_PORT``, default 5000)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
+        f"http://127.0.0.1:{os.environ.get('NST_UI_PORT', '5000')}")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def end_dead_runs(mlflow_client) -> list[str]:
     """End FAILED, with the reason, nst's RUNNING runs whose process died; their ids.
 
@@ -224,14 +236,18 @@ def let_go(run_id: str) -> None:
 
 
 def _experiment_id(mlflow_client, name: str, artifacts: str | None) -> str:
+    """The experiment's id, created on first use; an experiment of an older nst gets the model-training tag."""
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return mlflow_client.create_experiment(name, artifact_location=artifacts)
+            return mlflow_client.create_experiment(name, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
         except Exception:  # noqa: BLE001 - another process created it first
             experiment = mlflow_client.get_experiment_by_name(name)
             if experiment is None:
                 raise
+    key, kind = EXPERIMENT_KIND
+    if experiment.tags.get(key) != kind:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, key, kind)
     return experiment.experiment_id
 
 
@@ -309,13 +325,18 @@ def find_finished(mlflow_client, experiment_id: str, config_hash: str) -> str | 
     return runs[0].info.run_id if runs else None
 
 
-def parent_run_id(mlflow_client, experiment_id: str, sweep_id: str | None) -> str | None:
+def sweep_parent(mlflow_client, experiment_id: str, sweep_id: str | None):
     """The parent run of the multirun ``sweep_id``, if there is one."""
     if sweep_id is None:
         return None
     runs = mlflow_client.search_runs([experiment_id], filter_string=(
         f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'sweep'"), max_results=1)
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+def swept(parent) -> dict[str, bool]:
+    """What a sweep's parent says it varies: swept key -> whether its values are log-spaced."""
+    return json.loads(parent.data.tags.get(TAG_SWEPT, "{}"))
 
 
 def child_runs(mlflow_client, parent_id: str) -> list:

@@ -10,6 +10,7 @@ sweep directory, which every job of one multirun shares.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nst import ownership, reports, store
+from nst import labels, ownership, reports, store
 from nst.config import check_launch, tracking_spec
 from nst.errors import NSTError
 from nst.hydra_job import sweep_id
@@ -58,14 +59,20 @@ class SweepCallback(Callback):
         params = OmegaConf.select(config, "hydra.sweeper.params")
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
         overrides = list(config.hydra.overrides.task)
+        values = swept_values(overrides, params)
+        swept = {key: labels.log_spaced(found) for key, found in values.items()}
         run = self.client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}", tags={
             store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id(sweep_dir),
             "nst.sweep_dir": str(Path(sweep_dir).resolve()),
             store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
+            store.TAG_SWEPT: json.dumps(swept), store.TAG_DESCRIPTION: describe(config, values),
             **store.environment_tags()})
-        self.parent = run.info.run_id
+        self.parent, self.experiment_id = run.info.run_id, experiment_id
         self.sweep_dir = Path(sweep_dir)
         store.keep_alive(self.client, self.parent)
+        store.log_params(self.client, self.parent, {
+            f"sweep.{key.lstrip('+~')}": ", ".join(labels.short(value) for value in found)
+            for key, found in values.items()})
         global _open
         _open = self
 
@@ -86,7 +93,8 @@ class SweepCallback(Callback):
             if failed:
                 print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
                       f"finish: {', '.join(failed)}", file=sys.stderr)
-            print(f"nst: sweep summary in MLflow run {self.parent} and {summary.folder}")
+            address = store.run_address(self.client.tracking_uri, self.experiment_id, self.parent)
+            print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}  (make ui serves it)")
         except Exception as exc:
             status = "FAILED"
             failed_jobs.append(f"the sweep's summary: {exc}")
@@ -123,6 +131,30 @@ class SweepCallback(Callback):
         self.client.set_tag(self.parent, store.TAG_FAILURE, reason)
         self.client.set_terminated(self.parent, status)
         self.close()
+
+
+def swept_values(overrides: list[str], sweeper_params: dict) -> dict[str, list]:
+    """Each swept key with its values, in the order given: the command line's sweeps
+    (``loss.style_weight=1,100``) and a sweep file's ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    texts = [*overrides, *(f"{key}={value}" for key, value in sweeper_params.items())]
+    found: dict[str, list] = {}
+    for override in OverridesParser.create().parse_overrides(texts):
+        if override.is_discrete_sweep():
+            found[override.key_or_group] = list(override.sweep_iterator())
+    return found
+
+
+def describe(config: DictConfig, values: dict[str, list]) -> str:
+    """The parent run's description (MLflow shows it on the run's page): pair, backbone, size, epochs,
+    and what the sweep varies."""
+    pair = " + ".join(str(OmegaConf.select(config, key, default="?")) for key in ("content", "style"))
+    varied = "; ".join(f"{labels.name(key)} ({key.lstrip('+~')}) in {', '.join(labels.short(v) for v in found)}"
+                       for key, found in values.items())
+    return (f"Sweep of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
+            f"{OmegaConf.select(config, 'image.size')} px, {OmegaConf.select(config, 'epochs')} epochs. "
+            f"Varied: {varied or 'nothing'}.")
 
 
 def job_numbers(sweep_dir: Path) -> list[int]:

@@ -79,6 +79,44 @@ def test_multirun_creates_parent_and_children_with_everything(sweep):
         assert triptych.width > 2 * triptych.height  # three images side by side
 
 
+def test_a_sweep_says_where_its_grid_and_parent_are(sweep):
+    out, done = sweep
+    (parent,) = runs(client_for(out), "sweep")
+    lines = done.stdout.strip().splitlines()[-2:]
+    assert lines[0] == f"nst: sweep grid {parent.data.tags['nst.sweep_dir']}/grid.png"
+    assert lines[1] == (f"nst: MLflow sweep http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
+                        f"{parent.info.run_id}  (make ui serves it)")
+
+
+def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
+    out, _ = sweep
+    client = client_for(out)
+    experiment = client.get_experiment_by_name("nst")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens the runs table
+    children = sorted(runs(client, "run"), key=lambda c: float(c.data.params["loss.style_weight"]))
+    assert [c.info.run_name for c in children] == ["β=1 · α/β=1", "β=100 · α/β=0.01", "β=1e4 · α/β=1e-4"]
+    assert [c.data.params["sweep.loss.style_weight"] for c in children] == ["1", "100", "1e4"]
+    # the UI's scatter and parallel-coordinates plots have linear axes: log10 of a log-spaced sweep
+    assert [c.data.params["sweep.log10_loss.style_weight"] for c in children] == ["0", "2", "4"]
+    (parent,) = runs(client, "sweep")
+    assert parent.data.params["sweep.loss.style_weight"] == "1, 100, 1e4"
+    description = parent.data.tags["mlflow.note.content"]
+    assert "tubingen + starry_night" in description and "backbone random, 32 px, 2 epochs" in description
+    assert "β (loss.style_weight) in 1, 100, 1e4" in description
+
+
+def test_an_older_experiment_gets_the_model_training_tag_on_first_use(tmp_path, nst):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    from nst import database
+
+    database.prepare(out / "mlflow.db", (out / "mlartifacts").as_uri())
+    client_for(out).create_experiment("nst")  # as an nst before this tag made it
+    assert "mlflow.experimentKind" not in client_for(out).get_experiment_by_name("nst").tags
+    assert nst(out, *TINY).returncode == 0
+    assert client_for(out).get_experiment_by_name("nst").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
     out, done = sweep
     client = client_for(out)
@@ -180,6 +218,12 @@ def test_single_run_is_tracked_without_parent(tmp_path, nst):
     assert "mlflow.parentRunId" not in run.data.tags
     # the store's paths are absolute, under the output root, whatever the working directory
     assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
+    # the last lines say where the result is and where the MLflow UI (make ui) shows the run
+    latest = first  # newest first: the run of the last command, `done`
+    lines = done.stdout.strip().splitlines()[-2:]
+    assert lines[0] == f"nst: result {latest.data.tags['nst.output_dir']}/result.png"
+    assert lines[1] == (f"nst: MLflow run http://127.0.0.1:5000/#/experiments/{latest.info.experiment_id}/runs/"
+                        f"{latest.info.run_id}  (make ui serves it)")
 
 
 def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
