@@ -106,6 +106,7 @@ def test_two_runs_two_sweeps_and_make_ui_started_together_share_one_new_store(tm
     print(f"5 processes (make ui's store check, 2 runs, two 2-job sweeps) on one new store: {seconds:.1f} s")
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_creating_the_store_leaves_no_store(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()

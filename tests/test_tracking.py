@@ -105,6 +105,7 @@ def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
     assert "β (loss.style_weight) in 1, 100, 1e4" in description
 
 
+@pytest.mark.slow
 def test_an_older_experiment_gets_the_model_training_tag_on_first_use(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
@@ -130,7 +131,7 @@ def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
     table = list(csv.DictReader(open(client.download_artifacts(parent, "sweep/summary.csv", str(tmp_path)))))
     assert [row["label"] for row in table] == ["α/β = 1", "α/β = 0.01", "α/β = 0.0001"]
     assert all(row["status"] == "FINISHED" and float(row["final_style"]) > 0 for row in table)
-    assert "sweep summary" in done.stdout
+    assert "nst: sweep grid" in done.stdout
 
 
 def test_rerun_skips_finished_jobs(sweep, nst):
