@@ -139,11 +139,6 @@ def guarded(uri: str, function, *args, **kwargs):
                                                           time.monotonic() - started)) from exc
 
 
-def client(uri: str) -> StoreClient:
-    """A ``StoreClient`` for ``uri`` (the store must exist: ``connect`` and ``open_store`` make sure)."""
-    return StoreClient(uri)
-
-
 def connect(tracking: TrackingSpec):
     """Open the store and return ``(client, experiment_id)``; create both on first use.
 
@@ -186,7 +181,7 @@ def open_store(uri: str, create: bool = False, artifact_root: str | None = None)
             raise TrackingError(f"no MLflow store at {db}: run nst first, or pass --uri")
         else:
             database.inspect(db)
-    mlflow_client = client(uri)
+    mlflow_client = StoreClient(uri)
     end_dead_runs(mlflow_client)
     return mlflow_client
 
