@@ -331,6 +331,22 @@ def test_a_lock_held_before_the_start_is_waited_out(tmp_path, nst):
 
 
 @pytest.mark.slow
+def test_a_lock_held_beyond_the_wait_before_the_start_is_one_line(tmp_path, nst):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    assert nst(out, *TINY).returncode == 0
+    holder = hold_lock(out / "mlflow.db", 120)
+    done = nst(out, *TINY, "seed=1", env={"NST_STORE_WAIT": "1"})
+    holder.kill()
+    holder.wait()
+    assert done.returncode == 2
+    line = one_line_error(done.stderr)
+    assert f"the MLflow store {out / 'mlflow.db'} stayed locked by another process for " in line, line
+    assert "NST_STORE_WAIT=1 s" in line
+    assert [r.info.status for r in all_runs(out)] == ["FINISHED"]  # the refused run was never created
+
+
+@pytest.mark.slow
 def test_a_lock_held_30_s_during_a_run_is_waited_out_and_the_run_recorded(tmp_path):
     out = tmp_path / "outputs"
     run = start_nst(out, *LONG)
