@@ -131,8 +131,7 @@ def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | B
     results: list[RunOutcome | BaseException] = execute_batch(batch)
     for index, (member, result) in enumerate(zip(members, results, strict=True)):
         if isinstance(result, NonFiniteLossError):
-            member.recorder.fail(str(result), final=result.last_finite_image,
-                                 step=result.evaluation - 1 if result.evaluation else None)
+            member.recorder.fail(str(result), final=result.last_finite_image)
         elif isinstance(result, BaseException):
             member.recorder.fail(f"{type(result).__name__}: {result}")
         else:

@@ -93,6 +93,12 @@ class OptimizerSettings:
             return self.max_eval
         return max(self.max_iter * 5 // 4, self.max_iter + LINE_SEARCH_ROOM)
 
+    def most_evaluations(self, epochs: int) -> int:
+        """The most evaluations ``epochs`` can take: each L-BFGS step's budget (one per Adam step),
+        and the final evaluation of the kept image."""
+        per_epoch = self.evaluation_budget if self.name == "lbfgs" else self.max_iter
+        return epochs * per_epoch + 1
+
     def build(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         if self.name == "lbfgs":
             # on a GPU the two-loop recursion's per-pair read-backs cost more than the network pass

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +55,54 @@ def metrics(record: dict, timestamp_ms: int) -> list:
             if key not in ("evaluation", "epoch") and isinstance(value, int | float) and math.isfinite(value)]
 
 
+PROGRESS = "progress"  # the key of the progress images, the MLflow UI's image chart and step slider
+TAG_IMAGE_STEPS = "nst.image_steps"  # {"every": N, "terminal": T}: the run's step grid
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """Where a run's progress images sit on the MLflow UI's step slider: 0, ``every``, 2 x ``every``, ...,
+    ``terminal``, a grid every member of a sweep shares.
+
+    The old images sat at evaluation 1, every multiple of ``log_every`` and the run's last evaluation, so
+    the slider showed a run only where its own evaluations fell: in a 6-job ratio sweep, 5 of 6 runs at
+    step 90 (one had stopped at 89), none at step 0. Now the starting image is step 0, an intermediate
+    image is logged only on the grid and below ``terminal`` (the schedule's most evaluations rounded up to
+    the grid), and the result fills every step from its run's last image to ``terminal``: a run that
+    converged early keeps showing its result, and every run has its result at the same last step.
+    """
+
+    every: int
+    terminal: int
+
+    @classmethod
+    def planned(cls, every: int, most_evaluations: int) -> StepGrid:
+        return cls(every, every * math.ceil(most_evaluations / every))
+
+    def steps(self, evaluation: int) -> list[int]:
+        """The steps that show ``evaluation``'s image: 0 for the starting image, a multiple of ``every``."""
+        found = [0] if evaluation == 1 else []
+        if evaluation % self.every == 0 and evaluation < self.terminal:
+            found.append(evaluation)
+        return found
+
+    def after(self, step: int | None) -> list[int]:
+        """The grid's steps after ``step`` (None: all of them), ``terminal`` included: where the result goes."""
+        return list(range(0 if step is None else step + self.every, self.terminal + 1, self.every))
+
+    def tag(self) -> str:
+        return json.dumps({"every": self.every, "terminal": self.terminal})
+
+    @classmethod
+    def of(cls, tags: Mapping[str, str]) -> StepGrid | None:
+        """A run's grid from its tag; None for a run recorded before the grid existed."""
+        try:
+            found = json.loads(tags[TAG_IMAGE_STEPS])
+            return cls(int(found["every"]), int(found["terminal"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 class RunRecorder:
     """Logs one run: params, per-evaluation metrics, image steps, final artifacts, status.
 
@@ -66,14 +115,15 @@ class RunRecorder:
     and run.json in the run's folder.
     """
 
-    def __init__(self, client, run_id: str, output_dir: Path, log_every: int = 10, video: bool = True):
+    def __init__(self, client, run_id: str, output_dir: Path, grid: StepGrid, video: bool = True):
         self.client, self.run_id, self.output_dir = client, run_id, Path(output_dir)
-        self.log_every = log_every
+        self.grid = grid
         self.video = video
         self.pending: list = []
         self.writer: Writer | None = None
         self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
+        self.last_step: int | None = None  # the last step of the slider that has an image
         self.ended = False
         self.address: str | None = None  # the run's page in the MLflow UI
 
@@ -84,14 +134,15 @@ class RunRecorder:
         return [self.on_evaluation]
 
     def on_evaluation(self, record: dict, image: torch.Tensor) -> None:
-        step = int(record["evaluation"])
         self.pending += metrics(record, int(time.time() * 1000))
         self.last_image = image
-        if step == 1 or step % self.log_every == 0:
+        steps = self.grid.steps(int(record["evaluation"]))
+        if steps:
             picture = tensor_to_pil(image)
             self.frames.append(picture)
             batch, self.pending = self.pending, []
-            self.write(lambda: self.log_step_picture(picture, step))
+            self.last_step = steps[-1]
+            self.write(lambda: self.log_step_picture(picture, steps))
             self.write(lambda: self.log_metrics(batch))
 
     def on_ready(self, record: dict) -> None:
@@ -117,8 +168,9 @@ class RunRecorder:
             if mask is not None:
                 self.log_picture(tensor_to_pil(mask.expand(-1, 3, -1, -1)), f"inputs/mask_{number}.png")
 
-    def log_step_picture(self, picture: Image.Image, step: int) -> None:
-        self.client.log_image(self.run_id, picture, key="progress", step=step, synchronous=True)
+    def log_step_picture(self, picture: Image.Image, steps: list[int]) -> None:
+        for step in steps:
+            self.client.log_image(self.run_id, picture, key=PROGRESS, step=step, synchronous=True)
 
     def log_metrics(self, metrics: list) -> None:
         for start in range(0, len(metrics), 1000):
@@ -138,9 +190,9 @@ class RunRecorder:
     def log_picture(self, picture: Image.Image, name: str) -> None:
         self.client.log_image(self.run_id, picture, artifact_file=name)
 
-    def last_frame(self, final: torch.Tensor | None, step: int | None) -> Image.Image | None:
-        """The final image as the video's last frame and the last image step, unless it is one already."""
-        if final is None or step is None or (self.frames and step % self.log_every == 0):
+    def last_frame(self, final: torch.Tensor | None) -> Image.Image | None:
+        """The final image, as the video's last frame and the slider's last steps."""
+        if final is None:
             return None
         picture = tensor_to_pil(final)
         self.frames.append(picture)
@@ -151,10 +203,10 @@ class RunRecorder:
         if self.video and len(self.frames) >= 2:
             write_video(self.frames, self.output_dir / "optimisation")
 
-    def keep_outputs(self, last: Image.Image | None, step: int | None) -> None:
-        """The last image step, and the run's folder (its video included)."""
+    def keep_outputs(self, last: Image.Image | None, steps: list[int]) -> None:
+        """The last image at the slider's remaining ``steps``, and the run's folder (its video included)."""
         if last is not None:
-            self.log_step_picture(last, step)
+            self.log_step_picture(last, steps)
         for path in sorted(self.output_dir.iterdir()):
             if path.name != ".hydra":
                 self.log_file(path)
@@ -167,7 +219,7 @@ class RunRecorder:
         if overview is not None:
             self.log_picture(overview, "result/triptych.png")
         self.log_picture(loss_curve(history), "result/loss_curve.png")
-        self.keep_outputs(last, evaluations)
+        self.keep_outputs(last, self.grid.after(self.last_step))
         self.client.log_metric(self.run_id, "evaluations", evaluations, step=evaluations)
 
     # --- the end of the run ---
@@ -177,7 +229,7 @@ class RunRecorder:
         store still refuses."""
         result = outcome.result
         overview = triptych(inputs.content, inputs.style, result.image)
-        last = self.last_frame(result.image, result.evaluations)
+        last = self.last_frame(result.image)
         self.save_video()
         try:
             self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last),
@@ -189,8 +241,9 @@ class RunRecorder:
                 f"nst-report --relog {self.output_dir}") from exc
 
     def fail(self, reason: str, status: str = "FAILED", final: torch.Tensor | None = None,
-             step: int | None = None, partial: bool = False) -> None:
-        """End FAILED (or KILLED) with the reason; keep the last finite or partial image and the files.
+             partial: bool = False) -> None:
+        """End FAILED (or KILLED) with the reason; keep the last finite or partial image (at the slider's
+        next step) and the files.
 
         Called while something else went wrong: a store that refuses is reported, not raised (the run is
         then ended FAILED by the next command that opens the store, once this process is gone).
@@ -199,14 +252,14 @@ class RunRecorder:
             save_png(self.last_image, self.output_dir / PARTIAL_PNG)
             final = self.last_image
         keep = final is not None or partial
-        last = self.last_frame(final, step) if keep else None
+        last = self.last_frame(final) if keep else None
         if keep:
             self.save_video()
 
         def record() -> None:
             self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
             if keep:
-                self.keep_outputs(last, step)
+                self.keep_outputs(last, self.grid.after(self.last_step)[:1])
 
         try:
             self.end_with(record, status)
@@ -250,15 +303,16 @@ class Recording:
         A sweep's child is named by its swept values (``β=1e4 · α/β=1e-4``) and has them as ``sweep.*``
         params. From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
         """
+        grid = StepGrid.planned(tracking.log_every, inputs.spec.member.most_evaluations if inputs else 1)
         tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
-                store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), **extra}
+                store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), TAG_IMAGE_STEPS: grid.tag(), **extra}
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
         swept = store.swept(parent) if parent is not None else {}
         if parent is not None:
             tags.update({store.PARENT_TAG: parent.info.run_id, store.TAG_SWEEP: job.sweep_id or ""})
         run_name = labels.label(list(swept), job.config, job.tags) if swept else _override_name(tags)
         run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
-        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every, tracking.video)
+        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid, tracking.video)
         recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
         try:
             store.keep_alive(self.client, recorder.run_id)
@@ -339,6 +393,26 @@ class Writer:
         return self.refused
 
 
+def align_steps(client, runs: list) -> None:
+    """Every FINISHED member of a sweep shows its result up to the sweep's last step.
+
+    Members whose schedules differ (an epochs sweep) have different terminal steps; the
+    shorter ones get their result repeated at the steps up to the longest one's.
+    """
+    grids = {run.info.run_id: StepGrid.of(run.data.tags) for run in runs}
+    terminal = max((grid.terminal for grid in grids.values() if grid is not None), default=0)
+    for run in runs:
+        grid = grids[run.info.run_id]
+        if run.info.status != "FINISHED" or grid is None or grid.terminal >= terminal:
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            picture = load_image(client.download_artifacts(run.info.run_id, "result/result.png", scratch))
+        steps = StepGrid(grid.every, terminal).after(grid.terminal)
+        for step in steps:
+            client.log_image(run.info.run_id, picture, key=PROGRESS, step=step, synchronous=True)
+        client.set_tag(run.info.run_id, TAG_IMAGE_STEPS, StepGrid(grid.every, terminal).tag())
+
+
 def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpec) -> tuple[str, bool]:
     """Record in the store a run whose folder holds its files (``nst-report --relog``); the run's id,
     and whether anything was recorded now.
@@ -363,7 +437,10 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
         run_id = run.info.run_id
         if store.TAG_FAILURE in run.data.tags:
             client.delete_tag(run_id, store.TAG_FAILURE)
-    recorder = RunRecorder(client, run_id, folder, tracking.log_every, tracking.video)
+    grid = StepGrid.of(run.data.tags) if run is not None else None
+    grid = grid or StepGrid.planned(tracking.log_every, max(1, len(history)))
+    recorder = RunRecorder(client, run_id, folder, grid, tracking.video)
+    recorder.last_step = _last_step(client, run_id)
     logged = {metric.step for metric in client.get_metric_history(run_id, "total")}
     now = int(time.time() * 1000)
     recorder.pending = [m for row in history if int(row["evaluation"]) not in logged for m in metrics(row, now)]
@@ -378,10 +455,17 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
 
         def failed() -> None:
             client.set_tag(run_id, store.TAG_FAILURE, reason[:5000])
-            recorder.keep_outputs(None, None)
+            recorder.keep_outputs(None, [])
 
         recorder.end_with(failed, "FAILED")
     return run_id, True
+
+
+def _last_step(client, run_id: str) -> int | None:
+    """The last slider step holding one of the run's progress images (they are artifacts under images/)."""
+    steps = [int(item.path.split("+step+")[1].split("+")[0]) for item in client.list_artifacts(run_id, "images")
+             if f"{PROGRESS}+step+" in item.path]
+    return max(steps, default=None)
 
 
 def _overview(client, run_id: str, image: torch.Tensor) -> Image.Image | None:
@@ -420,7 +504,7 @@ class NullRecorder:
         pass
 
     def fail(self, reason: str, status: str = "FAILED", final: torch.Tensor | None = None,
-             step: int | None = None, partial: bool = False) -> None:
+             partial: bool = False) -> None:
         pass
 
 

@@ -65,6 +65,11 @@ class MemberSpec:
     seed: int
     progress: bool
 
+    @property
+    def most_evaluations(self) -> int:
+        """The most evaluations the member's schedule can take, over all its scales."""
+        return sum(self.optimizer.most_evaluations(epochs) for epochs in self.scale_epochs)
+
 
 @dataclass(frozen=True)
 class TrackingSpec:

@@ -22,6 +22,7 @@ from nst import labels, ownership, reports, store
 from nst.config import check_launch, tracking_spec
 from nst.errors import NSTError
 from nst.hydra_job import sweep_id
+from nst.recorder import align_steps
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class SweepCallback(Callback):
             # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
             # such as Ray may have run that job again; the summary keeps each job's latest run)
             self.end_orphans("FAILED", "its worker process died before the run ended")
+            align_steps(self.client, store.child_runs(self.client, self.parent))
             summary = reports.summarise_sweep(self.client, self.parent, self.sweep_dir)
             failed = [f"job {job} {state}" for job, state in zip(summary.table["job"], summary.table["status"],
                                                                    strict=True) if state != "FINISHED"]

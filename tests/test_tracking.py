@@ -34,6 +34,12 @@ def artifact_paths(client, run_id, path=None):
     return out
 
 
+def progress_steps(paths) -> list[int]:
+    """The steps of a run's progress images; MLflow names them images/progress+step+<step>+<time>+<id>.png."""
+    return sorted(int(p.split("+step+")[1].split("+")[0]) for p in paths
+                  if p.startswith("images/progress") and p.endswith(".png"))
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, nst):
     out = tmp_path_factory.mktemp("sweep") / "outputs"
@@ -68,15 +74,35 @@ def test_multirun_creates_parent_and_children_with_everything(sweep):
             history = client.get_metric_history(run_id, key)
             assert sorted(m.step for m in history) == list(range(1, evaluations + 1)), key
         paths = artifact_paths(client, run_id)
-        steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in paths if p.startswith("images/progress")})
-        # every log_every (3) evaluations, plus the first and the last: the UI's slider
-        assert steps == sorted({1, *range(3, evaluations + 1, 3), evaluations})
+        # the UI's slider: one image at each step of a grid every run of the sweep shares, 0 to the last
+        # (2 epochs of at most 9 evaluations and the final one, 19, rounded up to log_every's 3)
+        assert progress_steps(paths) == list(range(0, 22, 3))
         for expected in ("result/result.png", "result/triptych.png", "result/loss_curve.png", "result.png",
                          "optimisation.mp4", "config.yaml", "losses.csv", "run.json",
                          ".hydra/config.yaml", ".hydra/overrides.yaml", "inputs/content.png"):
             assert expected in paths, expected
         triptych = Image.open(client.download_artifacts(run_id, "result/triptych.png"))
         assert triptych.width > 2 * triptych.height  # three images side by side
+
+
+def test_the_last_step_shows_each_runs_result_and_the_first_its_start(sweep, tmp_path):
+    out, _ = sweep
+    client = client_for(out)
+    for child in runs(client, "run"):
+        run_id = child.info.run_id
+        images = {int(p.split("+step+")[1].split("+")[0]): p for p in artifact_paths(client, run_id, "images")
+                  if p.endswith(".png")}
+        evaluations = int(child.data.metrics["evaluations"])
+        assert evaluations < 21  # the run ended before its planned budget: its result fills the steps after it
+
+        def pixels(path, name):
+            return Image.open(client.download_artifacts(run_id, path, str(tmp_path / run_id / name))).tobytes()
+
+        result = pixels("result/result.png", "result")
+        after = [step for step in images if step > evaluations // 3 * 3]
+        assert after and all(pixels(images[step], str(step)) == result for step in after)
+        assert pixels(images[0], "0") == pixels("inputs/content.png", "content")  # init=content: the start
+        assert json.loads(child.data.tags["nst.image_steps"]) == {"every": 3, "terminal": 21}
 
 
 def test_a_sweep_says_where_its_grid_and_parent_are(sweep):

@@ -1,0 +1,56 @@
+"""The step grid of progress images: every member of a sweep has an image at every step of the slider."""
+
+import json
+
+from mlflow import MlflowClient
+from PIL import Image
+
+from nst import database
+from nst.optimization import OptimizerSettings
+from nst.recorder import PROGRESS, TAG_IMAGE_STEPS, StepGrid, align_steps
+
+
+def test_the_grid_ends_at_the_schedules_most_evaluations_rounded_up():
+    # 20 epochs of L-BFGS max_iter 20: 25 evaluations each at most, and the final one
+    assert OptimizerSettings("lbfgs", max_iter=20).most_evaluations(20) == 501
+    assert OptimizerSettings("adam", max_iter=5).most_evaluations(3) == 16
+    assert StepGrid.planned(10, 501) == StepGrid(10, 510)
+    assert StepGrid.planned(10, 500) == StepGrid(10, 500)
+
+
+def test_images_sit_on_the_grid_and_the_result_fills_it_to_the_end():
+    grid = StepGrid(10, 100)
+    assert grid.steps(1) == [0]  # the starting image
+    assert [e for e in range(2, 101) if grid.steps(e)] == list(range(10, 100, 10))  # never the terminal step
+    assert StepGrid(1, 5).steps(1) == [0, 1]
+    # a run that converged after 89 evaluations: its last image at 80, its result at 90 and 100
+    assert grid.after(80) == [90, 100]
+    assert grid.after(None) == list(range(0, 101, 10))
+    assert StepGrid.of({TAG_IMAGE_STEPS: grid.tag()}) == grid and StepGrid.of({}) is None
+
+
+def _steps(client, run_id):
+    return sorted(int(item.path.split("+step+")[1].split("+")[0]) for item in client.list_artifacts(run_id, "images")
+                  if item.path.endswith(".png"))
+
+
+def test_a_sweep_whose_schedules_differ_shows_every_result_to_the_longest(tmp_path):
+    database.prepare(tmp_path / "mlflow.db", (tmp_path / "artifacts").as_uri())
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("steps")
+    runs = {}
+    for name, terminal, colour in (("short", 20, "red"), ("long", 50, "blue"), ("failed", 20, "green")):
+        run = client.create_run(experiment, run_name=name, tags={TAG_IMAGE_STEPS: StepGrid(10, terminal).tag()})
+        for step in range(0, terminal + 1, 10):
+            client.log_image(run.info.run_id, Image.new("RGB", (8, 8), "grey"), key=PROGRESS, step=step)
+        client.log_image(run.info.run_id, Image.new("RGB", (8, 8), colour), artifact_file="result/result.png")
+        client.set_terminated(run.info.run_id, "FAILED" if name == "failed" else "FINISHED")
+        runs[name] = run.info.run_id
+    align_steps(client, [client.get_run(run_id) for run_id in runs.values()])
+    assert _steps(client, runs["short"]) == [0, 10, 20, 30, 40, 50]
+    assert _steps(client, runs["long"]) == [0, 10, 20, 30, 40, 50]
+    assert _steps(client, runs["failed"]) == [0, 10, 20]  # no result to show
+    last = [item.path for item in client.list_artifacts(runs["short"], "images") if "+step+50+" in item.path
+            and item.path.endswith(".png")]
+    assert Image.open(client.download_artifacts(runs["short"], last[0], str(tmp_path))).getpixel((0, 0)) == (255, 0, 0)
+    assert json.loads(client.get_run(runs["short"]).data.tags[TAG_IMAGE_STEPS])["terminal"] == 50
