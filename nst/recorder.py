@@ -146,8 +146,9 @@ class RunRecorder:
             self.write(lambda: self.log_metrics(batch))
 
     def on_ready(self, record: dict) -> None:
-        """The run record (backbone actually used, weights, ...) as ``run.*`` params."""
-        params = store.flatten(json.loads(json.dumps(record, default=str)), "run.")
+        """The backbone actually used, the device and the batch as ``run.*`` params (the whole record is
+        run.json, logged with the run's folder)."""
+        params = store.flatten({key: record[key] for key in store.CORE_RECORD if key in record}, "run.")
         self.write(lambda: store.log_params(self.client, self.run_id, params))
 
     def write(self, action: Callable[[], None]) -> None:
@@ -316,7 +317,8 @@ class Recording:
         recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
         try:
             store.keep_alive(self.client, recorder.run_id)
-            store.log_params(self.client, recorder.run_id, {**store.job_params(job.config),
+            overrides = json.loads(job.tags.get(store.TAG_OVERRIDES, "[]"))
+            store.log_params(self.client, recorder.run_id, {**store.job_params(job.config, overrides),
                                                             **labels.sweep_params(swept, job.config, job.tags)})
             if inputs is not None:
                 recorder.log_inputs(inputs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from nst import store
 from nst.pictures import comparison_grid, finite_number, layout, loss_plot, tile
 
 WEIGHT_KEYS = ("loss.content_weight", "loss.style_weight")
+REPORT_HTML = "report.html"
 
 
 @dataclass
@@ -90,6 +92,20 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
         "evaluations", "elapsed_s", "failure"])  # no run recorded (every job failed before MLflow)
     table.attrs["swept"] = keys
     return table
+
+
+def summary_metrics(table: pd.DataFrame) -> list:
+    """A sweep's parent metrics: jobs finished and failed, the range of the final content and style losses."""
+    from mlflow.entities import Metric
+
+    finished = table[table["status"] == "FINISHED"] if len(table) else table
+    values = {"jobs_finished": len(finished), "jobs_failed": len(table) - len(finished)}
+    for term in ("content", "style"):
+        losses = pd.to_numeric(finished.get(f"final_{term}", pd.Series(dtype=float)), errors="coerce").dropna()
+        if len(losses):
+            values.update({f"final_{term}_min": losses.min(), f"final_{term}_max": losses.max()})
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, 0) for key, value in values.items()]
 
 
 def runs_table(client, experiment: str) -> pd.DataFrame:

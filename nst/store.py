@@ -53,8 +53,12 @@ TAG_HASH = "nst.config_hash"
 TAG_OVERRIDES = "nst.overrides"
 TAG_FAILURE = "nst.failure"
 TAG_DESCRIPTION = "mlflow.note.content"  # the description MLflow shows on a run's page
-# marks an experiment as model training, so MLflow 3's UI opens it on the runs table, not its GenAI pages
+# marks an experiment as model training, so MLflow 3's UI opens it on the runs table, not its GenAI pages.
+# MLflow 3.17's UI reads the view from the address instead (measured: with the tag set, the experiment
+# still opened on the GenAI overview and its "Detect Issues" popover), hence WORKFLOW in every address nst
+# prints; the tag serves the MLflow 3 releases that read it.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+WORKFLOW = "workflowType=machine_learning"
 TAG_SWEPT = "nst.swept"  # on a sweep's parent: {swept key: log-spaced?}, in the order given
 TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
 TAG_REUSED = "nst.reused."  # + job number, on a sweep's parent: a FINISHED run reused by resume
@@ -186,12 +190,16 @@ def open_store(uri: str, create: bool = False, artifact_root: str | None = None)
     return mlflow_client
 
 
-def run_address(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where the MLflow UI shows a run: the tracking server's own page, or for the local store the
-    address of ``make ui`` (port ``NST_UI_PORT``, default 5000)."""
+def run_address(uri: str | None, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """Where the MLflow UI shows a run (or one of its artifacts): the tracking server's own page, or for
+    the local store the address of ``make ui`` (port ``NST_UI_PORT``, default 5000); None for ``uri``:
+    the address within the UI (``#/experiments/...``), for links on its own pages."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    if uri is None:
+        return f"{page}?{WORKFLOW}"
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
         f"http://127.0.0.1:{os.environ.get('NST_UI_PORT', '5000')}")
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/{page}?{WORKFLOW}"
 
 
 def end_dead_runs(mlflow_client) -> list[str]:
@@ -272,9 +280,25 @@ def flatten(container: object, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): json.dumps(container) if isinstance(container, list) else str(container)}
 
 
-def job_params(config: Mapping[str, Any]) -> dict[str, str]:
-    """The resolved config without Hydra's own node, flattened."""
-    return flatten({key: value for key, value in config.items() if key != "hydra"})
+# The settings a reader of the seed compares runs by; MLflow params besides the keys a job overrides.
+CORE_PARAMS = ("content", "style", "model.name", "model.calibration", "image.size", "epochs", "init", "seed",
+               "optimizer.name", "optimizer.lr", "optimizer.max_iter", "loss.content_weight", "loss.style_weight",
+               "loss.tv_weight", "loss.content_layers", "loss.style_layers")
+# what of the run record (run.json) is a param: the backbone actually used, the device, the batch
+CORE_RECORD = ("backbone", "device", "batch_size")
+
+
+def job_params(config: Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, str]:
+    """The core settings and every key the job overrides, from the resolved config, flattened.
+
+    Not the whole config: MLflow's image chart shows each run's params above its images, and
+    the 67 of the whole config pushed every image about 1,460 px down. The whole config is the
+    run's ``config.yaml`` artifact.
+    """
+    everything = flatten({key: value for key, value in config.items() if key != "hydra"})
+    changed = {override.partition("=")[0].lstrip("+~") for override in overrides}
+    return {key: value for key, value in everything.items()
+            if key in CORE_PARAMS or key in changed or any(key.startswith(f"{group}.") for group in changed)}
 
 
 def fingerprint(config: Mapping[str, Any], files: Iterable[Path] = ()) -> str:

@@ -66,9 +66,11 @@ class SweepCallback(Callback):
             store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id(sweep_dir),
             "nst.sweep_dir": str(Path(sweep_dir).resolve()),
             store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
-            store.TAG_SWEPT: json.dumps(swept), store.TAG_DESCRIPTION: describe(config, values),
-            **store.environment_tags()})
+            store.TAG_SWEPT: json.dumps(swept), **store.environment_tags()})
         self.parent, self.experiment_id = run.info.run_id, experiment_id
+        report = store.run_address(None, experiment_id, self.parent, f"sweep/{reports.REPORT_HTML}")
+        self.client.set_tag(self.parent, store.TAG_DESCRIPTION,
+                            f"{describe(config, values)}\n\nCompare the results: [the sweep's report]({report}).")
         self.sweep_dir = Path(sweep_dir)
         store.keep_alive(self.client, self.parent)
         store.log_params(self.client, self.parent, {
@@ -92,6 +94,7 @@ class SweepCallback(Callback):
             recorded = {int(job) for job in summary.table["job"]}
             failed += [f"job {job} left no run" for job in job_numbers(self.sweep_dir) if job not in recorded]
             failed_jobs.extend(failed)
+            self.client.log_batch(self.parent, metrics=reports.summary_metrics(summary.table))
             if failed:
                 print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
                       f"finish: {', '.join(failed)}", file=sys.stderr)

@@ -49,7 +49,7 @@ def sweep(tmp_path_factory, nst):
     return out, done
 
 
-def test_multirun_creates_parent_and_children_with_everything(sweep):
+def test_multirun_creates_parent_and_children_with_everything(sweep, tmp_path):
     out, _ = sweep
     client = client_for(out)
     parents, children = runs(client, "sweep"), runs(client, "run")
@@ -62,10 +62,12 @@ def test_multirun_creates_parent_and_children_with_everything(sweep):
         run_id = child.info.run_id
         assert child.info.status == "FINISHED"
         params = child.data.params
-        # the resolved config plus what a reader needs to interpret the numbers
+        # the core settings, what the job overrides, and the backbone used: few, since the UI's image chart
+        # shows them above every image; the whole config and run record are artifacts
         assert params["model.name"] == "random" and params["run.backbone"] == "random"
-        assert params["run.normalization"] == "reference" and params["run.device"] == "cpu"
-        assert params["run.torch_version"] and "run.weights_sha256" in params
+        assert params["run.device"] == "cpu" and params["tracking.log_every"] == "3"  # overridden: a param
+        assert params["optimizer.max_iter"] == "4" and "optimizer.history_size" not in params
+        assert len(params) < 30, sorted(params)
         assert child.data.tags["nst.git_commit"] and child.data.tags["hydra.choice.model"] == "random"
         evaluations = int(child.data.metrics["evaluations"])
         assert evaluations >= 8  # 2 epochs of 4 L-BFGS iterations, line-search evaluations on top
@@ -81,6 +83,8 @@ def test_multirun_creates_parent_and_children_with_everything(sweep):
                          "optimisation.mp4", "config.yaml", "losses.csv", "run.json",
                          ".hydra/config.yaml", ".hydra/overrides.yaml", "inputs/content.png"):
             assert expected in paths, expected
+        record = json.loads(open(client.download_artifacts(run_id, "run.json", str(tmp_path / run_id))).read())
+        assert record["normalization"] == "reference" and record["torch_version"] and "weights_sha256" in record
         triptych = Image.open(client.download_artifacts(run_id, "result/triptych.png"))
         assert triptych.width > 2 * triptych.height  # three images side by side
 
@@ -95,7 +99,7 @@ def test_the_last_step_shows_each_runs_result_and_the_first_its_start(sweep, tmp
         evaluations = int(child.data.metrics["evaluations"])
         assert evaluations < 21  # the run ended before its planned budget: its result fills the steps after it
 
-        def pixels(path, name):
+        def pixels(path, name, run_id=run_id):
             return Image.open(client.download_artifacts(run_id, path, str(tmp_path / run_id / name))).tobytes()
 
         result = pixels("result/result.png", "result")
@@ -111,7 +115,7 @@ def test_a_sweep_says_where_its_grid_and_parent_are(sweep):
     lines = done.stdout.strip().splitlines()[-2:]
     assert lines[0] == f"nst: sweep grid {parent.data.tags['nst.sweep_dir']}/grid.png"
     assert lines[1] == (f"nst: MLflow sweep http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
-                        f"{parent.info.run_id}  (make ui serves it)")
+                        f"{parent.info.run_id}?workflowType=machine_learning  (make ui serves it)")
 
 
 def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
@@ -129,6 +133,14 @@ def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
     description = parent.data.tags["mlflow.note.content"]
     assert "tubingen + starry_night" in description and "backbone random, 32 px, 2 epochs" in description
     assert "β (loss.style_weight) in 1, 100, 1e4" in description
+    # a link on the parent's page to its report, within the UI's model-training view
+    assert (f"(#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}/artifacts/sweep/report.html"
+            "?workflowType=machine_learning)") in description
+    # summary metrics on the parent's page
+    metrics = parent.data.metrics
+    assert metrics["jobs_finished"] == 3 and metrics["jobs_failed"] == 0
+    finals = [c.data.metrics["style"] for c in children]
+    assert metrics["final_style_min"] == pytest.approx(min(finals)) and metrics["final_style_max"] == pytest.approx(max(finals))
 
 
 @pytest.mark.slow
@@ -250,7 +262,7 @@ def test_single_run_is_tracked_without_parent(tmp_path, nst):
     lines = done.stdout.strip().splitlines()[-2:]
     assert lines[0] == f"nst: result {latest.data.tags['nst.output_dir']}/result.png"
     assert lines[1] == (f"nst: MLflow run http://127.0.0.1:5000/#/experiments/{latest.info.experiment_id}/runs/"
-                        f"{latest.info.run_id}  (make ui serves it)")
+                        f"{latest.info.run_id}?workflowType=machine_learning  (make ui serves it)")
 
 
 def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
