@@ -42,53 +42,69 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def tile(picture: Image.Image | None, caption: str) -> Image.Image:
-    """A square tile: the picture fitted in, the caption below it."""
-    canvas = Image.new("RGB", (TILE, TILE + 28), "white")
+CAPTION = 28  # px below each tile for its label
+TITLE = 36  # px above the grid for its title line
+GAP = 6
+
+
+def tile(picture: Image.Image | None, caption: str, size: int = TILE) -> Image.Image:
+    """A square tile of ``size`` px: the picture fitted in, the caption below it."""
+    canvas = Image.new("RGB", (size, size + CAPTION), "white")
     if picture is not None:
-        scale = TILE / max(picture.size)
-        fitted = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                Image.Resampling.LANCZOS)
-        canvas.paste(fitted, ((TILE - fitted.width) // 2, (TILE - fitted.height) // 2))
+        scale = size / max(picture.size)
+        fitted = picture if scale == 1 else picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.LANCZOS)
+        canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
     else:
-        ImageDraw.Draw(canvas).text((TILE // 2, TILE // 2), "no image", fill="grey", anchor="mm", font=_font(14))
-    draw = ImageDraw.Draw(canvas)
-    size = 14
-    while size > 8 and draw.textlength(caption, font=_font(size)) > TILE - 4:
-        size -= 1
-    draw.text((TILE // 2, TILE + 14), caption, fill="black", anchor="mm", font=_font(size))
+        ImageDraw.Draw(canvas).text((size // 2, size // 2), "no image", fill="grey", anchor="mm", font=_font(14))
+    _centred(canvas, caption, size + CAPTION // 2, 14)
     return canvas
+
+
+def _centred(canvas: Image.Image, text: str, y: int, largest: int) -> None:
+    """``text`` centred on ``canvas`` at height ``y``, its font shrunk until it fits the width."""
+    draw = ImageDraw.Draw(canvas)
+    size = largest
+    while size > 8 and draw.textlength(text, font=_font(size)) > canvas.width - 4:
+        size -= 1
+    draw.text((canvas.width // 2, y), text, fill="black", anchor="mm", font=_font(size))
 
 
 def comparison_grid(content: Image.Image | None, style: Image.Image | None,
                     tiles: list[tuple[str, Image.Image | None]],
                     rows: list[str] | None = None, columns: list[str] | None = None,
-                    cell: dict[tuple[str, str], int] | None = None) -> Image.Image:
-    """Content, style, then one labelled tile per job (Figure 5).
+                    cell: dict[tuple[str, str], int] | None = None,
+                    size: int = TILE, title: str | None = None) -> Image.Image:
+    """Content, style, then one labelled tile per job (Figure 5), under a title line.
 
     With ``rows``/``columns``/``cell`` (two swept parameters) the jobs form a 2-D
     grid and content and style sit in an extra first column.
     """
     if rows and columns and cell:
         grid = [[None] * (len(columns) + 1) for _ in range(max(2, len(rows)))]
-        grid[0][0], grid[1][0] = tile(content, "content"), tile(style, "style")
+        grid[0][0], grid[1][0] = tile(content, "content", size), tile(style, "style", size)
         for (r, c), index in cell.items():
-            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0])
+            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0], size)
     else:
-        flat = [tile(content, "content"), tile(style, "style")] + [tile(p, t) for t, p in tiles]
+        flat = [tile(content, "content", size), tile(style, "style", size)] + [tile(p, t, size) for t, p in tiles]
         width = min(4, len(flat))
         grid = [flat[i:i + width] for i in range(0, len(flat), width)]
-    return layout(grid)
+    return layout(grid, title)
 
 
-def layout(grid: list[list[Image.Image | None]]) -> Image.Image:
-    gap = 6
+def layout(grid: list[list[Image.Image | None]], title: str | None = None) -> Image.Image:
+    """Tiles (all of one size) in rows, with a gap between them and the title line above."""
+    first = next(t for row in grid for t in row if t is not None)
+    width, height = first.size
     n_cols = max(len(r) for r in grid)
-    canvas = Image.new("RGB", (n_cols * (TILE + gap) + gap, len(grid) * (TILE + 28 + gap) + gap), "white")
+    top = TITLE if title else 0
+    canvas = Image.new("RGB", (n_cols * (width + GAP) + GAP, top + len(grid) * (height + GAP) + GAP), "white")
+    if title:
+        _centred(canvas, title, GAP + TITLE // 2, 18)
     for y, row in enumerate(grid):
-        for x, tile in enumerate(row):
-            if tile is not None:
-                canvas.paste(tile, (gap + x * (TILE + gap), gap + y * (TILE + 28 + gap)))
+        for x, picture in enumerate(row):
+            if picture is not None:
+                canvas.paste(picture, (GAP + x * (width + GAP), top + GAP + y * (height + GAP)))
     return canvas
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from nst import store
-from nst.pictures import comparison_grid, finite_number, layout, loss_plot, tile
+from nst import labels, store
+from nst.pictures import TILE, comparison_grid, finite_number, layout, loss_plot, tile
 
-WEIGHT_KEYS = ("loss.content_weight", "loss.style_weight")
+# a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
+SMALL_SWEEP = 8
+LARGEST_TILE = 512
 REPORT_HTML = "report.html"
 
 
@@ -56,18 +58,21 @@ def swept_keys(runs: list) -> list[str]:
 
 
 def label(run, keys: list[str]) -> str:
-    """A tile label: the swept values; alpha/beta when the loss weights are swept (Figure 5)."""
-    params = run.data.params
-    parts = []
-    if any(k in WEIGHT_KEYS for k in keys):
-        alpha, beta = finite_number(params.get(WEIGHT_KEYS[0])), finite_number(params.get(WEIGHT_KEYS[1]))
-        if alpha is not None and beta:
-            parts.append(f"α/β = {alpha / beta:g}")
-    for key in keys:
-        if key not in WEIGHT_KEYS:
-            value = params.get(key, _parse_overrides(run.data.tags.get(store.TAG_OVERRIDES, "[]")).get(key))
-            parts.append(f"{key.split('.')[-1]}={value}")
-    return ", ".join(parts) or run.info.run_name
+    """A tile label: the swept values in the seed's terms (``β=1e4 · α/β=1e-4``), as the run names."""
+    return labels.label(keys, run.data.params, run.data.tags) or run.info.run_name
+
+
+def title(runs: list) -> str:
+    """The grid's title line: images, backbone, size, epochs; what differs between the runs is left out."""
+    def shared(key: str) -> str | None:
+        found = {run.data.params.get(key) for _, run in runs}
+        return found.pop() if len(found) == 1 else None
+
+    content, style = shared("content"), shared("style")
+    parts = [f"{content} + {style}" if content and style else "image pairs"]
+    parts += [text.format(value) for key, text in (("run.backbone", "backbone {}"), ("image.size", "{} px"),
+                                                     ("epochs", "{} epochs")) if (value := shared(key))]
+    return labels.SEPARATOR.join(parts)
 
 
 def sweep_table(client, parent_id: str) -> pd.DataFrame:
@@ -91,6 +96,7 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
         "job", "run_id", "status", "reused", "label", "final_total", "final_content", "final_style",
         "evaluations", "elapsed_s", "failure"])  # no run recorded (every job failed before MLflow)
     table.attrs["swept"] = keys
+    table.attrs["title"] = title(runs) if runs else ""
     return table
 
 
@@ -145,14 +151,16 @@ def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
             result = _download(client, row["run_id"], "last_finite.png", folder)
         tiles.append((f"{row['label']}" + ("" if row["status"] == "FINISHED" else f" [{row['status']}]"),
                       result))
+    size = tile_size([result for _, result in tiles])
+    heading = table.attrs.get("title")
     if any(k.split(".")[-1].lstrip("+") in ("content", "style", "pair") for k in keys):
         # the inputs change from job to job: one row per job, content | style | result (Figures 6-9)
         rows = []
         for (_, row), (caption, result) in zip(table.iterrows(), tiles, strict=True):
             folder = scratch / str(row["run_id"])
-            rows.append([tile(_download(client, row["run_id"], f"inputs/{name}.png", folder), name)
-                         for name in ("content", "style")] + [tile(result, caption)])
-        return layout(rows)
+            rows.append([tile(_download(client, row["run_id"], f"inputs/{name}.png", folder), name, size)
+                         for name in ("content", "style")] + [tile(result, caption, size)])
+        return layout(rows, heading)
     first = table.iloc[0]["run_id"] if len(table) else None
     content = _download(client, first, "inputs/content.png", scratch / "inputs") if first else None
     style = _download(client, first, "inputs/style.png", scratch / "inputs") if first else None
@@ -160,8 +168,18 @@ def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
         rows = _sorted_unique(table[keys[0]])
         columns = _sorted_unique(table[keys[1]])
         cell = {(str(r), str(c)): i for i, (r, c) in enumerate(zip(table[keys[0]], table[keys[1]], strict=True))}
-        return comparison_grid(content, style, tiles, [str(r) for r in rows], [str(c) for c in columns], cell)
-    return comparison_grid(content, style, tiles)
+        return comparison_grid(content, style, tiles, [str(r) for r in rows], [str(c) for c in columns], cell,
+                               size, heading)
+    return comparison_grid(content, style, tiles, size=size, title=heading)
+
+
+def tile_size(results: list[Image.Image | None]) -> int:
+    """Tiles at the results' own resolution when the sweep is small (a 256 px result was cut to 192), else
+    ``TILE``; never below ``TILE``, so that labels fit."""
+    sides = [max(result.size) for result in results if result is not None]
+    if len(results) > SMALL_SWEEP or not sides:
+        return TILE
+    return max(TILE, min(max(sides), LARGEST_TILE))
 
 
 def _sorted_unique(values) -> list:

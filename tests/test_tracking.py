@@ -164,10 +164,10 @@ def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
     assert {"sweep/grid.png", "sweep/summary.csv", "sweep/summary.json",
             "sweep/losses_vs_loss_style_weight.png"} <= set(paths)
     grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
-    # content, style and 3 tiles: 4 per row -> 2 rows
-    assert grid.size == (4 * (pictures.TILE + 6) + 6, 2 * (pictures.TILE + 28 + 6) + 6)
+    # a title line, then content, style and 3 tiles: 4 per row -> 2 rows
+    assert grid.size == (4 * (pictures.TILE + 6) + 6, pictures.TITLE + 2 * (pictures.TILE + 28 + 6) + 6)
     table = list(csv.DictReader(open(client.download_artifacts(parent, "sweep/summary.csv", str(tmp_path)))))
-    assert [row["label"] for row in table] == ["α/β = 1", "α/β = 0.01", "α/β = 0.0001"]
+    assert [row["label"] for row in table] == ["β=1 · α/β=1", "β=100 · α/β=0.01", "β=1e4 · α/β=1e-4"]
     assert all(row["status"] == "FINISHED" and float(row["final_style"]) > 0 for row in table)
     assert "nst: sweep grid" in done.stdout
 
@@ -317,10 +317,12 @@ def test_swept_inputs_give_one_row_per_job(tmp_path, nst):
     client = client_for(out)
     parent = runs(client, "sweep")[0].info.run_id
     grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
-    assert grid.size == (3 * (pictures.TILE + 6) + 6, 2 * (pictures.TILE + 28 + 6) + 6)
+    top = pictures.TITLE
+    assert grid.size == (3 * (pictures.TILE + 6) + 6, top + 2 * (pictures.TILE + 28 + 6) + 6)
     # the second row's style tile is the wave, not the first job's starry night
-    row_two = grid.crop((pictures.TILE + 12, pictures.TILE + 40, 2 * pictures.TILE + 12, 2 * pictures.TILE + 40))
-    row_one = grid.crop((pictures.TILE + 12, 6, 2 * pictures.TILE + 12, pictures.TILE + 6))
+    row_two = grid.crop((pictures.TILE + 12, top + pictures.TILE + 40, 2 * pictures.TILE + 12,
+                         top + 2 * pictures.TILE + 40))
+    row_one = grid.crop((pictures.TILE + 12, top + 6, 2 * pictures.TILE + 12, top + pictures.TILE + 6))
     assert list(row_one.getdata()) != list(row_two.getdata())
 
 
