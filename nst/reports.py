@@ -2,15 +2,19 @@
 
 The same code serves the end of a multirun (``SweepCallback``) and the
 ``nst-report`` command, so a grid can always be rebuilt from the store. The
-store's queries are in ``nst.store``, the drawing in ``nst.pictures``.
+store's queries are in ``nst.store``, the drawing in ``nst.pictures``, the
+HTML page (``report.html``) in ``nst.sweep_page``; the images it shows are
+gathered from the store here.
 
 The ``nst-report`` command that prints them is ``nst.report_cli``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from nst import store
+from nst import labels, store, sweep_page
 from nst.pictures import comparison_grid, finite_number, layout, loss_plot, tile
 
 WEIGHT_KEYS = ("loss.content_weight", "loss.style_weight")
@@ -30,6 +34,7 @@ class SweepSummary:
     grid: Image.Image
     plot: Image.Image | None
     folder: Path
+    page: Path | None = None
 
 
 def _parse_overrides(text: str) -> dict[str, str]:
@@ -155,16 +160,105 @@ def _sorted_unique(values) -> list:
     return unique
 
 
+# the file names of client.log_image(key=, step=): images/<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].png|.webp
+# (MLflow before 3.x separated them with %; '/' in a key is written '~')
+_LOGGED_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<time>\d+)[+%][0-9a-fA-F-]+"
+                           r"(?P<compressed>[+%]compressed)?\.(?:png|webp|jpe?g)$")
+
+
+def step_images(client, run_id: str, key: str = "progress") -> dict[int, str]:
+    """The artifact paths of a run's images logged with ``log_image(key=key, step=...)``, by step: the
+    full-size PNG (not MLflow's compressed copy), the latest one where a step was logged twice."""
+    try:
+        items = client.list_artifacts(run_id, "images")
+    except Exception:  # noqa: BLE001 - a run that logged no image has no images/ folder
+        return {}
+    found: dict[int, tuple[int, str]] = {}
+    for item in items:
+        match = _LOGGED_IMAGE.match(item.path.rsplit("/", 1)[-1])
+        if match is None or match["compressed"] or match["key"].replace("~", "/") != key:
+            continue
+        step, time = int(match["step"]), int(match["time"])
+        if step not in found or time > found[step][0]:
+            found[step] = (time, item.path)
+    return {step: path for step, (_, path) in sorted(found.items())}
+
+
+def _file_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
+    """An artifact's bytes (the copy the grid downloaded to ``folder`` already, if there is one)."""
+    local = folder / artifact
+    if local.is_file():
+        return local.read_bytes()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(folder))).read_bytes()
+    except Exception:  # noqa: BLE001 - a failed or killed run may have no image
+        return None
+
+
+def page_title(client, parent_id: str, table: pd.DataFrame) -> tuple[str, str]:
+    """The page's title line (content + style or "image pairs", backbone, size, epochs, what was swept)
+    from the jobs' params, and the parent's description."""
+    parent = client.get_run(parent_id)
+    keys = table.attrs.get("swept", [])
+    params = [client.get_run(run_id).data.params for run_id in table["run_id"]] if len(table) else []
+
+    def shared(name: str) -> str:
+        values = list(dict.fromkeys(p.get(name, "?") for p in params)) or ["?"]
+        return values[0] if len(values) == 1 else "/".join(values)
+
+    pair = ("image pairs" if sweep_page.varies_inputs(keys) or len({(p.get("content"), p.get("style"))
+                                                                      for p in params}) > 1
+            else f"{shared('content')} + {shared('style')}")
+    backbone = shared("run.backbone") if params and all("run.backbone" in p for p in params) else shared("model.name")
+    swept = ", ".join(f"{labels.name(key)} ({key.lstrip('+~')})" for key in keys) or "nothing"
+    title = (f"Sweep of {pair} · backbone {backbone} · {shared('image.size')} px · {shared('epochs')} epochs · "
+             f"{len(table)} jobs varying {swept}")
+    return title, parent.data.tags.get(store.TAG_DESCRIPTION, "")
+
+
+def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path) -> str:
+    """report.html: each job's final image, inputs and progress images (thinned out to the slider's
+    positions, re-encoded lossy) gathered from the store and laid out by ``nst.sweep_page``."""
+    keys = table.attrs.get("swept", [])
+    rows = table.to_dict("records")
+    available = {int(row["job"]): step_images(client, row["run_id"]) for row in rows}
+    wanted = sweep_page.positions([step for found in available.values() for step in found],
+                                  sweep_page.most_positions(len(rows)))
+    images = {}
+    for row in rows:
+        job, run_id = int(row["job"]), str(row["run_id"])
+        folder = scratch / run_id
+        found = sweep_page.JobImages(result=_file_bytes(client, run_id, "result/result.png", folder)
+                                     or _file_bytes(client, run_id, "last_finite.png", folder))
+        if sweep_page.varies_inputs(keys) or job == int(rows[0]["job"]):
+            found.content = _file_bytes(client, run_id, "inputs/content.png", folder)
+            found.style = _file_bytes(client, run_id, "inputs/style.png", folder)
+        for position in wanted:
+            step = sweep_page.frame_at(list(available[job]), position)
+            if step is not None and step not in found.progress:
+                data = _file_bytes(client, run_id, available[job][step], folder)
+                if data is not None:
+                    found.progress[step] = sweep_page.encode_frame(Image.open(io.BytesIO(data)))
+        images[job] = found
+    title, description = page_title(client, parent_id, table)
+    shared = images[int(rows[0]["job"])] if rows else None
+    return sweep_page.render(rows, keys, images, title, description, shared, wanted)
+
+
 def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = True) -> SweepSummary:
-    """Write grid.png, summary.csv and losses_vs_<key>.png to ``folder`` (and log them to the parent)."""
+    """Write grid.png, summary.csv, losses_vs_<key>.png and report.html to ``folder`` (and log them to the
+    parent under ``sweep/``)."""
     folder.mkdir(parents=True, exist_ok=True)
     table = sweep_table(client, parent_id)
     with tempfile.TemporaryDirectory() as scratch:
         grid = build_sweep_grid(client, table, Path(scratch))
+        page = build_sweep_page(client, parent_id, table, Path(scratch))
     plot = loss_plot(table)
     grid.save(folder / "grid.png")
     table.to_csv(folder / "summary.csv", index=False)
-    written = [folder / "grid.png", folder / "summary.csv"]
+    (folder / "report.html").write_text(page, encoding="utf-8")
+    written = [folder / "grid.png", folder / "summary.csv", folder / "report.html"]
     if plot is not None:
         written.append(folder / f"losses_vs_{table.attrs['swept'][0].replace('.', '_')}.png")
         plot.save(written[-1])
@@ -172,4 +266,4 @@ def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = 
         for path in written:
             client.log_artifact(parent_id, str(path), "sweep")
         client.log_table(parent_id, table.astype(str), "sweep/summary.json")
-    return SweepSummary(table, grid, plot, folder)
+    return SweepSummary(table, grid, plot, folder, folder / "report.html")
