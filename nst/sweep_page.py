@@ -329,6 +329,9 @@ def _table(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
                 text = f'<a href="#job-{job}">{job}</a>'
             elif column == "label":
                 text = f'<a href="#job-{job}">{text}</a>'
+            elif column == "failure" and len(_text(value)) > 90:  # the whole reason on hover
+                sort += f' title="{text}"'
+                text = html.escape(_text(value)[:88]) + "…"
             cells.append(f"<td{sort}>{text}</td>")
         body.append(f'<tr data-job="{job}">{"".join(cells)}</tr>')
     return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -390,7 +393,7 @@ figure.job.selected{border-color:#1a73e8}figure.job.hit{border-color:#f90;backgr
 #summary{border-collapse:collapse;font-size:13px}#summary th,#summary td{border:1px solid #ddd;padding:3px 8px}
 #summary th{background:#f4f4f4;cursor:pointer;user-select:none}#summary th.asc::after{content:" \\25B2"}
 #summary th.desc::after{content:" \\25BC"}#summary td[data-sort]{text-align:right}
-#summary tr.hit{background:#fff4e0}
+#summary tr.hit{background:#fff4e0}#summary td a{white-space:nowrap}
 #compare{position:fixed;inset:0;background:#000d;z-index:10;display:flex;flex-direction:column;align-items:center;padding:12px;overflow:auto}
 #compare[hidden]{display:none}#compare .bar{color:#fff;display:flex;gap:12px;align-items:center;margin-bottom:10px}
 #compare button{font:inherit;padding:3px 12px;cursor:pointer}#compare button.on{background:#1a73e8;color:#fff}
