@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", help="a sweep's parent run id, or 'latest'")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     parser.add_argument("--rebuild", type=Path, metavar="DIR",
-                        help="with --sweep: rebuild grid.png, summary.csv and the loss plot into DIR")
+                        help="with --sweep: rebuild grid.png, summary.csv, the loss plot and report.html into DIR")
     parser.add_argument("--relog", type=Path, metavar="FOLDER",
                         help="record in its store a run whose folder holds its files but that the store "
                              "could not record when it ended (the store its config.yaml names)")

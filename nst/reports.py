@@ -2,15 +2,19 @@
 
 The same code serves the end of a multirun (``SweepCallback``) and the
 ``nst-report`` command, so a grid can always be rebuilt from the store. The
-store's queries are in ``nst.store``, the drawing in ``nst.pictures``.
+store's queries are in ``nst.store``, the drawing in ``nst.pictures``, the
+HTML page (``report.html``) in ``nst.sweep_page``; the images it shows are
+gathered from the store here.
 
 The ``nst-report`` command that prints them is ``nst.report_cli``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from nst import labels, store
+from nst import labels, store, sweep_page
 from nst.pictures import TILE, comparison_grid, finite_number, layout, loss_plot, tile
 
 # a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
@@ -34,6 +38,7 @@ class SweepSummary:
     grid: Image.Image
     plot: Image.Image | None
     folder: Path
+    page: Path | None = None
 
 
 def _parse_overrides(text: str) -> dict[str, str]:
@@ -189,16 +194,94 @@ def _sorted_unique(values) -> list:
     return unique
 
 
+# the file names of client.log_image(key=, step=): images/<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].png|.webp
+# (MLflow before 3.x separated them with %; '/' in a key is written '~')
+_LOGGED_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<time>\d+)[+%][0-9a-fA-F-]+"
+                           r"(?P<compressed>[+%]compressed)?\.(?:png|webp|jpe?g)$")
+
+
+def step_images(client, run_id: str, key: str = "progress") -> dict[int, str]:
+    """The artifact paths of a run's images logged with ``log_image(key=key, step=...)``, by step: the
+    full-size PNG (not MLflow's compressed copy), the latest one where a step was logged twice."""
+    try:
+        items = client.list_artifacts(run_id, "images")
+    except Exception:  # noqa: BLE001 - a run that logged no image has no images/ folder
+        return {}
+    found: dict[int, tuple[int, str]] = {}
+    for item in items:
+        match = _LOGGED_IMAGE.match(item.path.rsplit("/", 1)[-1])
+        if match is None or match["compressed"] or match["key"].replace("~", "/") != key:
+            continue
+        step, time = int(match["step"]), int(match["time"])
+        if step not in found or time > found[step][0]:
+            found[step] = (time, item.path)
+    return {step: path for step, (_, path) in sorted(found.items())}
+
+
+def _file_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
+    """An artifact's bytes (the copy the grid downloaded to ``folder`` already, if there is one)."""
+    local = folder / artifact
+    if local.is_file():
+        return local.read_bytes()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(folder))).read_bytes()
+    except Exception:  # noqa: BLE001 - a failed or killed run may have no image
+        return None
+
+
+def page_title(client, parent_id: str, table: pd.DataFrame) -> tuple[str, str]:
+    """The page's title line (the grid's, and what was swept) and the parent's description."""
+    keys = table.attrs.get("swept", [])
+    swept = ", ".join(f"{labels.name(key)} ({key.lstrip('+~')})" for key in keys) or "nothing"
+    heading = labels.SEPARATOR.join(part for part in (table.attrs.get("title"), f"{len(table)} jobs varying {swept}")
+                                    if part)
+    description = client.get_run(parent_id).data.tags.get(store.TAG_DESCRIPTION, "")
+    return heading, description.split("\n\n")[0]  # not its link to this very page
+
+
+def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path) -> str:
+    """report.html: each job's final image, inputs and progress images (thinned out to the slider's
+    positions, re-encoded lossy) gathered from the store and laid out by ``nst.sweep_page``."""
+    keys = table.attrs.get("swept", [])
+    rows = table.to_dict("records")
+    available = {int(row["job"]): step_images(client, row["run_id"]) for row in rows}
+    wanted = sweep_page.positions([step for found in available.values() for step in found],
+                                  sweep_page.most_positions(len(rows)))
+    images = {}
+    for row in rows:
+        job, run_id = int(row["job"]), str(row["run_id"])
+        folder = scratch / run_id
+        found = sweep_page.JobImages(result=_file_bytes(client, run_id, "result/result.png", folder)
+                                     or _file_bytes(client, run_id, "last_finite.png", folder))
+        if sweep_page.varies_inputs(keys) or job == int(rows[0]["job"]):
+            found.content = _file_bytes(client, run_id, "inputs/content.png", folder)
+            found.style = _file_bytes(client, run_id, "inputs/style.png", folder)
+        for position in wanted:
+            step = sweep_page.frame_at(list(available[job]), position)
+            if step is not None and step not in found.progress:
+                data = _file_bytes(client, run_id, available[job][step], folder)
+                if data is not None:
+                    found.progress[step] = sweep_page.encode_frame(Image.open(io.BytesIO(data)))
+        images[job] = found
+    title, description = page_title(client, parent_id, table)
+    shared = images[int(rows[0]["job"])] if rows else None
+    return sweep_page.render(rows, keys, images, title, description, shared, wanted)
+
+
 def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = True) -> SweepSummary:
-    """Write grid.png, summary.csv and losses_vs_<key>.png to ``folder`` (and log them to the parent)."""
+    """Write grid.png, summary.csv, losses_vs_<key>.png and report.html to ``folder`` (and log them to the
+    parent under ``sweep/``)."""
     folder.mkdir(parents=True, exist_ok=True)
     table = sweep_table(client, parent_id)
     with tempfile.TemporaryDirectory() as scratch:
         grid = build_sweep_grid(client, table, Path(scratch))
+        page = build_sweep_page(client, parent_id, table, Path(scratch))
     plot = loss_plot(table)
     grid.save(folder / "grid.png")
     table.to_csv(folder / "summary.csv", index=False)
-    written = [folder / "grid.png", folder / "summary.csv"]
+    (folder / REPORT_HTML).write_text(page, encoding="utf-8")
+    written = [folder / "grid.png", folder / "summary.csv", folder / REPORT_HTML]
     if plot is not None:
         written.append(folder / f"losses_vs_{table.attrs['swept'][0].replace('.', '_')}.png")
         plot.save(written[-1])
@@ -206,4 +289,4 @@ def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = 
         for path in written:
             client.log_artifact(parent_id, str(path), "sweep")
         client.log_table(parent_id, table.astype(str), "sweep/summary.json")
-    return SweepSummary(table, grid, plot, folder)
+    return SweepSummary(table, grid, plot, folder, folder / REPORT_HTML)

@@ -3,7 +3,7 @@
 ``SweepCallback`` (registered in ``conf/hydra/default.yaml``) runs in the
 launching process: before the first job it creates the store, the experiment
 and one parent run; after the last job it logs the sweep's comparison grid,
-summary table and loss plot to that parent and ends it. Jobs, in this process
+summary table, loss plot and report page to that parent and ends it. Jobs, in this process
 or in launcher workers, find their parent by the sweep id, a hash of Hydra's
 sweep directory, which every job of one multirun shares.
 """
@@ -99,6 +99,7 @@ class SweepCallback(Callback):
                 print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
                       f"finish: {', '.join(failed)}", file=sys.stderr)
             address = store.run_address(self.client.tracking_uri, self.experiment_id, self.parent)
+            print(f"nst: sweep report {summary.page}")
             print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}  (make ui serves it)")
         except Exception as exc:
             status = "FAILED"
