@@ -29,8 +29,9 @@ from PIL import Image
 from nst import labels, ownership, store
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.images import load_image, pil_to_tensor, save_png, tensor_to_pil
-from nst.pictures import loss_curve, triptych, write_video
-from nst.run import LOSSES_CSV, PARTIAL_PNG, RECORD_JSON, RESULT_PNG, Inputs, RunOutcome
+from nst.messages import say
+from nst.pictures import loss_curve, triptych
+from nst.run import LOSSES_CSV, PARTIAL_PNG, RECORD_JSON, RESULT_PNG, Inputs, RunOutcome, result_png
 from nst.spec import TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,11 @@ class RunRecorder:
     and run.json in the run's folder.
     """
 
-    def __init__(self, client, run_id: str, output_dir: Path, log_every: int = 10, video: bool = True):
+    def __init__(self, client, run_id: str, output_dir: Path, log_every: int = 10):
         self.client, self.run_id, self.output_dir = client, run_id, Path(output_dir)
         self.log_every = log_every
-        self.video = video
         self.pending: list = []
         self.writer: Writer | None = None
-        self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
         self.ended = False
         self.address: str | None = None  # the run's page in the MLflow UI
@@ -89,7 +88,6 @@ class RunRecorder:
         self.last_image = image
         if step == 1 or step % self.log_every == 0:
             picture = tensor_to_pil(image)
-            self.frames.append(picture)
             batch, self.pending = self.pending, []
             self.write(lambda: self.log_step_picture(picture, step))
             self.write(lambda: self.log_metrics(batch))
@@ -139,25 +137,18 @@ class RunRecorder:
         self.client.log_image(self.run_id, picture, artifact_file=name)
 
     def last_frame(self, final: torch.Tensor | None, step: int | None) -> Image.Image | None:
-        """The final image as the video's last frame and the last image step, unless it is one already."""
-        if final is None or step is None or (self.frames and step % self.log_every == 0):
+        """The final image as the last image step, unless it is one already."""
+        if final is None or step is None or (self.last_image is not None and step % self.log_every == 0):
             return None
-        picture = tensor_to_pil(final)
-        self.frames.append(picture)
-        return picture
-
-    def save_video(self) -> None:
-        """The optimisation as a video in the run's folder (on disk before the store is written at the end)."""
-        if self.video and len(self.frames) >= 2:
-            write_video(self.frames, self.output_dir / "optimisation")
+        return tensor_to_pil(final)
 
     def keep_outputs(self, last: Image.Image | None, step: int | None) -> None:
-        """The last image step, and the run's folder (its video included)."""
+        """The last image step, and the run's folder (its video, written by ``nst.outputs``, included)."""
         if last is not None:
             self.log_step_picture(last, step)
         for path in sorted(self.output_dir.iterdir()):
             if path.name != ".hydra":
-                self.log_file(path)
+                self.log_file(path, path.name if path.is_dir() else None)
         self.log_file(self.output_dir / ".hydra", ".hydra")
 
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
@@ -178,7 +169,6 @@ class RunRecorder:
         result = outcome.result
         overview = triptych(inputs.content, inputs.style, result.image)
         last = self.last_frame(result.image, result.evaluations)
-        self.save_video()
         try:
             self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last),
                           "FINISHED")
@@ -200,8 +190,6 @@ class RunRecorder:
             final = self.last_image
         keep = final is not None or partial
         last = self.last_frame(final, step) if keep else None
-        if keep:
-            self.save_video()
 
         def record() -> None:
             self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
@@ -258,7 +246,7 @@ class Recording:
             tags.update({store.PARENT_TAG: parent.info.run_id, store.TAG_SWEEP: job.sweep_id or ""})
         run_name = labels.label(list(swept), job.config, job.tags) if swept else _override_name(tags)
         run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
-        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every, tracking.video)
+        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, tracking.log_every)
         recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
         try:
             store.keep_alive(self.client, recorder.run_id)
@@ -282,8 +270,7 @@ class Recording:
         existing = store.find_finished(self.client, self.experiment_id, config_hash)
         if not existing:
             return False
-        log.info("skipping: the same config already FINISHED as MLflow run %s", existing)
-        print(f"nst: skipped, identical config already FINISHED as run {existing}")
+        say(f"nst: skipped, identical config already FINISHED as run {existing}", log)
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
         if parent is not None and store.TAG_JOB in job.tags:
             self.client.set_tag(parent.info.run_id, store.TAG_REUSED + job.tags[store.TAG_JOB], existing)
@@ -363,13 +350,13 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
         run_id = run.info.run_id
         if store.TAG_FAILURE in run.data.tags:
             client.delete_tag(run_id, store.TAG_FAILURE)
-    recorder = RunRecorder(client, run_id, folder, tracking.log_every, tracking.video)
+    recorder = RunRecorder(client, run_id, folder, tracking.log_every)
     logged = {metric.step for metric in client.get_metric_history(run_id, "total")}
     now = int(time.time() * 1000)
     recorder.pending = [m for row in history if int(row["evaluation"]) not in logged for m in metrics(row, now)]
     client.set_tag(run_id, "nst.relogged", ownership.now_iso())
-    if record.get("status") == "FINISHED" and (folder / RESULT_PNG).is_file():
-        image = pil_to_tensor(load_image(folder / RESULT_PNG, "result"))
+    if record.get("status") == "FINISHED" and result_png(folder, record).is_file():
+        image = pil_to_tensor(load_image(result_png(folder, record), "result"))
         overview = _overview(client, run_id, image)
         recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview),
                           "FINISHED")

@@ -24,7 +24,8 @@ from nst.optimization import OptimizerSettings
 # Config keys members of one batch may differ in; everything else must be equal. These are
 # exactly the config keys that ``MemberSpec`` is built from.
 MEMBER_KEYS = ("loss.content_weight", "loss.style_weight", "loss.tv_weight", "loss.content_layer_weights",
-               "loss.style_layer_weights", "optimizer", "epochs", "init", "seed", "progress")
+               "loss.style_layer_weights", "optimizer", "epochs", "init", "seed", "progress",
+               "print_every", "save_every", "output")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class MemberSpec:
     init: str
     seed: int
     progress: bool
+    print_every: int = 0  # a line of per-layer losses every N evaluations; 0: none
+    save_every: int = 0  # progress/<evaluation>.png in the run's folder every N evaluations; 0: none
+    output: str = "result.png"  # the result image: a file name in the run's folder (or a path from it)
 
 
 @dataclass(frozen=True)
