@@ -24,6 +24,7 @@ from pathlib import Path
 
 import hydra
 from hydra._internal.utils import get_args_parser
+from hydra.plugins.completion_plugin import CompletionPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from nst import database, jobs, schema, sweeps
@@ -75,6 +76,37 @@ def help_section(what: str) -> str:
 
 if not OmegaConf.has_resolver("nst_help"):
     OmegaConf.register_new_resolver("nst_help", help_section)
+# keys whose values may be sample image names: completed by ``nst --shell-completion`` (Hydra's own
+# completion offers keys, group options and files only)
+SAMPLE_KEYS = ("content", "style")
+
+
+def complete_samples(line: str) -> list[str]:
+    """Sample names for the word being completed when it is ``content=<prefix>`` or ``style=<prefix>``
+    (``style=[starry_night,the_`` completes the list's last item); [] for any other word."""
+    words = line.split()
+    if not words or line[-1].isspace():
+        return []
+    key, equals, value = words[-1].partition("=")
+    if not equals or key.lstrip("+") not in SAMPLE_KEYS:
+        return []
+    head, comma, last = value.rpartition(",")
+    if not comma and value.startswith("["):
+        head, last = "[", value[1:]
+    prefix = f"{key}={head}{comma}"
+    return [prefix + name for name in ASSETS if name.startswith(last)]
+
+
+def _with_samples(query):
+    def query_with_samples(self, config_name, line: str) -> list[str]:
+        return sorted(set(query(self, config_name, line)) | set(complete_samples(line)))
+
+    query_with_samples.nst_samples = True
+    return query_with_samples
+
+
+if not getattr(CompletionPlugin._query, "nst_samples", False):  # Hydra's bash, zsh and fish completion
+    CompletionPlugin._query = _with_samples(CompletionPlugin._query)
 # conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's own config of that name on purpose
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
