@@ -123,7 +123,10 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
         for member in members:
             if not member.recorder.ended:
                 if interrupted:
-                    member.folder.finish()  # the video so far, before the recorder logs the folder
+                    try:  # the video so far, before the recorder logs the folder
+                        member.folder.finish()
+                    except Exception as video_error:  # noqa: BLE001 - ending the run matters more
+                        log.warning("no video for %s: %s", member.folder.output_dir, video_error)
                 member.recorder.fail("interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
                                      "KILLED" if interrupted else "FAILED", partial=interrupted)
         raise

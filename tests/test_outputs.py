@@ -5,6 +5,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
@@ -71,3 +72,19 @@ def test_an_error_is_printed_once_and_kept_in_the_log(tmp_path, nst):
     assert (done.stdout + done.stderr).count("missing.png") == 1, done.stdout + done.stderr
     assert "nst: error: content image" in done.stderr
     assert "missing.png" in (tmp_path / "run" / "cli.log").read_text()
+
+
+@pytest.mark.slow  # a new MLflow store: 15-40 s on 2 cores
+def test_tracked_run_logs_the_folders_video_progress_images_and_named_result(tmp_path, nst):
+    from mlflow import MlflowClient
+
+    out = tmp_path / "outputs"
+    done = nst(out, "hydra.run.dir=" + str(tmp_path / "run"), *TINY, "progress=false", "save_every=5",
+               "output=named.png", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("nst").experiment_id])
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"optimisation.mp4", "named.png", "progress", "result"} <= top  # progress/ kept as a folder
+    assert "progress/0005.png" in {a.path for a in client.list_artifacts(run.info.run_id, "progress")}
+    assert "result/result.png" in {a.path for a in client.list_artifacts(run.info.run_id, "result")}
