@@ -3,7 +3,8 @@
 The images are never part of the repository. Each name maps to a public address
 and a sha256; the file is downloaded into the asset cache on first use and
 verified. ``$NST_ASSETS_DIR`` points the cache at a local folder, which is how
-offline machines (CI, tests) use a pre-filled copy.
+offline machines (CI, tests) use a pre-filled copy; without it a checkout's sibling
+``../shared/assets`` (holding SOURCES.md) is used when there is one.
 """
 
 from __future__ import annotations
@@ -57,10 +58,23 @@ ASSETS: dict[str, Asset] = {
 }
 
 
+# A checkout's sibling folder of pre-fetched sample images (offline machines: the Makefile points
+# NST_ASSETS_DIR there too); recognised by the SOURCES.md that lists where each image came from.
+SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+
+
+def shared_assets() -> Path | None:
+    """``../shared/assets`` beside the checkout, when it holds SOURCES.md; else None."""
+    return SHARED_ASSETS if (SHARED_ASSETS / "SOURCES.md").is_file() else None
+
+
 def assets_dir() -> Path:
-    """Where sample images are cached: ``$NST_ASSETS_DIR`` or ``<nst cache>/assets``."""
+    """Where sample images are cached: ``$NST_ASSETS_DIR``, else the checkout's ``../shared/assets``
+    (when it holds SOURCES.md, as the Makefile finds it), else ``<nst cache>/assets``."""
     override = os.environ.get(ASSETS_ENV)
-    return Path(override).expanduser() if override else cache_dir("assets")
+    if override:
+        return Path(override).expanduser()
+    return shared_assets() or cache_dir("assets")
 
 
 def _asset_named(spec: str) -> Asset | None:
@@ -98,10 +112,10 @@ def fetch_asset(asset: Asset, what: str = "image") -> Path:
         got = sha256_file(local)
         if got == asset.sha256:
             return local
-        if os.environ.get(ASSETS_ENV):
+        if folder != cache_dir("assets"):  # a folder of the user's: never delete from it
             raise AssetError(
                 f"{what} image {asset.name!r}: {local} has sha256 {got}, expected {asset.sha256} "
-                f"(the file in {ASSETS_ENV} is not the published one)"
+                f"(the file in {folder} ({ASSETS_ENV} or ../shared/assets) is not the published one)"
             )
         local.unlink()  # a corrupt entry of our own cache: fetch it again
     try:

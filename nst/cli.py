@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import hydra
 from hydra._internal.utils import get_args_parser
+from hydra.plugins.completion_plugin import CompletionPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from nst import database, jobs, schema, sweeps
+from nst.assets import ASSETS
 from nst.config import check_launch
 from nst.errors import NSTError
 from nst.store import default_output_dir
@@ -37,6 +40,73 @@ CONFIG_DIR = str(schema.CONFIG_DIR)
 # ${nst_root:} in a config is the repository root (conf/experiment/masks.yaml's sample masks)
 if not OmegaConf.has_resolver("nst_root"):
     OmegaConf.register_new_resolver("nst_root", lambda: str(REPO_ROOT))
+# Hydra's launchers beside conf/hydra/launcher/ (hydra-joblib-launcher is installed with nst)
+BUILTIN_LAUNCHERS = {"basic": "Hydra's default: the jobs one after another in this process",
+                     "joblib": "The jobs in parallel worker processes (hydra.launcher.n_jobs)"}
+
+
+def _description(path: Path, width: int = 96) -> str:
+    """A config file's opening comment (its package line aside): its first sentence, cut to ``width``."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("# ").strip()
+        if text and not text.startswith("@package"):
+            lines.append(text)
+    text = re.sub(r"^\S+=\S+: ", "", " ".join(lines))  # "hydra/launcher=batched: ..." names itself
+    text = re.split(r"(?<!et al)(?<!Fig)(?<!sec)\. (?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+    if len(text) > width:
+        text = text[:width - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    return text[:1].upper() + text[1:]
+
+
+def help_section(what: str) -> str:
+    """A section of ``nst --help`` (``${nst_help:<what>}`` in conf/hydra/default.yaml): a config group's
+    options with their descriptions, the launchers, or the sample image names."""
+    if what == "samples":
+        return "\n".join(f"  {asset.name:<18} {asset.role}, {asset.licence}" for asset in ASSETS.values())
+    if what == "launchers":
+        options = {**BUILTIN_LAUNCHERS, **{p.stem: _description(p)
+                                          for p in sorted((schema.CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))}}
+    else:
+        options = {p.stem: _description(p) for p in sorted((schema.CONFIG_DIR / what).glob("*.yaml"))}
+    return "\n".join(f"  {name:<18} {text}" for name, text in options.items())
+
+
+if not OmegaConf.has_resolver("nst_help"):
+    OmegaConf.register_new_resolver("nst_help", help_section)
+# keys whose values may be sample image names: completed by ``nst --shell-completion`` (Hydra's own
+# completion offers keys, group options and files only)
+SAMPLE_KEYS = ("content", "style")
+
+
+def complete_samples(line: str) -> list[str]:
+    """Sample names for the word being completed when it is ``content=<prefix>`` or ``style=<prefix>``
+    (``style=[starry_night,the_`` completes the list's last item); [] for any other word."""
+    words = line.split()
+    if not words or line[-1].isspace():
+        return []
+    key, equals, value = words[-1].partition("=")
+    if not equals or key.lstrip("+") not in SAMPLE_KEYS:
+        return []
+    head, comma, last = value.rpartition(",")
+    if not comma and value.startswith("["):
+        head, last = "[", value[1:]
+    prefix = f"{key}={head}{comma}"
+    return [prefix + name for name in ASSETS if name.startswith(last)]
+
+
+def _with_samples(query):
+    def query_with_samples(self, config_name, line: str) -> list[str]:
+        return sorted(set(query(self, config_name, line)) | set(complete_samples(line)))
+
+    query_with_samples.nst_samples = True
+    return query_with_samples
+
+
+if not getattr(CompletionPlugin._query, "nst_samples", False):  # Hydra's bash, zsh and fish completion
+    CompletionPlugin._query = _with_samples(CompletionPlugin._query)
 # conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's own config of that name on purpose
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 

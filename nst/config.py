@@ -209,8 +209,22 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "seed", integer=True)
     _number(cfg, "image.size", minimum=16, integer=True)
     _number(cfg, "image.style_scale", minimum=0, exclusive=True)
+    for key in ("print_every", "save_every"):
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, minimum=0, integer=True)
+    output_name(cfg)
     scale_schedule(cfg)
     optimizer_settings(cfg)
+
+
+def output_name(cfg: DictConfig) -> str:
+    """``output``: the result image's file name in the run's folder (a relative path is taken from the
+    folder, an absolute one as it is); a .png, since the result is written as PNG."""
+    value = OmegaConf.select(cfg, "output") or "result.png"
+    if not isinstance(value, str) or not value.strip() or not value.lower().endswith(".png"):
+        raise ConfigError("output", value, "a file name ending in .png (e.g. output=stylised.png), in the "
+                                           "run's folder; or a path")
+    return value.strip()
 
 
 # --- the one reading of a run's config: a checked, frozen RunSpec ------------------------------
@@ -248,7 +262,9 @@ def parse(cfg: DictConfig) -> RunSpec:
         content_layer_weights=_explicit_weights(cfg, "loss.content_layers", "loss.content_layer_weights"),
         style_layer_weights=_explicit_weights(cfg, "loss.style_layers", "loss.style_layer_weights"),
         optimizer=optimizer_settings(cfg), scale_epochs=tuple(epochs for _, epochs in schedule),
-        init=str(cfg.init), seed=int(cfg.seed), progress=bool(OmegaConf.select(cfg, "progress", default=True)))
+        init=str(cfg.init), seed=int(cfg.seed), progress=bool(OmegaConf.select(cfg, "progress", default=True)),
+        print_every=int(OmegaConf.select(cfg, "print_every") or 0),
+        save_every=int(OmegaConf.select(cfg, "save_every") or 0), output=output_name(cfg))
     return RunSpec(shared, member, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True))
 
 

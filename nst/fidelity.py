@@ -32,6 +32,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from nst.run import result_png
+
 PAIRS = ("tubingen:starry_night", "mona_lisa:composition_vii")
 BETAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)  # conf/sweep/ratio.yaml, the seed's grid
 
@@ -90,8 +92,8 @@ def read_rows(folder: Path) -> list[Row]:
         record = json.loads((job / "run.json").read_text())
         beta = float(OmegaConf.load(job / "config.yaml").loss.style_weight)
         rows.append(Row(beta, record["final_losses"]["content"], record["final_losses"]["style"],
-                        ssim_to_content(job / "result.png", Path(record["content_image"])),
-                        int(record["evaluations"]), checkerboard_energy(job / "result.png")))
+                        ssim_to_content(result_png(job, record), Path(record["content_image"])),
+                        int(record["evaluations"]), checkerboard_energy(result_png(job, record))))
     return sorted(rows, key=lambda r: r.beta)
 
 

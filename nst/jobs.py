@@ -27,8 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from nst import hydra_job, store
 from nst.config import parse, tracking_spec
 from nst.errors import NonFiniteLossError, NSTError, TrackingError, UnrecordedRunError
+from nst.messages import say
+from nst.outputs import RunFolder
 from nst.recorder import NoRecording, Recording, RunRecorder, relog_folder
-from nst.run import CONFIG_YAML, RESULT_PNG, BatchJob, Inputs, RunOutcome, execute_batch
+from nst.run import CONFIG_YAML, BatchJob, Inputs, RunOutcome, execute_batch
 from nst.run import prepare as prepare_spec
 from nst.spec import TrackingSpec
 
@@ -72,6 +74,7 @@ class _Member:
     position: int
     inputs: Inputs
     recorder: RunRecorder
+    folder: RunFolder  # the video, progress images and printed lines, with or without tracking
 
 
 def prepare(cfg: DictConfig) -> Inputs:
@@ -110,7 +113,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
                 continue
             recorder = recording.begin(job, job.tracking, inputs)
             if recorder is not None:
-                members.append(_Member(position, inputs, recorder))
+                folder = RunFolder.of(job.output_dir, inputs.spec.member, job.tracking)
+                members.append(_Member(position, inputs, recorder, folder))
         if members:
             for member, outcome in zip(members, _execute(members, jobs), strict=True):
                 outcomes[member.position] = outcome
@@ -118,6 +122,11 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
         interrupted = isinstance(exc, KeyboardInterrupt)
         for member in members:
             if not member.recorder.ended:
+                if interrupted:
+                    try:  # the video so far, before the recorder logs the folder
+                        member.folder.finish()
+                    except Exception as video_error:  # noqa: BLE001 - ending the run matters more
+                        log.warning("no video for %s: %s", member.folder.output_dir, video_error)
                 member.recorder.fail("interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
                                      "KILLED" if interrupted else "FAILED", partial=interrupted)
         raise
@@ -126,15 +135,18 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
 
 def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | BaseException]:
     """The batch through the engine, each member's recorder ended by its outcome."""
-    batch = [BatchJob(m.inputs, jobs[m.position].output_dir, m.recorder.callbacks, m.recorder.on_ready)
-             for m in members]
+    batch = [BatchJob(m.inputs, jobs[m.position].output_dir, [*m.folder.callbacks, *m.recorder.callbacks],
+                      m.recorder.on_ready) for m in members]
     results: list[RunOutcome | BaseException] = execute_batch(batch)
     for index, (member, result) in enumerate(zip(members, results, strict=True)):
+        # the video is on disk before the recorder logs the run's folder
         if isinstance(result, NonFiniteLossError):
+            member.folder.finish(result.last_finite_image, result.evaluation - 1 if result.evaluation else None)
             member.recorder.fail(str(result), final=result.last_finite_image)
         elif isinstance(result, BaseException):
             member.recorder.fail(f"{type(result).__name__}: {result}")
         else:
+            member.folder.finish(result.result.image, result.result.evaluations)
             try:
                 member.recorder.finish(result, member.inputs)
             except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
@@ -147,7 +159,7 @@ def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | B
 
 def say_where(outcome: RunOutcome, address: str | None) -> None:
     """A single run's last lines: its result image and, when recorded, its page in the MLflow UI."""
-    print(f"nst: result {outcome.output_dir / RESULT_PNG}")
+    print(f"nst: result {outcome.result_png}")
     if address:
         print(f"nst: MLflow run {address}  (make ui serves it)")
 
@@ -180,9 +192,8 @@ def final_loss(outcome: Outcome) -> float | None:
 
 
 def report_error(error: BaseException) -> None:
-    """One line on stderr (and in the job's log) naming what was refused."""
-    log.error("%s", error)
-    print(f"nst: error: {error}", file=sys.stderr)
+    """One line on stderr (and in the job's log file, not again on the terminal) naming what was refused."""
+    say(f"nst: error: {error}", log, logging.ERROR, sys.stderr)
 
 
 def run_hydra_job(cfg: DictConfig) -> float | None:

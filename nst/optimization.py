@@ -93,9 +93,9 @@ class OptimizerSettings:
             return self.max_eval
         return max(self.max_iter * 5 // 4, self.max_iter + LINE_SEARCH_ROOM)
 
-    def most_evaluations(self, epochs: int) -> int:
-        """The most evaluations ``epochs`` can take: each L-BFGS step's budget (one per Adam step),
-        and the final evaluation of the kept image."""
+    def planned_evaluations(self, epochs: int) -> int:
+        """The most evaluations ``epochs`` epochs can take (the progress bar's total): every L-BFGS step's
+        budget, or one per Adam step, and the final evaluation at the kept image. L-BFGS often stops early."""
         per_epoch = self.evaluation_budget if self.name == "lbfgs" else self.max_iter
         return epochs * per_epoch + 1
 
@@ -166,7 +166,7 @@ class _Member:
         self.loss: torch.Tensor | None = None
         self.error: BaseException | None = None
 
-    def steps(self, closure: Callable[[], torch.Tensor], bar: tqdm) -> None:
+    def steps(self, closure: Callable[[], torch.Tensor]) -> None:
         """The member's whole optimisation: ``epochs`` L-BFGS steps, or epochs x max_iter Adam steps."""
         for epoch in range(self.epochs):
             self.epoch = epoch
@@ -177,7 +177,6 @@ class _Member:
                 for _ in range(self.settings.max_iter):
                     self.optimizer.step(closure)
                     self.accept()
-            bar.update(1)
         closure()  # the kept image's losses, reported with it: the last record is always the result's
         self.result.image = self.accepted
 
@@ -186,12 +185,12 @@ class _Member:
         with torch.no_grad():
             self.accepted = self.decode(self.variable).detach().clone()
 
-    def run(self, condition: threading.Condition, bar: tqdm) -> None:
+    def run(self, condition: threading.Condition) -> None:
         # One intra-op thread here: the optimiser's vector updates are small, and a second
         # OpenMP team competing with the coordinator's cost 20 % per evaluation on 2 cores.
         torch.set_num_threads(1)
         try:
-            self.steps(lambda: self._closure(condition), bar)
+            self.steps(lambda: self._closure(condition))
         except _Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - reported by the coordinator
@@ -230,11 +229,13 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
     members = [_Member(i, init, s, e, cbs, preprocess) for i, (init, s, e, cbs) in enumerate(
         zip(inits, settings, epochs, callbacks or [()] * len(inits), strict=True))]
     start = time.perf_counter()
-    bar = tqdm(total=sum(epochs), desc="nst", unit="epoch", disable=not progress, dynamic_ncols=True)
+    # one bar over every member's evaluations: its total is their planned budget (L-BFGS may stop early)
+    bar = tqdm(total=sum(s.planned_evaluations(e) for s, e in zip(settings, epochs, strict=True)), desc="nst",
+               unit="eval", disable=not progress, dynamic_ncols=True)
     if len(members) == 1:
         return [_optimize_alone(loss_fn, members[0], start, bar)]
     condition = threading.Condition()
-    threads = [threading.Thread(target=m.run, args=(condition, bar), name=f"nst-member-{m.index}",
+    threads = [threading.Thread(target=m.run, args=(condition,), name=f"nst-member-{m.index}",
                                 daemon=True) for m in members]
     for thread in threads:
         thread.start()
@@ -245,13 +246,11 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
                 waiting = [m for m in members if m.state == "waiting"]
             if not waiting:
                 break
-            _evaluate(loss_fn, waiting, start)
+            _evaluate(loss_fn, waiting, start, bar)
             with condition:
                 for m in waiting:
                     m.state = "running"
                 condition.notify_all()
-            bar.set_postfix(loss=f"{min(m.result.final.get('total', math.inf) for m in waiting):.4g}",
-                            evals=max(m.result.evaluations for m in waiting), refresh=False)
     finally:
         with condition:  # normally all done; after an exception here, unwind every member
             for m in members:
@@ -259,7 +258,7 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
             condition.notify_all()
         for thread in threads:
             thread.join()
-        bar.close()
+        _close(bar)
     elapsed = time.perf_counter() - start
     outcomes: list[OptimizationResult | BaseException] = []
     for m in members:
@@ -272,24 +271,30 @@ def _optimize_alone(loss_fn, member: _Member, start: float, bar: tqdm) -> Optimi
     """A batch of one: the same member and evaluation code, with the closure evaluating directly."""
     def closure() -> torch.Tensor:
         member.optimizer.zero_grad(set_to_none=True)
-        _evaluate(loss_fn, [member], start)
+        _evaluate(loss_fn, [member], start, bar)
         if member.error is not None:
             raise member.error
-        bar.set_postfix(loss=f"{member.result.final['total']:.4g}", evals=member.result.evaluations,
-                        refresh=False)
         return member.loss
 
     try:
-        member.steps(closure, bar)
+        member.steps(closure)
     except Exception as exc:  # noqa: BLE001 - returned like a batch member's error
         return exc
     finally:
-        bar.close()
+        _close(bar)
     member.result.elapsed_s = time.perf_counter() - start
     return member.result
 
 
-def _evaluate(loss_fn, waiting: list[_Member], start: float) -> None:
+def _close(bar: tqdm) -> None:
+    """An optimisation that took fewer evaluations than planned ends its bar full, not at 40 %."""
+    if not bar.disable and bar.n < bar.total:
+        bar.total = bar.n
+        bar.refresh()
+    bar.close()
+
+
+def _evaluate(loss_fn, waiting: list[_Member], start: float, bar: tqdm | None = None) -> None:
     """One batched forward and backward for the waiting members; records, callbacks, gradients."""
     images = [m.decode(m.variable) for m in waiting]
     terms = loss_fn(torch.cat(images), [m.index for m in waiting])
@@ -313,6 +318,12 @@ def _evaluate(loss_fn, waiting: list[_Member], start: float) -> None:
         m.loss = terms.total[row].detach().clone()
         for callback in m.callbacks:
             callback(record, m.accepted)
+    if bar is not None:
+        bar.update(len(waiting))
+        # content and style of the evaluation just made (in a batch, of the member with the lowest loss)
+        best = min((m.result.final for m in waiting if m.result.history), key=lambda r: r["total"], default=None)
+        if best is not None:
+            bar.set_postfix(content=f"{best['content']:.4g}", style=f"{best['style']:.4g}", refresh=False)
 
 
 def optimize(loss_fn: Callable[[torch.Tensor], LossTerms], init: torch.Tensor,

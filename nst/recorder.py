@@ -30,8 +30,9 @@ from PIL import Image
 from nst import labels, ownership, store
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.images import load_image, pil_to_tensor, save_png, tensor_to_pil
-from nst.pictures import loss_curve, triptych, write_video
-from nst.run import LOSSES_CSV, PARTIAL_PNG, RECORD_JSON, RESULT_PNG, Inputs, RunOutcome
+from nst.messages import say
+from nst.pictures import loss_curve, triptych
+from nst.run import LOSSES_CSV, PARTIAL_PNG, RECORD_JSON, RESULT_PNG, Inputs, RunOutcome, result_png
 from nst.spec import TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class StepGrid:
     terminal: int
 
     @classmethod
-    def planned(cls, every: int, most_evaluations: int) -> StepGrid:
-        return cls(every, every * math.ceil(most_evaluations / every))
+    def planned(cls, every: int, evaluations: int) -> StepGrid:
+        return cls(every, every * math.ceil(evaluations / every))
 
     def steps(self, evaluation: int) -> list[int]:
         """The steps that show ``evaluation``'s image: 0 for the starting image, a multiple of ``every``."""
@@ -115,13 +116,11 @@ class RunRecorder:
     and run.json in the run's folder.
     """
 
-    def __init__(self, client, run_id: str, output_dir: Path, grid: StepGrid, video: bool = True):
+    def __init__(self, client, run_id: str, output_dir: Path, grid: StepGrid):
         self.client, self.run_id, self.output_dir = client, run_id, Path(output_dir)
         self.grid = grid
-        self.video = video
         self.pending: list = []
         self.writer: Writer | None = None
-        self.frames: list[Image.Image] = []
         self.last_image: torch.Tensor | None = None
         self.last_step: int | None = None  # the last step of the slider that has an image
         self.ended = False
@@ -139,7 +138,6 @@ class RunRecorder:
         steps = self.grid.steps(int(record["evaluation"]))
         if steps:
             picture = tensor_to_pil(image)
-            self.frames.append(picture)
             batch, self.pending = self.pending, []
             self.last_step = steps[-1]
             self.write(lambda: self.log_step_picture(picture, steps))
@@ -191,26 +189,14 @@ class RunRecorder:
     def log_picture(self, picture: Image.Image, name: str) -> None:
         self.client.log_image(self.run_id, picture, artifact_file=name)
 
-    def last_frame(self, final: torch.Tensor | None) -> Image.Image | None:
-        """The final image, as the video's last frame and the slider's last steps."""
-        if final is None:
-            return None
-        picture = tensor_to_pil(final)
-        self.frames.append(picture)
-        return picture
-
-    def save_video(self) -> None:
-        """The optimisation as a video in the run's folder (on disk before the store is written at the end)."""
-        if self.video and len(self.frames) >= 2:
-            write_video(self.frames, self.output_dir / "optimisation")
-
     def keep_outputs(self, last: Image.Image | None, steps: list[int]) -> None:
-        """The last image at the slider's remaining ``steps``, and the run's folder (its video included)."""
+        """The last image at the slider's remaining ``steps``, and the run's folder (its video, written by
+        ``nst.outputs``, included)."""
         if last is not None:
             self.log_step_picture(last, steps)
         for path in sorted(self.output_dir.iterdir()):
             if path.name != ".hydra":
-                self.log_file(path)
+                self.log_file(path, path.name if path.is_dir() else None)
         self.log_file(self.output_dir / ".hydra", ".hydra")
 
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
@@ -230,8 +216,7 @@ class RunRecorder:
         store still refuses."""
         result = outcome.result
         overview = triptych(inputs.content, inputs.style, result.image)
-        last = self.last_frame(result.image)
-        self.save_video()
+        last = tensor_to_pil(result.image)
         try:
             self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last),
                           "FINISHED")
@@ -253,9 +238,7 @@ class RunRecorder:
             save_png(self.last_image, self.output_dir / PARTIAL_PNG)
             final = self.last_image
         keep = final is not None or partial
-        last = self.last_frame(final) if keep else None
-        if keep:
-            self.save_video()
+        last = tensor_to_pil(final) if final is not None else None
 
         def record() -> None:
             self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
@@ -304,7 +287,7 @@ class Recording:
         A sweep's child is named by its swept values (``β=1e4 · α/β=1e-4``) and has them as ``sweep.*``
         params. From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
         """
-        grid = StepGrid.planned(tracking.log_every, inputs.spec.member.most_evaluations if inputs else 1)
+        grid = StepGrid.planned(tracking.log_every, inputs.spec.member.planned_evaluations if inputs else 1)
         tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
                 store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), TAG_IMAGE_STEPS: grid.tag(), **extra}
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
@@ -313,7 +296,7 @@ class Recording:
             tags.update({store.PARENT_TAG: parent.info.run_id, store.TAG_SWEEP: job.sweep_id or ""})
         run_name = labels.label(list(swept), job.config, job.tags) if swept else _override_name(tags)
         run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
-        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid, tracking.video)
+        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid)
         recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
         try:
             store.keep_alive(self.client, recorder.run_id)
@@ -338,8 +321,7 @@ class Recording:
         existing = store.find_finished(self.client, self.experiment_id, config_hash)
         if not existing:
             return False
-        log.info("skipping: the same config already FINISHED as MLflow run %s", existing)
-        print(f"nst: skipped, identical config already FINISHED as run {existing}")
+        say(f"nst: skipped, identical config already FINISHED as run {existing}", log)
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
         if parent is not None and store.TAG_JOB in job.tags:
             self.client.set_tag(parent.info.run_id, store.TAG_REUSED + job.tags[store.TAG_JOB], existing)
@@ -441,14 +423,14 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
             client.delete_tag(run_id, store.TAG_FAILURE)
     grid = StepGrid.of(run.data.tags) if run is not None else None
     grid = grid or StepGrid.planned(tracking.log_every, max(1, len(history)))
-    recorder = RunRecorder(client, run_id, folder, grid, tracking.video)
+    recorder = RunRecorder(client, run_id, folder, grid)
     recorder.last_step = _last_step(client, run_id)
     logged = {metric.step for metric in client.get_metric_history(run_id, "total")}
     now = int(time.time() * 1000)
     recorder.pending = [m for row in history if int(row["evaluation"]) not in logged for m in metrics(row, now)]
     client.set_tag(run_id, "nst.relogged", ownership.now_iso())
-    if record.get("status") == "FINISHED" and (folder / RESULT_PNG).is_file():
-        image = pil_to_tensor(load_image(folder / RESULT_PNG, "result"))
+    if record.get("status") == "FINISHED" and result_png(folder, record).is_file():
+        image = pil_to_tensor(load_image(result_png(folder, record), "result"))
         overview = _overview(client, run_id, image)
         recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview),
                           "FINISHED")

@@ -100,6 +100,16 @@ class RunOutcome:
     backbone: Backbone
     record: dict = field(default_factory=dict)
 
+    @property
+    def result_png(self) -> Path:
+        """The result image as written (config ``output``, ``result.png`` by default)."""
+        return result_png(self.output_dir, self.record)
+
+
+def result_png(folder: Path, record: dict) -> Path:
+    """Where a run's result image is, from its folder and its run.json record (``output`` names it)."""
+    return Path(folder) / record.get("result", RESULT_PNG)
+
 
 def prepare(spec: RunSpec) -> Inputs:
     """Check layers, files, sizes and memory, and load the images; raises ``NSTError`` before any heavy work."""
@@ -299,12 +309,14 @@ def _write_outcome(job: BatchJob, record: dict, backbone: Backbone,
         return outcome
     if isinstance(outcome, BaseException):
         raise outcome
-    save_png(outcome.image, job.output_dir / RESULT_PNG)
+    result = job.output_dir / job.inputs.spec.member.output
+    result.parent.mkdir(parents=True, exist_ok=True)
+    save_png(outcome.image, result)
     pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
-    record.update(status="FINISHED", evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
+    record.update(status="FINISHED", result=job.inputs.spec.member.output, evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
                   final_losses={k: v for k, v in outcome.final.items() if k not in ("evaluation", "epoch")})
     _write_record(job.output_dir, record)
-    log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", job.output_dir / RESULT_PNG,
+    log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", result,
              outcome.evaluations, outcome.elapsed_s, outcome.final.get("total", float("nan")))
     return RunOutcome(job.output_dir, outcome, backbone, record)
 

@@ -24,7 +24,8 @@ from nst.optimization import OptimizerSettings
 # Config keys members of one batch may differ in; everything else must be equal. These are
 # exactly the config keys that ``MemberSpec`` is built from.
 MEMBER_KEYS = ("loss.content_weight", "loss.style_weight", "loss.tv_weight", "loss.content_layer_weights",
-               "loss.style_layer_weights", "optimizer", "epochs", "init", "seed", "progress")
+               "loss.style_layer_weights", "optimizer", "epochs", "init", "seed", "progress",
+               "print_every", "save_every", "output")
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,14 @@ class MemberSpec:
     init: str
     seed: int
     progress: bool
+    print_every: int = 0  # a line of per-layer losses every N evaluations; 0: none
+    save_every: int = 0  # progress/<evaluation>.png in the run's folder every N evaluations; 0: none
+    output: str = "result.png"  # the result image: a file name in the run's folder (or a path from it)
 
     @property
-    def most_evaluations(self) -> int:
+    def planned_evaluations(self) -> int:
         """The most evaluations the member's schedule can take, over all its scales."""
-        return sum(self.optimizer.most_evaluations(epochs) for epochs in self.scale_epochs)
+        return sum(self.optimizer.planned_evaluations(epochs) for epochs in self.scale_epochs)
 
 
 @dataclass(frozen=True)

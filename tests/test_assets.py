@@ -58,9 +58,21 @@ def test_wrong_bytes_in_assets_dir_are_refused(tmp_path, monkeypatch):
         resolve_image("wave")
 
 
+def test_names_resolve_offline_from_the_checkouts_shared_assets(monkeypatch, assets_dir):
+    """A fresh checkout beside ../shared/assets (SOURCES.md in it) needs no NST_ASSETS_DIR, as the
+    README's first command runs it (the Makefile sets the variable, .venv/bin/nst does not)."""
+    monkeypatch.delenv("NST_ASSETS_DIR")
+    assert assets.SHARED_ASSETS.resolve() == assets_dir.resolve()  # tests run from such a checkout
+    assert assets.assets_dir() == assets.SHARED_ASSETS
+    assert resolve_image("tubingen") == assets.SHARED_ASSETS / "tubingen.jpg"  # offline: no download
+    monkeypatch.setattr(assets, "SHARED_ASSETS", assets_dir / "elsewhere")  # no SOURCES.md there
+    assert assets.assets_dir() != assets_dir / "elsewhere"
+
+
 def test_first_use_downloads_into_the_cache_and_verifies(tmp_path, monkeypatch, assets_dir):
     """The real download path, fed from a file:// address (no network here)."""
     monkeypatch.delenv("NST_ASSETS_DIR")
+    monkeypatch.setattr(assets, "SHARED_ASSETS", tmp_path / "no-shared-folder")
     monkeypatch.delenv("NST_OFFLINE")
     monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "cache"))
     source = ASSETS["mona_lisa"]

@@ -1,6 +1,8 @@
 """The `nst` command end to end, in a subprocess, with the random backbone and tiny images."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,38 @@ def test_help_lists_config_groups(tmp_path):
     for group in ("model:", "optimizer:", "loss:", "image:", "experiment:"):
         assert group in done.stdout
     assert "seed_presentation" in done.stdout and "vgg16_hed" in done.stdout
+
+
+def test_help_says_what_nst_is_with_sweeps_experiments_launchers_and_samples(tmp_path):
+    done = subprocess.run([*NST, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "powered by Hydra" not in text and text.startswith("nst: neural style transfer")
+    assert "nst content=tubingen style=starry_night" in text  # examples
+    sections = dict(re.findall(r"^== ([A-Z][a-z ]+?) [=(][^\n]*\n(.*?)\n\n", text, re.S | re.M))
+    for title, names in (("Sweeps", ["ratio", "style_layers", "controls"]),
+                         ("Experiments", ["seed_presentation", "quick", "masks"]),
+                         ("Launchers", ["basic", "joblib", "batched", "ray", "slurm"]),
+                         ("Sample images", ["tubingen", "starry_night", "composition_vii", "wave"])):
+        listed = [line.split()[0] for line in sections[title].splitlines()]
+        assert set(names) <= set(listed), (title, listed)
+    assert "Gatys et al. Fig. 3" in sections["Sweeps"]  # each with its description
+
+
+def test_shell_completion_offers_sample_names(tmp_path):
+    from nst.cli import complete_samples
+
+    assert complete_samples("content=tu") == ["content=tubingen"]
+    assert complete_samples("nst content=tubingen style=s") == ["style=starry_night", "style=shipwreck"]
+    assert complete_samples("style=[starry_night,the_") == ["style=[starry_night,the_scream"]
+    assert complete_samples("model=ran") == [] and complete_samples("content=tubingen ") == []
+    # through Hydra's own completion, as `eval "$(nst --shell-completion install=bash)"` calls it
+    env = {**os.environ, "COMP_LINE": "nst content=tu", "COMP_POINT": "14"}
+    done = subprocess.run([*NST, "--shell-completion", "query=bash"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["content=tubingen"]
+    env["COMP_LINE"] = "nst mod"
+    done = subprocess.run([*NST, "--shell-completion", "query=bash"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert "model=" in done.stdout.split()  # Hydra's completion of keys and groups still works

@@ -10,10 +10,10 @@ from nst.optimization import OptimizerSettings
 from nst.recorder import PROGRESS, TAG_IMAGE_STEPS, StepGrid, align_steps
 
 
-def test_the_grid_ends_at_the_schedules_most_evaluations_rounded_up():
+def test_the_grid_ends_at_the_schedules_planned_evaluations_rounded_up():
     # 20 epochs of L-BFGS max_iter 20: 25 evaluations each at most, and the final one
-    assert OptimizerSettings("lbfgs", max_iter=20).most_evaluations(20) == 501
-    assert OptimizerSettings("adam", max_iter=5).most_evaluations(3) == 16
+    assert OptimizerSettings("lbfgs", max_iter=20).planned_evaluations(20) == 501
+    assert OptimizerSettings("adam", max_iter=5).planned_evaluations(3) == 16
     assert StepGrid.planned(10, 501) == StepGrid(10, 510)
     assert StepGrid.planned(10, 500) == StepGrid(10, 500)
 

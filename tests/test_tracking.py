@@ -177,6 +177,7 @@ def test_rerun_skips_finished_jobs(sweep, nst):
     done = nst(out, "-m", *TINY, "loss.style_weight=1,100,1e4")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("skipped, identical config already FINISHED") == 3
+    assert (done.stdout + done.stderr).count("already FINISHED") == 3  # once each, not logged again on the console
     client = client_for(out)
     assert len(runs(client, "run", "FINISHED")) == 3
     # the new parent still reports all three jobs, reused from the first sweep
