@@ -152,16 +152,18 @@ def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | B
             except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
                 results[index] = exc
                 continue
-            if jobs[member.position].sweep_id is None:  # a sweep says where its report is when it ends
-                say_where(result, member.recorder.address)
+            # a sweep says where its report is when it ends, a single run where its page is
+            say_where(result, None if jobs[member.position].sweep_id else member.recorder.address)
     return results
 
 
 def say_where(outcome: RunOutcome, address: str | None) -> None:
-    """A single run's last lines: its result image and, when recorded, its page in the MLflow UI."""
-    print(f"nst: result {outcome.result_png}")
+    """A run's last lines: its result image with its numbers and, when given, its page in the MLflow UI."""
+    result = outcome.result
+    say(f"nst: result {outcome.result_png} ({result.evaluations} evaluations, {result.elapsed_s:.1f} s, "
+        f"final loss {result.final.get('total', float('nan')):.4g})", log)
     if address:
-        print(f"nst: MLflow run {address}  (make ui serves it)")
+        say(f"nst: MLflow run {address}  (make ui serves it)", log)
 
 
 def relog(folder: Path) -> tuple[str, bool]:

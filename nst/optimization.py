@@ -42,8 +42,8 @@ SPACES = ("input", "pixel")
 # evaluations an L-BFGS step keeps for its line search beyond one per iteration (see evaluation_budget)
 LINE_SEARCH_ROOM = 5
 
-# Called after every function evaluation with the evaluation's record and the optimiser's latest
-# accepted image (never a line-search trial: see ``_Member``).
+# Called after every function evaluation with the evaluation's record and the best image evaluated so
+# far (the lowest total loss: never a line-search trial worse than it; see ``_Member``).
 EvaluationCallback = Callable[[dict, torch.Tensor], None]
 
 
@@ -143,9 +143,14 @@ class _Member:
     at 1.6e11 after an accepted 2.3e7, vgg16_hed 64 px). So the member's image is
     ``accepted``, the variable as each ``optimizer.step`` leaves it, and the run
     ends with one more evaluation there, so that the last record holds the losses
-    of the saved image and the callbacks see that image with them. (Its last
-    evaluation is often at that point already, but the callbacks then still had
-    the previous step's image; one evaluation in a few hundred buys the rule.)
+    of the saved image. (Its last evaluation is often at that point already; one
+    evaluation in a few hundred buys the rule.)
+
+    The callbacks see ``best``, the lowest-loss image evaluated so far, not
+    ``accepted``: one L-BFGS step is a whole epoch of up to ``max_iter`` iterations,
+    so ``accepted`` lagged an epoch behind (measured: progress/0010.png and 0020.png
+    were both the starting image, while the losses printed at evaluations 10 and 20
+    were 0.735 and 0.455), and a trial the line search rejects is never the best.
     """
 
     def __init__(self, index: int, init: torch.Tensor, settings: OptimizerSettings, epochs: int,
@@ -159,6 +164,7 @@ class _Member:
             self.variable = self.encode(init.detach()).clone().requires_grad_(True)
         self.optimizer = settings.build([self.variable])
         self.accepted = init.detach().clone()  # the optimiser's latest accepted iterate, RGB
+        self.best, self.best_total = self.accepted, math.inf  # the lowest-loss image evaluated so far, RGB
         self.result = OptimizationResult(image=self.accepted)
         self.epoch = 0
         self.state = "running"  # running | waiting (for an evaluation) | done
@@ -316,8 +322,10 @@ def _evaluate(loss_fn, waiting: list[_Member], start: float, bar: tqdm | None = 
                   "elapsed_s": time.perf_counter() - start}
         m.result.history.append(record)
         m.loss = terms.total[row].detach().clone()
+        if m.callbacks and record["total"] <= m.best_total:
+            m.best, m.best_total = images[row].detach().clone(), record["total"]
         for callback in m.callbacks:
-            callback(record, m.accepted)
+            callback(record, m.best)
     if bar is not None:
         bar.update(len(waiting))
         # content and style of the evaluation just made (in a batch, of the member with the lowest loss)

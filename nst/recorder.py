@@ -294,7 +294,7 @@ class Recording:
         swept = store.swept(parent) if parent is not None else {}
         if parent is not None:
             tags.update({store.PARENT_TAG: parent.info.run_id, store.TAG_SWEEP: job.sweep_id or ""})
-        run_name = labels.label(list(swept), job.config, job.tags) if swept else _override_name(tags)
+        run_name = labels.label(list(swept), job.config, job.tags) if swept else _single_name(tags, job.config)
         run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
         recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid)
         recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
@@ -470,10 +470,16 @@ def _folder_run(client, experiment_id: str, folder: Path):
     return found[0] if found else None
 
 
-def _override_name(tags: dict[str, str]) -> str:
-    """A single run's name: its overrides, less the images (shown in their own columns)."""
+def _single_name(tags: dict[str, str], config: Mapping[str, Any]) -> str:
+    """A single run's name: its images, then its other overrides (``tubingen + starry_night · epochs=3``)."""
+    def image(value) -> str:
+        names = value if isinstance(value, list) else [value]
+        return ",".join(Path(str(name)).stem for name in names)
+
     overrides = json.loads(tags.get(store.TAG_OVERRIDES, "[]"))
-    return " ".join(o for o in overrides if not o.startswith(("content=", "style="))) or "run"
+    rest = " ".join(o for o in overrides if not o.startswith(("content=", "style=")))
+    return labels.SEPARATOR.join(part for part in (f"{image(config.get('content'))} + {image(config.get('style'))}",
+                                                   rest) if part)
 
 
 class NullRecorder:

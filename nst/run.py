@@ -316,8 +316,7 @@ def _write_outcome(job: BatchJob, record: dict, backbone: Backbone,
     record.update(status="FINISHED", result=job.inputs.spec.member.output, evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
                   final_losses={k: v for k, v in outcome.final.items() if k not in ("evaluation", "epoch")})
     _write_record(job.output_dir, record)
-    log.info("wrote %s (%d evaluations, %.1f s, final loss %.4g)", result,
-             outcome.evaluations, outcome.elapsed_s, outcome.final.get("total", float("nan")))
+    log.debug("wrote %s", result)  # the job driver says where the result is, once
     return RunOutcome(job.output_dir, outcome, backbone, record)
 
 

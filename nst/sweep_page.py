@@ -214,14 +214,14 @@ def _inputs(shared: JobImages | None) -> str:
 
 
 def frames_data(rows: Sequence[Mapping], images: Mapping[int, JobImages], steps: Sequence[int] | None = None) -> dict:
-    """The slider's data: its steps, each distinct frame once, and per job a frame index (or None) per
+    """The slider's data: its steps, each distinct frame once (by content), and per job a frame index (or None) per
     step (``jobs``) and the step that frame was logged at (``at``)."""
     if steps is None:
         steps = positions([step for row in rows for step in images.get(int(row["job"]), JobImages()).progress],
                           most_positions(len(rows)))
     steps = sorted(steps)
     uris: list[str] = []
-    index: dict[tuple[int, int], int] = {}
+    index: dict[bytes, int] = {}  # by content: a run that stopped early repeats its result at every later step
     jobs, at = {}, {}
     for row in rows:
         job = int(row["job"])
@@ -230,10 +230,10 @@ def frames_data(rows: Sequence[Mapping], images: Mapping[int, JobImages], steps:
         for position in steps:
             step = frame_at(list(progress), position)
             shown.append(step)
-            if step is not None and (job, step) not in index:
-                index[(job, step)] = len(uris)
+            if step is not None and progress[step] not in index:
+                index[progress[step]] = len(uris)
                 uris.append(data_uri(progress[step]))
-            frames.append(None if step is None else index[(job, step)])
+            frames.append(None if step is None else index[progress[step]])
         jobs[str(job)], at[str(job)] = frames, shown
     return {"steps": steps, "images": uris, "jobs": jobs, "at": at}
 

@@ -152,3 +152,22 @@ def test_one_iteration_per_epoch_moves_and_never_gets_worse(line_search):
     assert result.final["total"] < 0.9 * result.history[0]["total"]
     assert all(b <= a * (1 + 1e-9) for a, b in zip(accepted, accepted[1:], strict=False)), accepted
     assert float(loss_fn(result.image).total[0]) == pytest.approx(result.final["total"], rel=1e-6)
+
+
+def test_callbacks_see_the_best_image_so_far_within_an_epoch():
+    """One L-BFGS epoch of 10 iterations: the image a callback gets moves with the evaluations (it was the
+    epoch's starting image until the epoch ended) and is the lowest-loss image evaluated so far."""
+    target = smooth_image(8, 8, 3)
+    seen, shown = [], []
+    settings = OptimizerSettings("lbfgs", lr=1e3, max_iter=10, space="pixel")
+    optimize(_quadratic(target, seen), torch.zeros_like(target), settings, epochs=1, progress=False,
+             callbacks=[lambda record, image: shown.append((record["total"], image.clone()))])
+    assert len(shown) > 5
+    start = torch.zeros_like(target)
+    assert not torch.equal(shown[len(shown) // 2][1], start)  # mid-epoch, no longer the starting image
+    best = float("inf")
+    for (_total, image), (evaluated, loss) in zip(shown, seen, strict=True):
+        if loss <= best:
+            best, expected = loss, evaluated
+        assert torch.equal(image, expected)  # the best evaluated so far, never a worse trial
+        assert float(_quadratic(target, [])(image).total[0]) == pytest.approx(best, rel=1e-6)

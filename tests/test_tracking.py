@@ -256,12 +256,16 @@ def test_single_run_is_tracked_without_parent(tmp_path, nst):
     assert first.info.status == second.info.status == "FINISHED"
     run = first
     assert "mlflow.parentRunId" not in run.data.tags
+    assert run.info.run_name.startswith("tubingen + starry_night · model=random image.size=32")  # images first
     # the store's paths are absolute, under the output root, whatever the working directory
     assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
     # the last lines say where the result is and where the MLflow UI (make ui) shows the run
     latest = first  # newest first: the run of the last command, `done`
     lines = done.stdout.strip().splitlines()[-2:]
-    assert lines[0] == f"nst: result {latest.data.tags['nst.output_dir']}/result.png"
+    result = f"{latest.data.tags['nst.output_dir']}/result.png"
+    evaluations = int(latest.data.metrics["evaluations"])
+    assert lines[0].startswith(f"nst: result {result} ({evaluations} evaluations, ")
+    assert (done.stdout + done.stderr).count(result) == 1  # said once (the engine's own line is a debug one)
     assert lines[1] == (f"nst: MLflow run http://127.0.0.1:5000/#/experiments/{latest.info.experiment_id}/runs/"
                         f"{latest.info.run_id}?workflowType=machine_learning  (make ui serves it)")
 
