@@ -47,17 +47,18 @@ TITLE = 36  # px above the grid for its title line
 GAP = 6
 
 
-def tile(picture: Image.Image | None, caption: str, size: int = TILE) -> Image.Image:
-    """A square tile of ``size`` px: the picture fitted in, the caption below it."""
-    canvas = Image.new("RGB", (size, size + CAPTION), "white")
+def tile(picture: Image.Image | None, caption: str, box: tuple[int, int] = (TILE, TILE)) -> Image.Image:
+    """A tile: the picture fitted in a ``box`` (width, height) px, the caption below it."""
+    width, height = box
+    canvas = Image.new("RGB", (width, height + CAPTION), "white")
     if picture is not None:
-        scale = size / max(picture.size)
+        scale = min(width / picture.width, height / picture.height)
         fitted = picture if scale == 1 else picture.resize(
             (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.LANCZOS)
-        canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+        canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
     else:
-        ImageDraw.Draw(canvas).text((size // 2, size // 2), "no image", fill="grey", anchor="mm", font=_font(14))
-    _centred(canvas, caption, size + CAPTION // 2, 14)
+        ImageDraw.Draw(canvas).text((width // 2, height // 2), "no image", fill="grey", anchor="mm", font=_font(14))
+    _centred(canvas, caption, height + CAPTION // 2, 14)
     return canvas
 
 
@@ -74,7 +75,7 @@ def comparison_grid(content: Image.Image | None, style: Image.Image | None,
                     tiles: list[tuple[str, Image.Image | None]],
                     rows: list[str] | None = None, columns: list[str] | None = None,
                     cell: dict[tuple[str, str], int] | None = None,
-                    size: int = TILE, title: str | None = None) -> Image.Image:
+                    box: tuple[int, int] = (TILE, TILE), title: str | None = None) -> Image.Image:
     """Content, style, then one labelled tile per job (Figure 5), under a title line.
 
     With ``rows``/``columns``/``cell`` (two swept parameters) the jobs form a 2-D
@@ -82,11 +83,11 @@ def comparison_grid(content: Image.Image | None, style: Image.Image | None,
     """
     if rows and columns and cell:
         grid = [[None] * (len(columns) + 1) for _ in range(max(2, len(rows)))]
-        grid[0][0], grid[1][0] = tile(content, "content", size), tile(style, "style", size)
+        grid[0][0], grid[1][0] = tile(content, "content", box), tile(style, "style", box)
         for (r, c), index in cell.items():
-            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0], size)
+            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0], box)
     else:
-        flat = [tile(content, "content", size), tile(style, "style", size)] + [tile(p, t, size) for t, p in tiles]
+        flat = [tile(content, "content", box), tile(style, "style", box)] + [tile(p, t, box) for t, p in tiles]
         width = min(4, len(flat))
         grid = [flat[i:i + width] for i in range(0, len(flat), width)]
     return layout(grid, title)

@@ -90,7 +90,8 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
         metrics = run.data.metrics
         row = {"job": job, "run_id": run.info.run_id, "status": run.info.status,
                "reused": run.data.tags.get(store.PARENT_TAG) != parent_id}
-        row.update({k: overrides.get(k) for k in keys})
+        row.update({k: None if overrides.get(k) is None else labels.short(overrides[k])  # 1e4, not 10000.0
+                    for k in keys})
         row.update({"label": label(run, keys),
                     "final_total": metrics.get("total"), "final_content": metrics.get("content"),
                     "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
@@ -156,15 +157,15 @@ def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
             result = _download(client, row["run_id"], "last_finite.png", folder)
         tiles.append((f"{row['label']}" + ("" if row["status"] == "FINISHED" else f" [{row['status']}]"),
                       result))
-    size = tile_size([result for _, result in tiles])
+    box = tile_box([result for _, result in tiles])
     heading = table.attrs.get("title")
     if any(k.split(".")[-1].lstrip("+") in ("content", "style", "pair") for k in keys):
         # the inputs change from job to job: one row per job, content | style | result (Figures 6-9)
         rows = []
         for (_, row), (caption, result) in zip(table.iterrows(), tiles, strict=True):
             folder = scratch / str(row["run_id"])
-            rows.append([tile(_download(client, row["run_id"], f"inputs/{name}.png", folder), name, size)
-                         for name in ("content", "style")] + [tile(result, caption, size)])
+            rows.append([tile(_download(client, row["run_id"], f"inputs/{name}.png", folder), name, box)
+                         for name in ("content", "style")] + [tile(result, caption, box)])
         return layout(rows, heading)
     first = table.iloc[0]["run_id"] if len(table) else None
     content = _download(client, first, "inputs/content.png", scratch / "inputs") if first else None
@@ -174,17 +175,21 @@ def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
         columns = _sorted_unique(table[keys[1]])
         cell = {(str(r), str(c)): i for i, (r, c) in enumerate(zip(table[keys[0]], table[keys[1]], strict=True))}
         return comparison_grid(content, style, tiles, [str(r) for r in rows], [str(c) for c in columns], cell,
-                               size, heading)
-    return comparison_grid(content, style, tiles, size=size, title=heading)
+                               box, heading)
+    return comparison_grid(content, style, tiles, box=box, title=heading)
 
 
-def tile_size(results: list[Image.Image | None]) -> int:
-    """Tiles at the results' own resolution when the sweep is small (a 256 px result was cut to 192), else
-    ``TILE``; never below ``TILE``, so that labels fit."""
-    sides = [max(result.size) for result in results if result is not None]
-    if len(results) > SMALL_SWEEP or not sides:
-        return TILE
-    return max(TILE, min(max(sides), LARGEST_TILE))
+def tile_box(results: list[Image.Image | None]) -> tuple[int, int]:
+    """The tiles' (width, height): the results' own resolution when the sweep is small (a 256 px result
+    was cut to 192), else ``TILE``, never below it, so that labels fit; as high as the results' shape
+    needs (square tiles left 32 px of white above and below a 4:3 result)."""
+    shown = [result for result in results if result is not None]
+    if len(results) > SMALL_SWEEP or not shown:
+        side = TILE
+    else:
+        side = max(TILE, min(max(max(result.size) for result in shown), LARGEST_TILE))
+    tallest = max((result.height / result.width for result in shown), default=1.0)
+    return side, min(side, max(1, round(side * tallest)))
 
 
 def _sorted_unique(values) -> list:

@@ -109,7 +109,8 @@ def test_page_shows_every_job_large_in_table_order_with_its_label_and_status():
 
 def test_slider_has_a_frame_per_run_and_position_and_a_run_that_stopped_keeps_its_last():
     rows = [row(0, "1"), row(1, "100")]
-    images = {0: sweep_page.JobImages(result=png(), progress={0: png(colour=(1, 2, 3)), 10: png(), 20: png()}),
+    images = {0: sweep_page.JobImages(result=png(), progress={0: png(colour=(1, 2, 3)), 10: png(),
+                                                              20: png(colour=(7, 7, 7))}),
               1: sweep_page.JobImages(result=png(), progress={0: png(), 10: png(colour=(9, 9, 9))})}  # stopped
     page = Page(sweep_page.render(rows, ["loss.style_weight"], images, "t"))
     frames = page.frames
@@ -119,6 +120,8 @@ def test_slider_has_a_frame_per_run_and_position_and_a_run_that_stopped_keeps_it
         assert len(frames["jobs"][job]) == 3 and None not in frames["jobs"][job]
     assert frames["at"]["1"] == [0, 10, 10] and frames["jobs"]["1"][2] == frames["jobs"]["1"][1]
     assert len(set(frames["jobs"]["0"])) == 3
+    # an identical frame is embedded once (a run that stopped early repeats its result at every later step)
+    assert frames["jobs"]["1"][0] == frames["jobs"]["0"][1] and len(frames["images"]) == 4
     assert all(uri.startswith("data:image/") for uri in frames["images"])
     assert_self_contained(page)
 

@@ -164,8 +164,9 @@ def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
     assert {"sweep/grid.png", "sweep/summary.csv", "sweep/summary.json",
             "sweep/losses_vs_loss_style_weight.png"} <= set(paths)
     grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
-    # a title line, then content, style and 3 tiles: 4 per row -> 2 rows
-    assert grid.size == (4 * (pictures.TILE + 6) + 6, pictures.TITLE + 2 * (pictures.TILE + 28 + 6) + 6)
+    # a title line, then content, style and 3 tiles: 4 per row -> 2 rows, tiles as high as the 4:3 results
+    height = pictures.TILE * 3 // 4
+    assert grid.size == (4 * (pictures.TILE + 6) + 6, pictures.TITLE + 2 * (height + 28 + 6) + 6)
     table = list(csv.DictReader(open(client.download_artifacts(parent, "sweep/summary.csv", str(tmp_path)))))
     assert [row["label"] for row in table] == ["β=1 · α/β=1", "β=100 · α/β=0.01", "β=1e4 · α/β=1e-4"]
     assert all(row["status"] == "FINISHED" and float(row["final_style"]) > 0 for row in table)
@@ -212,6 +213,7 @@ def test_report_rebuilds_grid_from_mlflow_alone(sweep, tmp_path):
     assert (tmp_path / "rebuilt" / "losses_vs_loss_style_weight.png").is_file()
 
 
+@pytest.mark.slow  # 14-21 s: make test stays under 10 minutes
 def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
@@ -231,6 +233,7 @@ def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
     assert len(runs(client, "run", "FAILED")) == 2 and len(runs(client, "run", "FINISHED")) == 1
 
 
+@pytest.mark.slow  # 14-21 s: make test stays under 10 minutes
 def test_joblib_workers_lose_no_run(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
@@ -303,6 +306,7 @@ def test_sweep_files_compose_and_stay_overridable():
         assert layers.count("],[") == 4 and layers.startswith("[conv1_1]")
 
 
+@pytest.mark.slow  # 14-21 s: make test stays under 10 minutes
 def test_sweep_file_values_overridable_from_shell(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
@@ -313,6 +317,7 @@ def test_sweep_file_values_overridable_from_shell(tmp_path, nst):
     assert json.loads(children[0].data.tags[store.TAG_OVERRIDES])
 
 
+@pytest.mark.slow  # 14-21 s: make test stays under 10 minutes
 def test_swept_inputs_give_one_row_per_job(tmp_path, nst):
     """Sweeping the images (make examples): each row is that job's content | style | result."""
     out = tmp_path / "outputs"
@@ -322,12 +327,11 @@ def test_swept_inputs_give_one_row_per_job(tmp_path, nst):
     client = client_for(out)
     parent = runs(client, "sweep")[0].info.run_id
     grid = Image.open(client.download_artifacts(parent, "sweep/grid.png", str(tmp_path)))
-    top = pictures.TITLE
-    assert grid.size == (3 * (pictures.TILE + 6) + 6, top + 2 * (pictures.TILE + 28 + 6) + 6)
+    top, height = pictures.TITLE, pictures.TILE * 3 // 4  # tiles as high as the 4:3 results
+    assert grid.size == (3 * (pictures.TILE + 6) + 6, top + 2 * (height + 28 + 6) + 6)
     # the second row's style tile is the wave, not the first job's starry night
-    row_two = grid.crop((pictures.TILE + 12, top + pictures.TILE + 40, 2 * pictures.TILE + 12,
-                         top + 2 * pictures.TILE + 40))
-    row_one = grid.crop((pictures.TILE + 12, top + 6, 2 * pictures.TILE + 12, top + pictures.TILE + 6))
+    row_two = grid.crop((pictures.TILE + 12, top + height + 40, 2 * pictures.TILE + 12, top + 2 * height + 40))
+    row_one = grid.crop((pictures.TILE + 12, top + 6, 2 * pictures.TILE + 12, top + height + 6))
     assert list(row_one.getdata()) != list(row_two.getdata())
 
 
