@@ -351,7 +351,9 @@ def pair_gains(result: Fit) -> pd.DataFrame:
     half = difference / 2  # the probabilities depend on the difference only
     scores = np.stack([half, -half, np.full_like(half, math.log(result.tie))], axis=1)
     p = _outcome_probabilities(scores)
-    information = p[:, 0] + p[:, 1] - (p[:, 0] - p[:, 1]) ** 2  # Fisher information on θi − θj
+    # Fisher information of one judgement on d = θi − θj (the scores move by ±d/2): 1/4 for two
+    # equal runs without ties, as for a logistic σ(d)
+    information = (p[:, 0] + p[:, 1] - (p[:, 0] - p[:, 1]) ** 2) / 4
     share = variance * information / (1 + variance * information)
     return pd.DataFrame({"first": np.array(result.runs, dtype=object)[i],
                          "second": np.array(result.runs, dtype=object)[j],

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from nst import ranking
 from nst.ranking import Judgement
@@ -153,14 +154,17 @@ def test_pairs_are_deterministic_for_a_seed_with_random_sides_and_never_repeat_t
 
 
 def test_a_simulated_reviewer_guided_by_the_selector_ranks_six_runs_in_a_few_dozen_judgements():
-    theta = dict(zip("abcdef", [1.2, 0.6, 0.0, -0.6, -1.2, -1.8], strict=True))
-    rng, truth = np.random.default_rng(3), np.random.default_rng(4)
+    # six runs a step of 1 apart in log strength (of two neighbours, the better preferred e : 1
+    # when not tied): 40 judgements order them with Kendall's tau >= 0.7 for every one of 20 seeds
+    theta = dict(zip("abcdef", [2.5, 1.5, 0.5, -0.5, -1.5, -2.5], strict=True))
+    rng, nature = np.random.default_rng(3), np.random.default_rng(103)
     judgements = []
     for _ in range(40):
         left, right = ranking.next_pair(list(theta), judgements, rng)
-        judgements += simulate([theta[left], theta[right]], 0.3, 1, truth, runs=[left, right])[:1]
+        judgements += simulate([theta[left], theta[right]], 0.5, 1, nature, runs=[left, right])
     fit = ranking.fit(judgements, runs=list(theta))
-    assert fit.order[:3] == ["a", "b", "c"] and min(fit.comparisons) >= 4
+    assert stats.kendalltau(fit.scores, list(theta.values())).statistic >= 0.7
+    assert min(fit.comparisons) >= 4  # no run left aside
 
 
 # --- judgement records ---------------------------------------------------------------------------
