@@ -37,6 +37,7 @@ def test_evaluation_flops_by_hand():
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
 def test_bench_prints_every_table():
     done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
                            "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",

@@ -104,6 +104,7 @@ def test_blended_style_loss_is_the_weighted_sum_of_each_style_loss(tiny_loss_par
     assert "style_image/2" in blended.scalars()
 
 
+@pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
 def test_blend_weights_move_each_style_loss_as_expected(tmp_path):
     finals = {}
     for blend in ("[0.9,0.1]", "[0.1,0.9]"):
@@ -196,6 +197,7 @@ def test_each_control_experiment_composes_and_prepares(name):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
 def test_controls_sweep_makes_a_gallery(tmp_path, nst):
     import csv
 

@@ -187,6 +187,7 @@ def test_rerun_skips_finished_jobs(sweep, nst):
     assert len(table) == 3 and table["reused"].all()
 
 
+@pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
 def test_report_prints_one_row_per_run(sweep):
     out, _ = sweep
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
