@@ -424,7 +424,7 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
     grid = StepGrid.of(run.data.tags) if run is not None else None
     grid = grid or StepGrid.planned(tracking.log_every, max(1, len(history)))
     recorder = RunRecorder(client, run_id, folder, grid)
-    recorder.last_step = _last_step(client, run_id)
+    recorder.last_step = max(store.step_images(client, run_id, PROGRESS), default=None)
     logged = {metric.step for metric in client.get_metric_history(run_id, "total")}
     now = int(time.time() * 1000)
     recorder.pending = [m for row in history if int(row["evaluation"]) not in logged for m in metrics(row, now)]
@@ -443,13 +443,6 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
 
         recorder.end_with(failed, "FAILED")
     return run_id, True
-
-
-def _last_step(client, run_id: str) -> int | None:
-    """The last slider step holding one of the run's progress images (they are artifacts under images/)."""
-    steps = [int(item.path.split("+step+")[1].split("+")[0]) for item in client.list_artifacts(run_id, "images")
-             if f"{PROGRESS}+step+" in item.path]
-    return max(steps, default=None)
 
 
 def _overview(client, run_id: str, image: torch.Tensor) -> Image.Image | None:

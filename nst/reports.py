@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -199,30 +198,6 @@ def _sorted_unique(values) -> list:
     return unique
 
 
-# the file names of client.log_image(key=, step=): images/<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].png|.webp
-# (MLflow before 3.x separated them with %; '/' in a key is written '~')
-_LOGGED_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<time>\d+)[+%][0-9a-fA-F-]+"
-                           r"(?P<compressed>[+%]compressed)?\.(?:png|webp|jpe?g)$")
-
-
-def step_images(client, run_id: str, key: str = "progress") -> dict[int, str]:
-    """The artifact paths of a run's images logged with ``log_image(key=key, step=...)``, by step: the
-    full-size PNG (not MLflow's compressed copy), the latest one where a step was logged twice."""
-    try:
-        items = client.list_artifacts(run_id, "images")
-    except Exception:  # noqa: BLE001 - a run that logged no image has no images/ folder
-        return {}
-    found: dict[int, tuple[int, str]] = {}
-    for item in items:
-        match = _LOGGED_IMAGE.match(item.path.rsplit("/", 1)[-1])
-        if match is None or match["compressed"] or match["key"].replace("~", "/") != key:
-            continue
-        step, time = int(match["step"]), int(match["time"])
-        if step not in found or time > found[step][0]:
-            found[step] = (time, item.path)
-    return {step: path for step, (_, path) in sorted(found.items())}
-
-
 def _file_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
     """An artifact's bytes (the copy the grid downloaded to ``folder`` already, if there is one)."""
     local = folder / artifact
@@ -250,7 +225,7 @@ def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path)
     positions, re-encoded lossy) gathered from the store and laid out by ``nst.sweep_page``."""
     keys = table.attrs.get("swept", [])
     rows = table.to_dict("records")
-    available = {int(row["job"]): step_images(client, row["run_id"]) for row in rows}
+    available = {int(row["job"]): store.step_images(client, row["run_id"]) for row in rows}
     wanted = sweep_page.positions([step for found in available.values() for step in found],
                                   sweep_page.most_positions(len(rows)))
     images = {}

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -407,3 +408,27 @@ def experiment_runs(mlflow_client, experiment: str) -> list:
         raise TrackingError(f"no experiment named {experiment!r} in {mlflow_client.tracking_uri}")
     return mlflow_client.search_runs([found.experiment_id], max_results=10000,
                                      order_by=["attributes.start_time DESC"])
+
+
+# the file names of client.log_image(key=, step=): images/<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].png|.webp
+# (MLflow before 3.x separated them with %; '/' in a key is written '~')
+_LOGGED_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<time>\d+)[+%][0-9a-fA-F-]+"
+                           r"(?P<compressed>[+%]compressed)?\.(?:png|webp|jpe?g)$")
+
+
+def step_images(mlflow_client, run_id: str, key: str = "progress") -> dict[int, str]:
+    """The artifact paths of a run's images logged with ``log_image(key=key, step=...)``, by step: the
+    full-size PNG (not MLflow's compressed copy), the latest one where a step was logged twice."""
+    try:
+        items = mlflow_client.list_artifacts(run_id, "images")
+    except Exception:  # noqa: BLE001 - a run that logged no image has no images/ folder
+        return {}
+    found: dict[int, tuple[int, str]] = {}
+    for item in items:
+        match = _LOGGED_IMAGE.match(item.path.rsplit("/", 1)[-1])
+        if match is None or match["compressed"] or match["key"].replace("~", "/") != key:
+            continue
+        step, time = int(match["step"]), int(match["time"])
+        if step not in found or time > found[step][0]:
+            found[step] = (time, item.path)
+    return {step: path for step, (_, path) in sorted(found.items())}

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from nst import reports, sweep_page
+from nst import reports, store, sweep_page
 from tests.test_tracking import TINY, artifact_paths, client_for, runs
 
 
@@ -220,7 +220,7 @@ def test_a_sweeps_slider_covers_every_logged_step_of_every_run(sweep_1d, tmp_pat
     _, page = report_of(client, tmp_path)
     logged = set()
     for child in runs(client, "run"):
-        steps = set(reports.step_images(client, child.info.run_id))
+        steps = set(store.step_images(client, child.info.run_id))
         assert steps, "the run logged progress images"
         logged |= steps
     assert page.frames["steps"] == sweep_page.positions(sorted(logged), sweep_page.most_positions(2))
@@ -228,7 +228,7 @@ def test_a_sweeps_slider_covers_every_logged_step_of_every_run(sweep_1d, tmp_pat
     for child in runs(client, "run"):
         job = child.data.tags["nst.job_num"]
         assert len(page.frames["jobs"][job]) == len(page.frames["steps"])
-        first = min(reports.step_images(client, child.info.run_id))
+        first = min(store.step_images(client, child.info.run_id))
         assert all(index is not None for step, index in zip(page.frames["steps"], page.frames["jobs"][job],
                                                                strict=True) if step >= first)
 
@@ -253,7 +253,7 @@ def test_step_images_reads_mlflows_file_names_and_prefers_the_full_size_png():
                     Item("images/progress+step+10+timestamp+9+aa-bb.png"),  # logged twice: the latest
                     Item("images/other+step+3+timestamp+1+cc.png")]
 
-    assert reports.step_images(Client(), "r") == {0: "images/progress+step+0+timestamp+5+0a-1b.png",
+    assert store.step_images(Client(), "r") == {0: "images/progress+step+0+timestamp+5+0a-1b.png",
                                                   10: "images/progress+step+10+timestamp+9+aa-bb.png"}
 
 
