@@ -202,7 +202,7 @@ class RunRecorder:
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
                    overview: Image.Image | None = None, last: Image.Image | None = None) -> None:
         """The result, its loss curve (and the content-style-result overview), the folder, the evaluation count."""
-        self.log_picture(tensor_to_pil(image), "result/result.png")
+        self.log_picture(last or tensor_to_pil(image), "result/result.png")  # last: the same picture
         if overview is not None:
             self.log_picture(overview, "result/triptych.png")
         self.log_picture(loss_curve(history), "result/loss_curve.png")

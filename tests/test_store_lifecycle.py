@@ -316,11 +316,17 @@ def test_owner_liveness_tells_dead_pids_reused_pids_and_stale_heartbeats():
 # --- locks and full disks while a run runs ---------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_lock_held_before_the_start_is_waited_out(tmp_path, nst):
+def _store_with_one_run(tmp_path, nst):
+    """An output folder whose store holds one FINISHED run (so the schema exists before a lock is taken)."""
     out = tmp_path / "outputs"
     out.mkdir()
     assert nst(out, *TINY).returncode == 0
+    return out
+
+
+@pytest.mark.slow
+def test_a_lock_held_before_the_start_is_waited_out(tmp_path, nst):
+    out = _store_with_one_run(tmp_path, nst)
     holder = hold_lock(out / "mlflow.db", 8)
     started = time.time()
     done = nst(out, *TINY, "seed=1")
@@ -332,9 +338,7 @@ def test_a_lock_held_before_the_start_is_waited_out(tmp_path, nst):
 
 @pytest.mark.slow
 def test_a_lock_held_beyond_the_wait_before_the_start_is_one_line(tmp_path, nst):
-    out = tmp_path / "outputs"
-    out.mkdir()
-    assert nst(out, *TINY).returncode == 0
+    out = _store_with_one_run(tmp_path, nst)
     holder = hold_lock(out / "mlflow.db", 120)
     done = nst(out, *TINY, "seed=1", env={"NST_STORE_WAIT": "1"})
     holder.kill()
