@@ -4,6 +4,7 @@
     nst-report --sweep latest          # the latest sweep: one row per job
     nst-report --sweep <run id> --format csv --rebuild reports/
     nst-report --relog outputs/runs/2026-11-26_14-59-14   # a run the store could not record when it ended
+    nst-report --human --sweep latest  # the human ranking of nst-review's judgements; the report marks it
 
 Opening the store ends FAILED the runs whose process died (``nst.store.open_store``),
 so the table never shows a run RUNNING that nothing runs.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from nst import jobs, store
-from nst.errors import NSTError
+from nst import jobs, review, store
+from nst.errors import NSTError, TrackingError
 from nst.reports import runs_table, summarise_sweep, sweep_table
 
 
@@ -35,8 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relog", type=Path, metavar="FOLDER",
                         help="record in its store a run whose folder holds its files but that the store "
                              "could not record when it ended (the store its config.yaml names)")
+    parser.add_argument("--human", action="store_true",
+                        help="the human ranking from nst-review's judgements (of --sweep, default the latest, or of "
+                             "--filter); a sweep's report.html in MLflow is rebuilt with each image's rank")
+    parser.add_argument("--filter", help="with --human: the runs reviewed by this MLflow filter string")
     args = parser.parse_args(argv)
     try:
+        if args.human:
+            return human(store.open_store(store.store_uri(args.uri)), args)
         if args.relog:
             run_id, recorded = jobs.relog(args.relog)
             print(f"nst-report: {args.relog} is recorded as MLflow run {run_id}" if recorded else
@@ -59,6 +67,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nst-report: error: {exc.message}", file=sys.stderr)
         return 2
     print(table.to_csv(index=False) if args.format == "csv" else table.to_markdown(index=False))
+    return 0
+
+
+def human(client, args) -> int:
+    """``--human``: the ranking table (then, in Markdown, how stable it is, the reviewers' agreement and the
+    automatic measures' correlation with it); a single sweep's report rebuilt with the ranks. The ranking is
+    published again first (``review.publish``: the same metrics), in case an app stopped between a
+    judgement and its publication."""
+    chosen = review.select(client, args.experiment, [args.sweep] if args.sweep else [], args.filter, create=False)
+    judgements = review.read(client, chosen.home)
+    if not judgements:
+        raise TrackingError(f"no judgement on run {chosen.home} yet: judge the runs with nst-review first")
+    table = review.publish(client, chosen, judgements)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        reviewers = len({j.reviewer for j in judgements})
+        print(table.to_markdown(index=False, floatfmt=".3g"))
+        print(f"\n{len(judgements)} judgements by {reviewers} reviewer(s); the top three have not changed since "
+              f"judgement {review.stable_since(chosen, judgements)}.\n")
+        if reviewers > 1:
+            print(review.agreement(judgements).to_markdown(index=False, floatfmt=".3g") + "\n")
+        print(review.correlations(chosen, table).to_markdown(index=False, floatfmt=".2g"))
+    if client.get_run(chosen.home).data.tags.get(store.TAG_ROLE) == "sweep":
+        with tempfile.TemporaryDirectory() as folder:
+            summarise_sweep(client, chosen.home, Path(args.rebuild or folder))
+        page = store.run_address(client.tracking_uri, chosen.experiment_id, chosen.home, "sweep/report.html")
+        print(f"nst-report: the sweep's report now marks each image's human rank: {page}", file=sys.stderr)
     return 0
 
 

@@ -39,6 +39,7 @@ FRAME_QUALITY = 90
 INPUT_KEYS = ("content", "style", "pair")
 TABLE_COLUMNS = ("job", "status", "label", "final_total", "final_content", "final_style", "evaluations",
                  "elapsed_s", "failure")
+HUMAN_COLUMNS = ("human_rank", "human_score")  # once the sweep was judged with nst-review
 
 
 @dataclass
@@ -136,7 +137,9 @@ def _e(value) -> str:
 
 def _caption(row: Mapping) -> str:
     status = row.get("status") or ""
-    return str(row.get("label") or f"job {row['job']}") + ("" if status == "FINISHED" else f" [{status}]")
+    rank = labels.number(row.get("human_rank"))
+    return (str(row.get("label") or f"job {row['job']}") + ("" if status == "FINISHED" else f" [{status}]")
+            + ("" if rank is None else f" · human #{int(rank)}"))
 
 
 # --- the page's parts ------------------------------------------------------------------------
@@ -314,7 +317,8 @@ def loss_plot_svg(rows: Sequence[Mapping], keys: Sequence[str]) -> tuple[str | N
 
 
 def _table(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
-    columns = list(dict.fromkeys([*TABLE_COLUMNS[:3], *keys, *TABLE_COLUMNS[3:]]))
+    judged = [c for c in HUMAN_COLUMNS if any(labels.number(row.get(c)) is not None for row in rows)]
+    columns = list(dict.fromkeys([*TABLE_COLUMNS[:3], *judged, *keys, *TABLE_COLUMNS[3:]]))
     head = "".join(f'<th data-col="{i}" title="click to sort">{html.escape(str(c))}</th>' for i, c in enumerate(columns))
     body = []
     for row in rows:
