@@ -32,6 +32,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from nst import measures
 from nst.run import result_png
 
 PAIRS = ("tubingen:starry_night", "mona_lisa:composition_vii")
@@ -39,14 +40,10 @@ BETAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)  # conf/sweep/ratio.yaml, the seed's
 
 
 def ssim_to_content(result: Path, content: Path) -> float:
-    """Grayscale SSIM (Gaussian window, sigma 1.5) of ``result`` to ``content`` resized to it."""
-    from skimage.metrics import structural_similarity  # only the fidelity check needs scikit-image
-
-    image = Image.open(result).convert("L")
-    reference = Image.open(content).convert("RGB").resize(image.size, Image.Resampling.LANCZOS).convert("L")
-    a, b = (np.asarray(x, dtype=np.float64) / 255.0 for x in (image, reference))
-    return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                       data_range=1.0))
+    """Grayscale SSIM (Gaussian window, sigma 1.5) of the ``result`` file to the ``content`` file resized to
+    it: ``nst.measures.ssim_to_content``, the ``auto.ssim_content`` metric of every run."""
+    with Image.open(result) as image, Image.open(content) as reference:
+        return measures.ssim_to_content(image, reference)
 
 
 def checkerboard_energy(path: Path) -> float:

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from nst import labels, ownership, store
+from nst import labels, measures, ownership, store
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.images import load_image, pil_to_tensor, save_png, tensor_to_pil
 from nst.messages import say
@@ -200,14 +200,21 @@ class RunRecorder:
         self.log_file(self.output_dir / ".hydra", ".hydra")
 
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
-                   overview: Image.Image | None = None, last: Image.Image | None = None) -> None:
-        """The result, its loss curve (and the content-style-result overview), the folder, the evaluation count."""
+                   overview: Image.Image | None = None, last: Image.Image | None = None,
+                   measured: Mapping[str, float] | None = None) -> None:
+        """The result, its loss curve (and the content-style-result overview), the folder, the evaluation
+        count and the automatic measures (``nst.measures``), those two at the last evaluation."""
+        from mlflow.entities import Metric
+
         self.log_picture(last or tensor_to_pil(image), "result/result.png")  # last: the same picture
         if overview is not None:
             self.log_picture(overview, "result/triptych.png")
         self.log_picture(loss_curve(history), "result/loss_curve.png")
         self.keep_outputs(last, self.grid.after(self.last_step))
-        self.client.log_metric(self.run_id, "evaluations", evaluations, step=evaluations)
+        now = int(time.time() * 1000)
+        values = {"evaluations": evaluations, **(measured or {})}
+        self.log_metrics([Metric(key, float(value), now, evaluations) for key, value in values.items()
+                          if math.isfinite(value)])  # a NaN (SSIM of a result under 11 px) is left out
 
     # --- the end of the run ---
 
@@ -217,9 +224,10 @@ class RunRecorder:
         result = outcome.result
         overview = triptych(inputs.content, inputs.style, result.image)
         last = tensor_to_pil(result.image)
+        measured = measures.measure(last, tensor_to_pil(inputs.content), tensor_to_pil(inputs.style))  # 1st style
         try:
-            self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last),
-                          "FINISHED")
+            self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last,
+                                                  measured), "FINISHED")
         except TrackingError as exc:
             raise UnrecordedRunError(
                 f"the run ended and its files are in {self.output_dir} (result.png, losses.csv, run.json), but "
@@ -431,9 +439,11 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
     client.set_tag(run_id, "nst.relogged", ownership.now_iso())
     if record.get("status") == "FINISHED" and result_png(folder, record).is_file():
         image = pil_to_tensor(load_image(result_png(folder, record), "result"))
-        overview = _overview(client, run_id, image)
-        recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview),
-                          "FINISHED")
+        logged = _logged_inputs(client, run_id)
+        overview = triptych(*logged, image) if logged else None
+        measured = measures.measure(tensor_to_pil(image), *map(tensor_to_pil, logged)) if logged else None
+        recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview,
+                                                      measured=measured), "FINISHED")
     else:
         reason = record.get("failure") or f"the run did not finish (no {RESULT_PNG})"
 
@@ -445,15 +455,15 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
     return run_id, True
 
 
-def _overview(client, run_id: str, image: torch.Tensor) -> Image.Image | None:
-    """The content-style-result overview from the inputs the run logged when it started, if it did."""
+def _logged_inputs(client, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The content and (first) style images the run logged when it started, if it did."""
     with tempfile.TemporaryDirectory() as scratch:
         try:
             content, style = (pil_to_tensor(load_image(client.download_artifacts(run_id, f"inputs/{name}.png", scratch)))
                               for name in ("content", "style"))
         except Exception:  # noqa: BLE001 - a run created by the relog itself has no inputs
             return None
-    return triptych(content, style, image)
+    return content, style
 
 
 def _folder_run(client, experiment_id: str, folder: Path):

@@ -431,6 +431,7 @@ def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_pa
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert run.info.status == "FINISHED"
     assert len(client_for(out).get_metric_history(run_id, "total")) == len(rows)
+    assert {"auto.ssim_content", "auto.color_distance_style"} <= set(run.data.metrics)  # from the logged inputs
     assert jobs.relog(folder) == (run_id, False)  # a second relog changes nothing
 
 
