@@ -20,10 +20,11 @@ UI_PORT ?= 5000
 # the port nst prints in a run's MLflow address (http://127.0.0.1:<port>/#/experiments/...)
 export NST_UI_PORT ?= $(UI_PORT)
 SERVER_PORT ?= 5000
+REVIEW_PORT ?= 5001
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run sweep ratio examples controls fidelity server ui bench report clean
+.PHONY: help install test test-slow test-all lint run sweep ratio examples controls fidelity server ui review bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -74,6 +75,9 @@ ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT
 	$(PY) -m nst.database $(abspath $(OUTPUT_DIR))/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
+
+review: ## Judge the latest sweep's results two at a time, blind, on http://127.0.0.1:5001 (REVIEW_PORT=...)
+	$(VENV)/bin/nst-review --tracking-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db --port $(REVIEW_PORT)
 
 bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality, ratio-sweep race (~7 min)
 	$(PY) -m nst.bench $(ARGS)

@@ -57,7 +57,9 @@ def lock_path(db: Path) -> Path:
 def quiet_mlflow() -> None:
     """MLflow logs every database error with its traceback (and each migration) before raising; nst
     retries what it raises or turns it into one line (``nst.store.guarded``), or re-raises what it
-    cannot name, so those logs only bury the one line."""
+    cannot name, so those logs only bury the one line. Its progress bar for each downloaded artifact
+    (reports, nst-review) is switched off too."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 

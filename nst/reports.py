@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -140,7 +139,6 @@ def runs_table(client, experiment: str) -> pd.DataFrame:
 
 
 def _download(client, run_id: str, artifact: str, folder: Path) -> Image.Image | None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         local = client.download_artifacts(run_id, artifact, str(folder))
         return Image.open(local).convert("RGB")
@@ -206,7 +204,6 @@ def _file_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | Non
     local = folder / artifact
     if local.is_file():
         return local.read_bytes()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return Path(client.download_artifacts(run_id, artifact, str(folder))).read_bytes()
     except Exception:  # noqa: BLE001 - a failed or killed run may have no image

@@ -20,8 +20,8 @@ two runs, sides at random, and a fresh judgement id), ``/api/judgements`` (POST:
 from __future__ import annotations
 
 import argparse
-import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -99,6 +99,18 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """Raise ``NSTError`` (one line) if ``host:port`` cannot be listened on: werkzeug would print three
+    lines and exit 1 from inside its constructor."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug's server does
+            probe.bind(address)
+    except OSError as exc:
+        raise NSTError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     """``nst-review``: judge results two at a time in the browser; the ranking goes to MLflow."""
     parser = argparse.ArgumentParser(prog="nst-review", description=main.__doc__)
@@ -118,18 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port {args.port}: a port is 0..65535")
     from werkzeug.serving import make_server
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         uri = store.store_uri(args.tracking_uri)
         client = store.open_store(uri)
         chosen = review.select(client, args.experiment, args.sweep, args.filter)
         with tempfile.TemporaryDirectory(prefix="nst-review-") as scratch:
             chosen = review.with_measures(client, chosen, Path(scratch))
-            try:
-                server = make_server(args.host, args.port, create_app(client, chosen, uri, Path(scratch)),
-                                     threaded=True)
-            except OSError as exc:
-                raise NSTError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+            check_address(args.host, args.port)
+            server = make_server(args.host, args.port, create_app(client, chosen, uri, Path(scratch)),
+                                 threaded=True)
             host, port = server.server_address[:2]
             print(f"nst-review: {len(chosen.runs)} runs of {chosen.title}; judgements kept on MLflow run "
                   f"{chosen.home}\nnst-review: open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
