@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -210,11 +210,10 @@ def check(review: Review, client, payload) -> ranking.Judgement:
     if not reviewer or len(reviewer) > REVIEWER_MAX or not reviewer.isprintable():
         raise BadJudgement(f"reviewer must be a name of 1 to {REVIEWER_MAX} printable characters")
     try:
-        judgement = ranking.Judgement.new(payload["left"], payload["right"], payload["answer"], reviewer)
-    except ValueError as exc:
+        return replace(ranking.Judgement.new(payload["left"], payload["right"], payload["answer"], reviewer),
+                       id=payload["id"])
+    except ValueError as exc:  # e.g. a run against itself
         raise BadJudgement(str(exc)) from None
-    return ranking.Judgement(judgement.left, judgement.right, judgement.answer, judgement.reviewer,
-                             judgement.time, payload["id"])
 
 
 def _not_under_review(client, review: Review, run_id: str) -> str:
