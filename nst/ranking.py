@@ -364,12 +364,13 @@ def pair_gains(result: Fit) -> pd.DataFrame:
 
 
 def next_pair(runs: Sequence[str], judgements: Iterable, rng: np.random.Generator,
-              warmup: int = 1, prior: float = PRIOR) -> tuple[str, str]:
+              warmup: int = 1, prior: float = PRIOR, exclude: Iterable[tuple[str, str]] = ()) -> tuple[str, str]:
     """The next two runs to show, as (left, right) with the sides drawn at random.
 
     Until every run has ``warmup`` comparisons, the two runs with the fewest (random among
     equals, a pair not yet compared preferred); then the pair with the largest ``pair_gains``.
-    The pair shown last (even if skipped) is not shown again at once while another exists.
+    The pair shown last (even if skipped) is not shown again at once while another exists, nor
+    are the pairs in ``exclude`` (e.g. two identical pictures: only a tie can be answered).
     Deterministic for a seeded ``rng``.
 
     Measured (30 simulated reviews of 6 runs with log strengths −1.5…1.5, ν = 0.5): Kendall's τ
@@ -387,6 +388,8 @@ def next_pair(runs: Sequence[str], judgements: Iterable, rng: np.random.Generato
     seen_pairs = {tuple(sorted(t[:2])) for t in _triples(judgements)}
 
     candidates = [(a, b) for k, a in enumerate(runs) for b in runs[k + 1:]]
+    excluded = {tuple(sorted(pair)) for pair in exclude}
+    candidates = [pair for pair in candidates if tuple(sorted(pair)) not in excluded] or candidates
     if len(candidates) > 1 and last is not None:
         candidates = [pair for pair in candidates if tuple(sorted(pair)) != last]
     noise = rng.random(len(candidates))  # random order among equals

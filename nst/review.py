@@ -66,6 +66,7 @@ class Candidate:
     label: str
     settings: dict[str, str]
     metrics: dict[str, float]
+    digest: str = ""  # of the result image's bytes, once ``prepare`` has read it
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ class Review:
 
     def candidate(self, run_id: str) -> Candidate:
         return self.runs[self.ids.index(run_id)]
+
+    @property
+    def identical(self) -> list[tuple[str, str]]:
+        """Pairs of runs whose result images are the same bytes."""
+        return [(a.run_id, b.run_id) for k, a in enumerate(self.runs) for b in self.runs[k + 1:]
+                if a.digest and a.digest == b.digest]
 
 
 # --- choosing the runs ------------------------------------------------------------------------
@@ -320,23 +327,25 @@ def image_bytes(client, run_id: str, kind: str, folder: Path) -> bytes:
     return local.read_bytes()
 
 
-def with_measures(client, review: Review, folder: Path) -> Review:
-    """``review`` with every run's automatic measures: runs recorded before nst logged them at the end
-    get them now, computed from their logged images and logged (step 0)."""
+def prepare(client, review: Review, folder: Path) -> Review:
+    """``review`` with each run's result fingerprinted (two identical pictures are never paired: measured,
+    the ratio sweep's β=0.01 and 0.1 results are both the photo, and 5 of a reviewer's first 19 pairs were
+    those two) and its automatic measures: runs recorded before nst logged them get them now, computed
+    from their logged images and logged (step 0). The images stay in ``folder`` for the page."""
     from mlflow.entities import Metric
 
     runs = []
     for run in review.runs:
-        if all(name in run.metrics for name in MEASURE_NAMES):
-            runs.append(run)
-            continue
-        result, content, style = (Image.open(io.BytesIO(image_bytes(client, run.run_id, kind, folder)))
-                                  for kind in ("result", "content", "style"))
-        values = measures.measure(result, content, style)
-        now = int(time.time() * 1000)
-        client.log_batch(run.run_id, metrics=[Metric(name, value, now, 0) for name, value in values.items()])
-        runs.append(Candidate(run.run_id, run.label, run.settings, {**run.metrics, **values}))
-    return Review(review.home, review.experiment_id, review.title, tuple(runs))
+        result = image_bytes(client, run.run_id, "result", folder)
+        found = dict(run.metrics)
+        if not all(name in found for name in MEASURE_NAMES):
+            pictures = [Image.open(io.BytesIO(image_bytes(client, run.run_id, kind, folder)))
+                        for kind in ("result", "content", "style")]
+            found.update(measures.measure(*pictures))
+            now = int(time.time() * 1000)
+            client.log_batch(run.run_id, metrics=[Metric(name, found[name], now, 0) for name in MEASURE_NAMES])
+        runs.append(replace(run, metrics=found, digest=hashlib.sha1(result).hexdigest()))
+    return replace(review, runs=tuple(runs))
 
 
 def thumbnail(data: bytes, side: int = 160) -> bytes:

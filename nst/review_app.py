@@ -46,6 +46,7 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
     judgements = review.JudgementLog(client, chosen)
     rng, rng_lock = np.random.default_rng(seed), threading.Lock()
     mlflow_url = store.run_address(uri, chosen.experiment_id, chosen.home)
+    identical = chosen.identical
 
     @app.get("/")
     def compare_page():
@@ -55,7 +56,7 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
     def pair():
         known = judgements.all()
         with rng_lock:
-            left, right = ranking.next_pair(chosen.ids, known, rng)
+            left, right = ranking.next_pair(chosen.ids, known, rng, exclude=identical)
         return jsonify(id=uuid.uuid4().hex, left=left, right=right, count=len(known))
 
     @app.post("/api/judgements")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         client = store.open_store(uri)
         chosen = review.select(client, args.experiment, args.sweep, args.filter)
         with tempfile.TemporaryDirectory(prefix="nst-review-") as scratch:
-            chosen = review.with_measures(client, chosen, Path(scratch))
+            chosen = review.prepare(client, chosen, Path(scratch))
             check_address(args.host, args.port)
             server = make_server(args.host, args.port, create_app(client, chosen, uri, Path(scratch)),
                                  threaded=True)

@@ -7,7 +7,7 @@ nothing that tells them apart: the server draws the sides at random and sends ru
 which the page uses to fetch the images; the settings come back in the answer to the
 judgement, so they are read after deciding. Keys: ← left, → right, = tie, s skip; + and −
 zoom both results together around the centre (the mouse wheel around the pointer), dragging
-pans both, 0 resets. The reviewer's name is asked once and kept in the browser
+pans both, 0 resets (a new pair starts unzoomed). The reviewer's name is asked once and kept in the browser
 (``localStorage``); every judgement carries it.
 """
 
@@ -178,7 +178,7 @@ function setBusy(b){busy=b;document.querySelectorAll('button[data-answer]').forE
 function next(){setBusy(true);return fetch('api/pair').then(function(r){return r.json();}).then(function(p){
  pair=p;imgs[0].src='image/'+p.left+'/result';imgs[1].src='image/'+p.right+'/result';
  document.getElementById('content').src='image/'+p.left+'/content';document.getElementById('style').src='image/'+p.left+'/style';
- document.body.dataset.pair=p.id;setBusy(false);});}
+ document.body.dataset.pair=p.id;z={s:1,x:0,y:0};apply();setBusy(false);});}
 function judge(answer){
  if(!pair||busy)return;if(!name()){showName();status.textContent='Enter your name first.';return;}
  setBusy(true);
@@ -187,8 +187,8 @@ function judge(answer){
  .then(function(r){return r.json().then(function(d){return [r.ok,d];});}).then(function(res){
   var d=res[1];if(!res[0]){status.textContent='Not recorded: '+d.error;setBusy(false);return;}
   document.body.dataset.count=d.count;document.getElementById('count').textContent=d.count+' judgements';
-  var said={left:'you preferred the left one',right:'you preferred the right one',tie:'a tie',skip:'skipped'}[answer];
-  status.textContent='Judgement '+d.count+' kept ('+said+'): left was '+d.left+'; right was '+d.right+'.';
+  var said={left:'you preferred its left one',right:'you preferred its right one',tie:'a tie',skip:'skipped'}[answer];
+  status.textContent='Previous pair (judgement '+d.count+' kept, '+said+'): its left was '+d.left+', its right '+d.right+'. A new pair is shown above.';
   return next();
  }).catch(function(e){status.textContent='Not recorded: '+e;setBusy(false);});}
 document.querySelectorAll('button[data-answer]').forEach(function(b){

@@ -252,3 +252,14 @@ def test_rank_correlation_of_a_metric_with_the_human_scores():
     partial = ranking.rank_correlation(human, {"a": 3.0, "b": 1.0, "c": 2.0, "d": float("nan")})
     assert partial.n == 3 and partial.rho == pytest.approx(0.5)
     assert np.isnan(ranking.rank_correlation(human, {"a": 1.0, "b": 2.0}).rho)
+
+
+def test_excluded_pairs_are_never_drawn_unless_nothing_else_is_left():
+    runs = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    judgements = []
+    for k in range(40):
+        left, right = ranking.next_pair(runs, judgements, rng, exclude=[("b", "a")])
+        assert {left, right} != {"a", "b"}
+        judgements.append((left, right, ("left", "right", "tie")[k % 3]))
+    assert set(ranking.next_pair(["a", "b"], [], rng, exclude=[("a", "b")])) == {"a", "b"}

@@ -27,25 +27,25 @@ def _picture(seed: int, size=(24, 18)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def _sweep(client, experiment_id: str, betas=BETAS, measured: bool = True) -> tuple[str, list[str]]:
+def _sweep(client, experiment_id: str, betas=BETAS, measured: bool = True, seeds=None) -> tuple[str, list[str]]:
     """A finished sweep as nst records one: a parent and a FINISHED child per β with its images."""
     sweep_id = uuid.uuid4().hex[:8]
     parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags={
         store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id,
         store.TAG_SWEPT: json.dumps({"loss.style_weight": True})}).info.run_id
-    children = []
-    for job, beta in enumerate(betas):
+    children, seeds = [], seeds or range(len(betas))
+    for job, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
         run = client.create_run(experiment_id, tags={
             store.TAG_ROLE: "run", store.PARENT_TAG: parent, store.TAG_JOB: str(job),
             store.TAG_OVERRIDES: json.dumps([f"loss.style_weight={beta}"])}).info.run_id
         for key, value in {"content": "tubingen", "style": "starry_night", "loss.style_weight": beta,
                            "loss.content_weight": "1", "image.size": "24"}.items():
             client.log_param(run, key, value)
-        client.log_image(run, _picture(job), artifact_file="result/result.png")
+        client.log_image(run, _picture(seed), artifact_file="result/result.png")
         client.log_image(run, _picture(100), artifact_file="inputs/content.png")
         client.log_image(run, _picture(200), artifact_file="inputs/style.png")
         if measured:
-            for name, value in measures.measure(_picture(job), _picture(100), _picture(200)).items():
+            for name, value in measures.measure(_picture(seed), _picture(100), _picture(200)).items():
                 client.log_metric(run, name, value)
         client.set_terminated(run, "FINISHED")
         children.append(run)
@@ -222,13 +222,28 @@ def test_stable_since_counts_the_judgements_after_which_the_top_three_stayed(wor
 def test_runs_logged_before_the_measures_get_them_when_reviewed(world, tmp_path):
     client = world["client"]
     parent, children = _sweep(client, world["experiment"], betas=("1", "10"), measured=False)
-    chosen = review.with_measures(client, review.select(client, "nst", [parent]), tmp_path)
+    chosen = review.prepare(client, review.select(client, "nst", [parent]), tmp_path)
     for run in children:
         logged = client.get_run(run).data.metrics
         assert set(review.MEASURE_NAMES) <= set(logged)
         assert logged == pytest.approx({**logged, **chosen.candidate(run).metrics})
     assert client.get_run(children[0]).data.metrics["auto.ssim_content"] == pytest.approx(
         measures.ssim_to_content(_picture(0), _picture(100)))
+
+
+def test_two_identical_results_are_never_paired(world, tmp_path):
+    """The ratio sweep's β=0.01 and 0.1 are both the photo: a reviewer was shown them 5 times in 19."""
+    client = world["client"]
+    parent, (photo, same, styled) = _sweep(client, world["experiment"], betas=("0.01", "0.1", "1e4"), seeds=(7, 7, 8))
+    chosen = review.prepare(client, review.select(client, "nst", [parent]), tmp_path)
+    assert chosen.identical == [(photo, same)]
+    app = review_app.create_app(client, chosen, world["uri"], tmp_path, seed=1).test_client()
+    shown = []
+    for _ in range(8):
+        pair = app.get("/api/pair").get_json()
+        shown.append({pair["left"], pair["right"]})
+        assert _judge(app, chosen, "tie", judgement_id=pair["id"], pair=(pair["left"], pair["right"])).status_code == 201
+    assert {photo, same} not in shown and {photo, styled} in shown and {same, styled} in shown
 
 
 def test_runs_picked_by_a_filter_keep_their_judgements_on_one_review_run(world):
