@@ -223,6 +223,31 @@ def test_twelve_judgements_a_restart_and_three_more_are_fifteen_in_the_store(swe
     assert (KEEP / "review_compare.png").stat().st_size > 10000
 
 
+def test_a_publish_overtaken_by_another_apps_is_published_again(sweep, monkeypatch):
+    """Two apps at once: the app whose publish ends last had read one judgement fewer than the other;
+    the home run's files must still hold every judgement (they were left one behind)."""
+    from nst import ranking
+
+    uri, parent, runs = sweep
+    client = MlflowClient(tracking_uri=uri)
+    chosen = review.select(client, store.DEFAULT_EXPERIMENT, [parent])
+    first, second = review.JudgementLog(client, chosen), review.JudgementLog(client, chosen)
+    real, calls = review.publish, []
+
+    def publish(client, chosen, judgements):
+        if not calls:  # the other app records one and publishes it while this one is about to publish
+            calls.append(len(judgements))
+            second.add(ranking.Judgement.new(runs[2], runs[3], "right", "ben"))
+        return real(client, chosen, judgements)
+
+    monkeypatch.setattr(review, "publish", publish)
+    first.add(ranking.Judgement.new(runs[0], runs[1], "left", "ana"))
+    judgements = review.read(client, parent)
+    assert len(judgements) == calls[0] + 1
+    _check_metrics(client, runs, judgements)
+    _check_published(client, parent, judgements)
+
+
 def test_two_reviewers_at_once_lose_and_double_nothing(sweep):
     from playwright.sync_api import sync_playwright
 
