@@ -250,6 +250,11 @@ class JudgementLog:
                                  f"{JUDGEMENTS}/{judgement.id}.json")
             judgements = read(self.client, self.review.home)
             publish(self.client, self.review, judgements)
+            # another app may have recorded one meanwhile and published before this publish ended: its
+            # files (judgements.jsonl, ranking.*, the count tag) would be left one behind; publish again
+            while len(again := read(self.client, self.review.home)) != len(judgements):
+                judgements = again
+                publish(self.client, self.review, judgements)
         return judgements
 
     def all(self) -> list[ranking.Judgement]:
