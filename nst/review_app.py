@@ -64,10 +64,12 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
         try:
             judgement = review.check(chosen, client, request.get_json(silent=True))
             count = len(judgements.add(judgement))
-        except review.Replayed as exc:
-            return jsonify(error=str(exc)), 409
+        except review.Replayed as exc:  # kept already (e.g. sent again after a failed publication)
+            return jsonify(error=str(exc), kept=True), 409
         except review.BadJudgement as exc:
             return jsonify(error=str(exc)), 400
+        except NSTError as exc:  # the store refused (locked beyond NST_STORE_WAIT, disk full): one line
+            return jsonify(error=str(exc)), 503
         return jsonify(id=judgement.id, count=count, left=chosen.candidate(judgement.left).label,
                        right=chosen.candidate(judgement.right).label), 201
 

@@ -185,7 +185,8 @@ function judge(answer){
  var body={id:pair.id,left:pair.left,right:pair.right,answer:answer,reviewer:name()};
  fetch('api/judgements',{method:'POST',headers:{'Content-Type':'application/json'},body:JSON.stringify(body)})
  .then(function(r){return r.json().then(function(d){return [r.ok,d];});}).then(function(res){
-  var d=res[1];if(!res[0]){status.textContent='Not recorded: '+d.error;setBusy(false);return;}
+  var d=res[1];if(!res[0]){status.textContent='Not recorded: '+d.error;
+   if(d.kept)return next();setBusy(false);return;}
   document.body.dataset.count=d.count;document.getElementById('count').textContent=d.count+' judgements';
   var said={left:'you preferred its left one',right:'you preferred its right one',tie:'a tie',skip:'skipped'}[answer];
   status.textContent='Previous pair (judgement '+d.count+' kept, '+said+'): its left was '+d.left+', its right '+d.right+'. A new pair is shown above.';

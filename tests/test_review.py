@@ -147,6 +147,7 @@ def test_bad_requests_are_refused_and_change_nothing(world, app):
         assert answer.status_code == 400 and "exactly the fields" in answer.get_json()["error"]
     replay = _judge(client, chosen, "right", judgement_id=kept.id, pair=(a, b))
     assert replay.status_code == 409 and "already recorded" in replay.get_json()["error"]
+    assert replay.get_json()["kept"] is True  # the page moves on: that judgement is in the store
     assert client.get(f"/image/{world['other']}/result").status_code == 404
     assert client.get("/api/judgements").status_code == 405
     assert _snapshot(world, chosen) == before
