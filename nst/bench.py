@@ -40,10 +40,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from nst import graphs
 from nst.assets import resolve_image
 from nst.backbones import SPECS, build_features, layer_shapes, layer_table, load_backbone
 from nst.devices import native_bf16, tune
@@ -256,10 +258,16 @@ def run_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool
     _sync(device)
     yield {"impl": "reference (fp32, strong Wolfe)", "evals": len(trace),
            "seconds": time.perf_counter() - start, "loss": trace[-1][1]}
-    variants = [("nst (fp32, strong Wolfe)", "fp32", "strong_wolfe"), ("nst (fp32, fixed step)", "fp32", None),
-                ("nst (bf16, fixed step)", "bf16", None)]
-    for label, precision, line_search in [v for v in variants if bf16 or v[1] != "bf16"]:
+    variants = [("nst (fp32, strong Wolfe)", "fp32", "strong_wolfe", False),
+                ("nst (fp32, fixed step)", "fp32", None, False), ("nst (bf16, fixed step)", "bf16", None, False)]
+    if graphs.available(torch.device(device), "fp32"):
+        variants += [("nst (fp32, strong Wolfe, CUDA graph)", "fp32", "strong_wolfe", True),
+                     ("nst (fp32, fixed step, CUDA graph)", "fp32", None, True)]
+    for label, precision, line_search, graphed in [v for v in variants if bf16 or v[1] != "bf16"]:
         loss = nst_loss(loaded, content, style, precision=precision)
+        if graphed:  # one capture for both runs below, as one process's runs of a size share it
+            captured = graphs.CapturedLoss(lambda x, _members, loss=loss: loss(x))
+            loss = lambda x, captured=captured: captured(x, [0])  # noqa: E731
         for budget in (5, evaluations):  # the first run is the warm-up
             settings = OptimizerSettings(name="lbfgs", lr=1.0, max_iter=budget, max_eval=budget, tolerance_grad=0,
                                          tolerance_change=0, line_search=line_search)
@@ -307,12 +315,20 @@ def sweep_race(backbone: str, size: int, evaluations: int, device: str, bf16: bo
                        f"optimizer.max_iter={evaluations}", f"optimizer.max_eval={evaluations}",
                        "optimizer.tolerance_grad=0", "optimizer.tolerance_change=0", "tracking=none",
                        "progress=false", f"device={device}", *(extra or [])]
-            start = time.perf_counter()
+            start, started = time.perf_counter(), time.time()
             done = subprocess.run(command, capture_output=True, text=True, timeout=7200,
                                   env={**os.environ, "NST_OUTPUT_DIR": out})
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
-            yield {"mode": label, "seconds": time.perf_counter() - start}
+            yield {"mode": label, "seconds": time.perf_counter() - start,
+                   "optimising": _optimising_seconds(Path(out), started)}
+
+
+def _optimising_seconds(out: Path, since: float) -> float | None:
+    """The optimisation seconds the runs written under ``out`` since ``since`` record (run.json's elapsed_s);
+    the members of one batch all record the batch's seconds, counted once."""
+    records = [json.loads(path.read_text()) for path in out.rglob("run.json") if path.stat().st_mtime >= since]
+    return sum({float(record.get("elapsed_s") or 0) for record in records}) or None
 
 
 def _sync(device: str) -> None:
@@ -325,29 +341,31 @@ def measure_one(impl: str, backbone: str, size: int, evals: int, device: str) ->
     content = load_tensor(resolve_image("tubingen"), size).to(device)
     style = load_tensor(resolve_image("starry_night"), size).to(device)
     loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
-    if impl in ("nst", "nst-bf16"):
+    if impl in ("nst", "nst-bf16", "nst-graph"):
         loss = nst_loss(loaded, content, style, precision="bf16" if impl == "nst-bf16" else "fp32")
+        terms = graphs.CapturedLoss(lambda x, _members: loss(x)) if impl == "nst-graph" else lambda x, _m: loss(x)
 
         def evaluate(x):
-            return loss(x).total.sum()
+            return terms(x, [0]).total.sum()
     else:
         evaluate = reference_loss(backbone, loaded, content, style, device)
     image = content.clone().requires_grad_(True)
     times = []
-    for index in range(evals + 1):  # the first is warm-up
+    warmup = graphs.REPEATS if impl == "nst-graph" else 1  # the graph is captured at its REPEATS-th call
+    for index in range(evals + warmup):
         _sync(device)
         start = time.perf_counter()
         image.grad = None
         evaluate(image).backward()
         _sync(device)
         times.append(time.perf_counter() - start)
-        if index == 0 and str(device).startswith("cuda"):
+        if index == warmup - 1 and str(device).startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()  # not cuDNN's one-off algorithm search
     if str(device).startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"ms": 1000 * statistics.median(times[1:]), "peak_mib": peak / 2**20,
+    return {"ms": 1000 * statistics.median(times[warmup:]), "peak_mib": peak / 2**20,
             "height": content.shape[-2], "width": content.shape[-1], "arch": loaded.spec.arch}
 
 
@@ -434,22 +452,27 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("## Cost of one evaluation (forward + backward), median of", args.evals, "\n")
     print("| backbone | size | GFLOP/eval | roofline ms | nst ms/eval | % of roofline | nst bf16 ms/eval "
-          "| reference ms/eval | reference / nst | reference / nst bf16 | nst peak MiB | reference peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| reference ms/eval | reference / nst | reference / nst bf16 | nst peak MiB | reference peak MiB "
+          "| nst CUDA graph ms/eval | reference / nst CUDA graph |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for backbone in backbones:
         arch = SPECS[backbone].arch
         depth = max(layer_table(arch)[n].index for n in CONTENT_LAYERS + STYLE_LAYERS)
         for size in args.sizes:
             ours = _in_subprocess("nst", backbone, size, args.evals, args.device)
             bf16 = _in_subprocess("nst-bf16", backbone, size, args.evals, args.device) if with_bf16 else None
+            graph = (_in_subprocess("nst-graph", backbone, size, args.evals, args.device)
+                     if graphs.available(torch.device(args.device), "fp32") else None)
             ref = _in_subprocess("reference", backbone, size, args.evals, args.device)
             flops = evaluation_flops(arch, depth, ours["height"], ours["width"])
             roofline = flops / (rate * 1e9) * 1000
             bf16_ms, bf16_ratio = (_ms(bf16["ms"]), f"{ref['ms'] / bf16['ms']:.2f}x") if bf16 else ("skipped", "-")
+            graph_ms, graph_ratio = ((_ms(graph["ms"]), f"{ref['ms'] / graph['ms']:.2f}x") if graph
+                                     else ("n/a (CUDA only)", "-"))
             print(f"| {backbone} ({arch}) | {ours['width']}x{ours['height']} | {flops / 1e9:.1f} | "
                   f"{_ms(roofline)} | {_ms(ours['ms'])} | {100 * roofline / ours['ms']:.0f} % | {bf16_ms} | "
                   f"{_ms(ref['ms'])} | {ref['ms'] / ours['ms']:.2f}x | {bf16_ratio} | "
-                  f"{ours['peak_mib']:.0f} | {ref['peak_mib']:.0f} |", flush=True)
+                  f"{ours['peak_mib']:.0f} | {ref['peak_mib']:.0f} | {graph_ms} | {graph_ratio} |", flush=True)
     race_backbone = backbones[-1] if len(backbones) > 1 else backbones[0]  # a pretrained one if any
     if args.quality_size:
         print(f"\n## Time to quality: {race_backbone}, {args.quality_size} px, loss within 5 % of the best of "
@@ -475,9 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## Ratio sweep: {race_backbone}, {args.sweep_size} px, 6 members (beta "
               f"{', '.join(f'{b:g}' for b in RATIO_BETAS)}), {args.sweep_evals} L-BFGS evaluations each, "
               f"wall time including start-up\n")
-        _race_table(["mode", "seconds", "speed-up"],
+        _race_table(["mode", "seconds", "optimising s (run.json)", "wall / optimising", "speed-up"],
                     sweep_race(race_backbone, args.sweep_size, args.sweep_evals, args.device, with_bf16),
-                    lambda row, base: [row["mode"], f"{row['seconds']:.1f}", f"{base / row['seconds']:.2f}x"])
+                    lambda row, base: [row["mode"], f"{row['seconds']:.1f}",
+                                       f"{row['optimising']:.1f}" if row.get("optimising") else "-",
+                                       f"{row['seconds'] / row['optimising']:.1f}" if row.get("optimising") else "-",
+                                       f"{base / row['seconds']:.2f}x"])
     return 0
 
 

@@ -255,7 +255,8 @@ def parse(cfg: DictConfig) -> RunSpec:
         content_layers=tuple(_layer_list(cfg, "loss.content_layers")),
         style_layers=tuple(_layer_list(cfg, "loss.style_layers")),
         size=int(cfg.image.size), style_scale=float(cfg.image.style_scale),
-        scales=tuple(size for size, _ in schedule), device=str(cfg.device))
+        scales=tuple(size for size, _ in schedule), device=str(cfg.device),
+        cuda_graphs=_flag(cfg, "model.cuda_graphs", True))
     member = MemberSpec(
         content_weight=float(cfg.loss.content_weight), style_weight=float(cfg.loss.style_weight),
         tv_weight=float(cfg.loss.tv_weight),

@@ -304,9 +304,8 @@ def _evaluate(loss_fn, waiting: list[_Member], start: float, bar: tqdm | None = 
     """One batched forward and backward for the waiting members; records, callbacks, gradients."""
     images = [m.decode(m.variable) for m in waiting]
     terms = loss_fn(torch.cat(images), [m.index for m in waiting])
-    finite = torch.isfinite(terms.total.detach())
-    if bool(finite.any()):
-        terms.total[finite].sum().backward()
+    # the rows whose loss is finite (a member whose loss is not stops below): a mask, not a read-back
+    torch.where(torch.isfinite(terms.total.detach()), terms.total, 0.0).sum().backward()
     for row, m in enumerate(waiting):
         values = terms.scalars(row)
         evaluation = m.result.evaluations + 1

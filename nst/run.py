@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from nst import graphs
 from nst.assets import resolve_image
 from nst.backbones import (
     SPECS,
@@ -374,8 +375,18 @@ def _optimize_scale(jobs: Sequence[BatchJob], backbone: Backbone, weights: LossW
             inits.append(initial_image(member.init, content, styles[0], member.seed))
         else:
             inits.append(F.interpolate(images[i], size=content.shape[-2:], mode="bilinear", align_corners=False))
+    selected: dict[tuple[int, ...], LossWeights] = {}  # the weights' rows copied to the device once per set
+
+    def member_loss(batch: torch.Tensor, members: list[int]):
+        key = tuple(active[m] for m in members)
+        if key not in selected:
+            selected[key] = weights.select(key)
+        return loss(batch, selected[key])
+
+    shared = first.spec.shared
+    capture = shared.cuda_graphs and graphs.available(content.device, shared.precision)
     return optimize_batch(
-        lambda batch, members: loss(batch, weights.select([active[m] for m in members])),
+        graphs.CapturedLoss(member_loss) if capture else member_loss,
         inits, [jobs[i].inputs.spec.member.optimizer for i in active],
         [jobs[i].inputs.spec.member.scale_epochs[step] for i in active],
         [[_renumbered(cb, merged[i].evaluations, merged[i].elapsed_s, label) for cb in jobs[i].callbacks]
