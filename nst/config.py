@@ -256,7 +256,7 @@ def parse(cfg: DictConfig) -> RunSpec:
         style_layers=tuple(_layer_list(cfg, "loss.style_layers")),
         size=int(cfg.image.size), style_scale=float(cfg.image.style_scale),
         scales=tuple(size for size, _ in schedule), device=str(cfg.device),
-        cuda_graphs=_flag(cfg, "model.cuda_graphs", True))
+        cuda_graphs=_flag(cfg, "model.cuda_graphs", False))
     member = MemberSpec(
         content_weight=float(cfg.loss.content_weight), style_weight=float(cfg.loss.style_weight),
         tv_weight=float(cfg.loss.tv_weight),

@@ -61,8 +61,6 @@ LEFT, RIGHT, TIE, SKIP = "left", "right", "tie", "skip"
 ANSWERS = (LEFT, RIGHT, TIE, SKIP)
 # the prior's precision on each log strength (and on log ν): N(0, 1/0.3), sd 1.8 (see the docstring)
 PRIOR = 0.3
-# the MLflow metrics a review logs on each run: human.score, human.rank, ... (nst.review)
-METRIC_PREFIX = "human."
 Z95 = float(stats.norm.ppf(0.975))
 _FIELDS = ("id", "left", "right", "answer", "reviewer", "time")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from nst import labels, ranking, store, sweep_page
+from nst import labels, store, sweep_page
 from nst.pictures import TILE, comparison_grid, finite_number, layout, loss_plot, tile
 
 # a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
@@ -95,9 +95,9 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
                     "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
                     "elapsed_s": metrics.get("elapsed_s"),
                     "failure": run.data.tags.get(store.TAG_FAILURE, "")})
-        if f"{ranking.METRIC_PREFIX}rank" in metrics:  # judged with nst-review
-            row.update({"human_rank": int(metrics[f"{ranking.METRIC_PREFIX}rank"]),
-                        "human_score": metrics.get(f"{ranking.METRIC_PREFIX}score")})
+        if f"{store.HUMAN_METRICS}rank" in metrics:  # judged with nst-review
+            row.update({"human_rank": int(metrics[f"{store.HUMAN_METRICS}rank"]),
+                        "human_score": metrics.get(f"{store.HUMAN_METRICS}score")})
         rows.append(row)
     table = pd.DataFrame(rows, columns=None if rows else [
         "job", "run_id", "status", "reused", "label", "final_total", "final_content", "final_style",

@@ -27,13 +27,13 @@ import io
 import json
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 from PIL import Image
 
 from nst import labels, measures, ranking, reports, store
@@ -235,11 +235,16 @@ def _not_under_review(client, review: Review, run_id: str) -> str:
 
 
 class JudgementLog:
-    """Appends judgements to a review's home run and republishes the ranking; one writer per id at a time."""
+    """Appends judgements to a review's home run and republishes the ranking, one writer at a time.
+
+    The check for a replay and the write are one step under a lock file per home run (``filelock``, so
+    across the apps of this machine too): measured without it, two apps sent the same judgement at
+    the same moment both answered 201 (the store kept one file, the second write's time).
+    """
 
     def __init__(self, client, review: Review):
         self.client, self.review = client, review
-        self._lock = threading.Lock()
+        self._lock = FileLock(Path(tempfile.gettempdir()) / f"nst-review-{review.home}.lock")
 
     def add(self, judgement: ranking.Judgement) -> list[ranking.Judgement]:
         """Record ``judgement`` (``Replayed`` if its id is there already) and publish; all judgements after."""
@@ -250,8 +255,9 @@ class JudgementLog:
                                  f"{JUDGEMENTS}/{judgement.id}.json")
             judgements = read(self.client, self.review.home)
             publish(self.client, self.review, judgements)
-            # another app may have recorded one meanwhile and published before this publish ended: its
-            # files (judgements.jsonl, ranking.*, the count tag) would be left one behind; publish again
+            # an app on another machine (a shared tracking server: the lock file is this machine's) may
+            # have recorded one meanwhile and published before this publish ended: the home run's files
+            # (judgements.jsonl, ranking.*, the count tag) would be left one behind; publish again
             while len(again := read(self.client, self.review.home)) != len(judgements):
                 judgements = again
                 publish(self.client, self.review, judgements)
@@ -284,7 +290,7 @@ def publish(client, review: Review, judgements: Sequence[ranking.Judgement]) -> 
         values = {"score": row["score"], "score_low": row["low"], "score_high": row["high"], "rank": row["rank"],
                   "wins": row["wins"], "losses": row["losses"], "ties": row["ties"],
                   "comparisons": row["comparisons"]}
-        client.log_batch(row["run_id"], metrics=[Metric(ranking.METRIC_PREFIX + key, float(value), now, step)
+        client.log_batch(row["run_id"], metrics=[Metric(store.HUMAN_METRICS + key, float(value), now, step)
                                                  for key, value in values.items()])
     client.log_text(review.home, table.to_csv(index=False), f"{HUMAN}/ranking.csv")
     client.log_text(review.home, table.to_markdown(index=False, floatfmt=".3g") + "\n", f"{HUMAN}/ranking.md")

@@ -49,7 +49,7 @@ class SharedSpec:
     style_scale: float
     scales: tuple[int, ...]  # long sides, coarse to fine, ending at ``size``
     device: str
-    cuda_graphs: bool = True  # on CUDA at fp32, evaluations replayed from CUDA graphs (nst.graphs)
+    cuda_graphs: bool = False  # on CUDA at fp32, evaluations replayed from CUDA graphs (nst.graphs)
 
 
 @dataclass(frozen=True)
