@@ -307,6 +307,7 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.slow  # a process of its own: MLflow's import alone is seconds
 def test_the_server_listens_on_127_0_0_1_only(world):
     server = subprocess.Popen([sys.executable, "-m", "nst.review_app", "--tracking-uri", world["uri"], "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
