@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from nst import jobs, review, store
+from nst import jobs, ranking, review, store
 from nst.errors import NSTError, TrackingError
 from nst.reports import runs_table, summarise_sweep, sweep_table
 
@@ -88,7 +88,7 @@ def human(client, args) -> int:
         print(f"\n{len(judgements)} judgements by {reviewers} reviewer(s); the top three have not changed since "
               f"judgement {review.stable_since(chosen, judgements)}.\n")
         if reviewers > 1:
-            print(review.agreement(judgements).to_markdown(index=False, floatfmt=".3g") + "\n")
+            print(ranking.agreement_table(judgements).to_markdown(index=False, floatfmt=".3g") + "\n")
         print(review.correlations(chosen, table).to_markdown(index=False, floatfmt=".2g"))
     if client.get_run(chosen.home).data.tags.get(store.TAG_ROLE) == "sweep":
         with tempfile.TemporaryDirectory() as folder:

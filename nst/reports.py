@@ -199,9 +199,11 @@ def _sorted_unique(values) -> list:
     return unique
 
 
-def _file_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
-    """An artifact's bytes (the copy the grid downloaded to ``folder`` already, if there is one)."""
-    local = folder / artifact
+def artifact_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
+    """An artifact's bytes, downloaded into ``folder`` once: MLflow puts a file it downloads at
+    ``folder/<its name>``, where the grid's download of the same picture already is (the cache looked
+    at ``folder/<its path>`` before, so the report downloaded every result and input a second time)."""
+    local = folder / Path(artifact).name
     if local.is_file():
         return local.read_bytes()
     try:
@@ -232,15 +234,15 @@ def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path)
     for row in rows:
         job, run_id = int(row["job"]), str(row["run_id"])
         folder = scratch / run_id
-        found = sweep_page.JobImages(result=_file_bytes(client, run_id, "result/result.png", folder)
-                                     or _file_bytes(client, run_id, "last_finite.png", folder))
+        found = sweep_page.JobImages(result=artifact_bytes(client, run_id, "result/result.png", folder)
+                                     or artifact_bytes(client, run_id, "last_finite.png", folder))
         if sweep_page.varies_inputs(keys) or job == int(rows[0]["job"]):
-            found.content = _file_bytes(client, run_id, "inputs/content.png", folder)
-            found.style = _file_bytes(client, run_id, "inputs/style.png", folder)
+            found.content = artifact_bytes(client, run_id, "inputs/content.png", folder)
+            found.style = artifact_bytes(client, run_id, "inputs/style.png", folder)
         for position in wanted:
             step = sweep_page.frame_at(list(available[job]), position)
             if step is not None and step not in found.progress:
-                data = _file_bytes(client, run_id, available[job][step], folder)
+                data = artifact_bytes(client, run_id, available[job][step], folder)
                 if data is not None:
                     found.progress[step] = sweep_page.encode_frame(Image.open(io.BytesIO(data)))
         images[job] = found

@@ -314,11 +314,6 @@ def stable_since(review: Review, judgements: Sequence[ranking.Judgement], top: i
     return since
 
 
-def agreement(judgements: Sequence[ranking.Judgement]) -> pd.DataFrame:
-    """Reviewer-by-reviewer agreement (empty with one reviewer)."""
-    return ranking.agreement_table(judgements)
-
-
 def correlations(review: Review, table: pd.DataFrame) -> pd.DataFrame:
     """Spearman's ρ of each automatic measure with the human scores, with what the measure means."""
     human = dict(zip(table["run_id"], table["score"], strict=True))
@@ -332,10 +327,10 @@ def correlations(review: Review, table: pd.DataFrame) -> pd.DataFrame:
 
 def image_bytes(client, run_id: str, kind: str, folder: Path) -> bytes:
     """A run's result, content or style image (downloaded once into ``folder``)."""
-    local = folder / run_id / kind / Path(IMAGES[kind]).name  # where MLflow puts one file it downloads
-    if not local.is_file():
-        local = Path(client.download_artifacts(run_id, IMAGES[kind], str(local.parent)))
-    return local.read_bytes()
+    data = reports.artifact_bytes(client, run_id, IMAGES[kind], folder / run_id)
+    if data is None:
+        raise TrackingError(f"run {run_id} has no {IMAGES[kind]} in the store")
+    return data
 
 
 def prepare(client, review: Review, folder: Path) -> Review:

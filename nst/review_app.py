@@ -83,7 +83,7 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
         table = review.ranked(chosen, known)
         return review_page.ranking(
             chosen.title, review.to_json(table), {c.run_id: c.settings for c in chosen.runs},
-            review.to_json(review.correlations(chosen, table)), review.to_json(review.agreement(known)),
+            review.to_json(review.correlations(chosen, table)), review.to_json(ranking.agreement_table(known)),
             len(known), review.stable_since(chosen, known), review.MEASURE_NAMES, mlflow_url)
 
     @app.get("/image/<run_id>/<kind>")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst import measures, ranking, report_cli, review, review_app, store
+from nst import measures, ranking, report_cli, reports, review, review_app, store
 
 BETAS = ("0.01", "1", "100", "10000")
 
@@ -344,3 +344,21 @@ def test_no_sweep_and_a_busy_port_are_one_line_each(world, tmp_path, capsys):
         assert review_app.main(["--tracking-uri", world["uri"], "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"nst-review: error: cannot listen on 127.0.0.1:{port}") and "\n" not in err
+
+
+def test_an_artifact_is_downloaded_once_per_folder(world, tmp_path, monkeypatch):
+    """The report's images and nst-review's come from one cache (it missed every nested artifact)."""
+    client, run = world["client"], world["children"][0]
+    downloads = []
+    real = client.download_artifacts
+
+    def counting(*args, **kwargs):
+        downloads.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "download_artifacts", counting, raising=False)
+    first = reports.artifact_bytes(client, run, "result/result.png", tmp_path)
+    assert reports.artifact_bytes(client, run, "result/result.png", tmp_path) == first
+    assert review.image_bytes(client, run, "content", tmp_path) == review.image_bytes(client, run, "content", tmp_path)
+    assert downloads == ["result/result.png", "inputs/content.png"]
+    assert reports.artifact_bytes(client, run, "result/missing.png", tmp_path) is None
