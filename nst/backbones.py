@@ -229,6 +229,9 @@ class FeatureExtractor(nn.Module):
         """The requested activations as the network computes them."""
         out: dict[str, torch.Tensor] = {}
         x = self.preprocess(image)
+        if self.features[0].weight.is_contiguous(memory_format=torch.channels_last):
+            # an NCHW input to channels_last weights was slower than either (1662 ms vs 1280 / 1489)
+            x = x.contiguous(memory_format=torch.channels_last)
         for index, module in enumerate(self.features):
             x = module(x)
             for name in self._names_at.get(index, ()):
@@ -304,8 +307,19 @@ def load_backbone(requested: str, layers: Iterable[str], pooling: str = "max",
     else:
         path, sha = _WEIGHT_FILES[name]()
         state = _load_state(str(path))
-    extractor = FeatureExtractor(spec, state, layers, pooling).to(device)
+    extractor = FeatureExtractor(spec, state, layers, pooling).to(device, memory_format=memory_format(device))
     return Backbone(name, requested, spec, extractor, sha, str(path) if path else None, notes)
+
+
+def memory_format(device: torch.device | str) -> torch.memory_format:
+    """channels_last weights on the CPU, where oneDNN's convolutions are faster with them.
+
+    Measured (2-core Xeon with AMX, torch 2.14.1, vgg16_hed 512x384, one evaluation,
+    nst's loss): fp32 1489 -> 1280 ms, bf16 751 -> 570 ms, same loss and gradient to
+    fp32 rounding. On an avx512f CPU without bf16 units it made no difference (0.41
+    vs 0.42 s at 256 px). Unmeasured on CUDA, so left contiguous there.
+    """
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
 
 
 @lru_cache(maxsize=4)

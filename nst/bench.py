@@ -45,14 +45,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nst import graphs
+from nst import graphs, schedule
 from nst.assets import resolve_image
 from nst.backbones import SPECS, build_features, layer_shapes, layer_table, load_backbone
 from nst.devices import native_bf16, tune
 from nst.errors import NSTError
-from nst.images import load_tensor
+from nst.images import load_tensor, tensor_to_pil, upsample
 from nst.losses import StyleTransferLoss, gram, paper_style_layer_weights
 from nst.optimization import OptimizerSettings, optimize
+from nst.pictures import comparison_grid
 
 CONTENT_LAYERS = ["conv4_2"]
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
@@ -174,16 +175,21 @@ def reference_lbfgs(loss: ReferenceLoss, content: torch.Tensor, evaluations: int
     return trace
 
 
-def time_to_quality(backbone: str, size: int, reference_evals: int, device: str, bf16: bool = True) -> list[dict]:
+def time_to_quality(backbone: str, size: int, reference_evals: int, device: str, bf16: bool = True,
+                    images: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """How long the reference and nst (fp32, bf16, coarse-to-fine) take to reach the reference's best + 5 %.
 
-    Coarse-to-fine spends a quarter of the reference's evaluation budget at half
-    the size (a quarter of the cost each); its evaluations column counts both.
+    Coarse-to-fine runs the coarse scales of ``image.scales=auto`` (``nst.schedule``:
+    128 px up by sqrt(2), together an eighth of the reference's budget in cost), then
+    the full size until the target; its evaluations column counts every scale's.
     """
     content, style = _images(size, device)
     loaded = load_backbone(backbone, CONTENT_LAYERS + STYLE_LAYERS, device=device)
     reference = reference_loss(backbone, loaded, content, style, device)
-    trace = reference_lbfgs(reference, content, reference_evals)
+    optimised: dict[str, torch.Tensor] = {}  # the reference's variable (one tensor, changed in place)
+    trace = reference_lbfgs(reference, content, reference_evals, on_eval=lambda x: optimised.update(x=x))
+    if images is not None:  # what each row looked like when it reached the target; the reference at its end
+        images.update(content=content, style=style, reference=reference.preprocess.inverse(optimised["x"].detach()))
     best = min(value for _, value in trace)
     target = best * QUALITY_MARGIN
     reached = next(i for i, (_, value) in enumerate(trace) if value <= target)
@@ -193,14 +199,14 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
     class Reached(Exception):
         pass
 
-    # (label, precision, coarse evaluations at half size before the full-size run)
-    variants = [("nst (fp32)", "fp32", 0), ("nst (bf16, fixed step)", "bf16", 0),
-                ("nst (fp32, coarse-to-fine)", "fp32", reference_evals // 4)]
+    # (label, precision, whether the coarse scales of image.scales=auto run first)
+    variants = [("nst (fp32)", "fp32", False), ("nst (bf16, fixed step)", "bf16", False),
+                ("nst (fp32, coarse-to-fine, image.scales=auto)", "fp32", True)]
     variants = [v for v in variants if bf16 or v[1] != "bf16"]
-    for label, precision, coarse_evals in variants:
+    for label, precision, coarse_first in variants:
         scoring = {"excluded": 0.0, "evals": 0, "loss": math.inf, "before": 0.0, "coarse": 0}
 
-        def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring) -> None:
+        def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring, label=label) -> None:
             if precision == "fp32":  # nst's fp32 loss is the reference's loss (tested)
                 value = record["total"]
             elif record["evaluation"] % 5:
@@ -213,6 +219,8 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
             if value <= target:
                 scoring.update(evals=record["evaluation"] + scoring["coarse"], loss=value,
                                seconds=scoring["before"] + record["elapsed_s"] - scoring["excluded"])
+                if images is not None:
+                    images[label] = image.detach().clone()
                 raise Reached
 
         # bf16's rounding noise defeats the strong-Wolfe search (nst refuses the pair): fixed step
@@ -220,15 +228,18 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
                                      tolerance_change=0,
                                      line_search="strong_wolfe" if precision == "fp32" else None)
         init = content
-        if coarse_evals:  # optimise at half size first, then start the full size from its result
+        if coarse_first:  # each coarse scale from the previous one's result, upsampled as nst.run does
             begin = time.perf_counter()
-            small_content, small_style = _images(size // 2, device)
-            coarse = optimize(nst_loss(loaded, small_content, small_style, precision=precision), small_content,
-                              OptimizerSettings(name="lbfgs", max_iter=coarse_evals, max_eval=coarse_evals),
-                              1, progress=False, preprocess=loaded.extractor.preprocess)
-            init = torch.nn.functional.interpolate(coarse.image, size=content.shape[-2:], mode="bilinear",
-                                                   align_corners=False)
-            scoring.update(before=time.perf_counter() - begin, coarse=coarse.evaluations)
+            for side, evals in schedule.coarse_to_fine(size, reference_evals)[:-1]:
+                small_content, small_style = _images(side, device)
+                start = small_content if init is content else upsample(init, small_content.shape[-2:])
+                coarse = optimize(nst_loss(loaded, small_content, small_style, precision=precision), start,
+                                  OptimizerSettings(name="lbfgs", max_iter=evals, max_eval=evals), 1,
+                                  progress=False, preprocess=loaded.extractor.preprocess)
+                init = coarse.image
+                scoring["coarse"] += coarse.evaluations
+            init = upsample(init, content.shape[-2:])
+            scoring.update(before=time.perf_counter() - begin)
         try:
             optimize(nst_loss(loaded, content, style, precision=precision), init, settings, 1,
                      callbacks=[score], progress=False, preprocess=loaded.extractor.preprocess)
@@ -239,6 +250,21 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
             rows.append({"impl": label, "evals": None, "seconds": None, "loss": None,
                          "best": best, "target": target})
     return rows
+
+
+def save_quality_images(images: dict[str, torch.Tensor], rows: list[dict], folder: Path) -> Path:
+    """content | style | the reference's last image | each nst row's image when it reached the target."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds = {row["impl"]: row["seconds"] for row in rows}
+    tiles = [("reference (fp32): its last image" if label == "reference" else f"{label}: at {seconds[label]:.1f} s",
+              tensor_to_pil(image.clamp(0, 1)))
+             for label, image in images.items() if label not in ("content", "style")]
+    height, width = images["content"].shape[-2:]
+    grid = comparison_grid(tensor_to_pil(images["content"]), tensor_to_pil(images["style"]), tiles,
+                           box=(width, height), title="time to quality: each image when its loss reached the target")
+    path = folder / "quality_side_by_side.png"
+    grid.save(path)
+    return path
 
 
 def run_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool = True) -> Iterator[dict]:
@@ -417,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quality-size", type=int, default=128, help="0 skips the time-to-quality race")
     parser.add_argument("--quality-evals", type=int, default=1000, help="evaluations of the reference run")
+    parser.add_argument("--quality-images", metavar="DIR",
+                        help="save each time-to-quality row's image (when it reached the target) side by side")
     parser.add_argument("--run-size", type=int, default=0, help="size of the one-run race; 0 (default) skips it")
     parser.add_argument("--run-evals", type=int, default=500, help="evaluations of the one-run race")
     parser.add_argument("--sweep-size", type=int, default=128, help="0 skips the sweep race")
@@ -447,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{torch.cuda.get_device_name()}; cuDNN {torch.backends.cudnn.version()} with TF32 convolutions "
               f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'} (so a % of the fp32 roofline can pass 100)")
     with_bf16 = args.bf16 == "always" or (args.bf16 == "auto" and native_bf16(torch.device(args.device)) is not False)
-    if not with_bf16:
+    if args.bf16 == "never":
+        print("bf16 rows skipped (--bf16 never)")
+    elif not with_bf16:
         print("bf16 rows skipped: no bfloat16 hardware on this device (avx512_bf16 or AMX on a CPU); --bf16 always")
     print()
     print("## Cost of one evaluation (forward + backward), median of", args.evals, "\n")
@@ -477,7 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quality_size:
         print(f"\n## Time to quality: {race_backbone}, {args.quality_size} px, loss within 5 % of the best of "
               f"a {args.quality_evals}-evaluation reference L-BFGS run\n")
-        rows = time_to_quality(race_backbone, args.quality_size, args.quality_evals, args.device, with_bf16)
+        images: dict[str, torch.Tensor] = {}
+        rows = time_to_quality(race_backbone, args.quality_size, args.quality_evals, args.device, with_bf16, images)
+        if args.quality_images:
+            print(f"images: {save_quality_images(images, rows, Path(args.quality_images))}\n")
         base = rows[0]["seconds"]
         print(f"reference best loss {rows[0]['best']:.6g}, target {rows[0]['target']:.6g}\n")
         print("| implementation | evaluations | seconds | speed-up | loss reached |")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from nst import schedule
 from nst.backbones import CHOICES as BACKBONES
 from nst.calibration import CALIBRATIONS
 from nst.color import COLOR_MODES, HISTOGRAM_MODES
@@ -85,14 +86,19 @@ def scale_schedule(cfg: DictConfig) -> list[tuple[int, int]]:
     size = int(OmegaConf.select(cfg, "image.size"))
     epochs = int(OmegaConf.select(cfg, "epochs"))
     scales = OmegaConf.select(cfg, "image.scales")
+    per_scale = OmegaConf.select(cfg, "image.scale_epochs")
     if scales is None:
         return [(size, epochs)]
+    if scales == "auto":
+        if per_scale is not None:
+            raise ConfigError("image.scale_epochs", per_scale, "null when image.scales is auto (derived from "
+                                                              "image.size and epochs: nst/schedule.py)")
+        return schedule.coarse_to_fine(size, epochs)
     scales = list(scales) if isinstance(scales, ListConfig | list) else [scales]
     if (not scales or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in scales)
             or any(b <= a for a, b in zip(scales, scales[1:], strict=False)) or scales[-1] != size):
-        raise ConfigError("image.scales", scales, f"increasing long sides >= 16 px ending at image.size ({size}), "
-                                                  f"e.g. [{max(16, size // 2)}, {size}]")
-    per_scale = OmegaConf.select(cfg, "image.scale_epochs")
+        raise ConfigError("image.scales", scales, f"auto, or increasing long sides >= 16 px ending at image.size "
+                                                  f"({size}), e.g. [{max(16, size // 2)}, {size}]")
     if per_scale is None:
         return [(s, epochs) for s in scales]
     per_scale = list(per_scale) if isinstance(per_scale, ListConfig | list) else [per_scale]

@@ -113,7 +113,7 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
                 continue
             recorder = recording.begin(job, job.tracking, inputs)
             if recorder is not None:
-                folder = RunFolder.of(job.output_dir, inputs.spec.member, job.tracking)
+                folder = RunFolder.of(job.output_dir, inputs, job.tracking)
                 members.append(_Member(position, inputs, recorder, folder))
         if members:
             for member, outcome in zip(members, _execute(members, jobs), strict=True):

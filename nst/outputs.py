@@ -3,8 +3,9 @@
 ``RunFolder.on_evaluation`` sees every function evaluation (as the MLflow recorder
 does) and, in the run's folder and on the terminal:
 
-- every ``tracking.log_every`` evaluations keeps a frame for ``optimisation.mp4``
-  (written by ``finish``, before the recorder logs the folder to MLflow);
+- every ``tracking.log_every`` evaluations adds a frame to ``optimisation.mp4``
+  (encoded meanwhile by ``nst.pictures.Video``'s thread; ``finish`` adds the
+  result and closes it, before the recorder logs the folder to MLflow);
 - every ``save_every`` evaluations writes ``progress/<evaluation>.png``;
 - every ``print_every`` evaluations prints one line of per-layer losses (as
   jcjohnson/neural-style's ``-print_iter``).
@@ -19,13 +20,12 @@ import math
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from nst.images import save_png, tensor_to_pil
-from nst.pictures import write_video
-from nst.run import writing
-from nst.spec import MemberSpec, TrackingSpec
+from nst.pictures import Video
+from nst.run import Inputs, writing
+from nst.spec import TrackingSpec
 
 PROGRESS_DIR = "progress"
 VIDEO_STEM = "optimisation"
@@ -46,15 +46,17 @@ def loss_line(record: dict) -> str:
 class RunFolder:
     """The run's own files beyond the engine's (video, numbered progress images) and its printed lines."""
 
-    def __init__(self, output_dir: Path, log_every: int = 10, video: bool = True, print_every: int = 0,
-                 save_every: int = 0):
+    def __init__(self, output_dir: Path, size: tuple[int, int], log_every: int = 10, video: bool = True,
+                 print_every: int = 0, save_every: int = 0):
         self.output_dir = Path(output_dir)
-        self.log_every, self.video, self.print_every, self.save_every = log_every, video, print_every, save_every
-        self.frames: list[Image.Image] = []
+        self.log_every, self.print_every, self.save_every = log_every, print_every, save_every
+        self.video = Video(self.output_dir / VIDEO_STEM, size) if video else None  # size: the result's (w, h)
 
     @classmethod
-    def of(cls, output_dir: Path, member: MemberSpec, tracking: TrackingSpec) -> RunFolder:
-        return cls(output_dir, tracking.log_every, tracking.video, member.print_every, member.save_every)
+    def of(cls, output_dir: Path, inputs: Inputs, tracking: TrackingSpec) -> RunFolder:
+        member = inputs.spec.member
+        return cls(output_dir, (inputs.content.shape[-1], inputs.content.shape[-2]), tracking.log_every,
+                   tracking.video, member.print_every, member.save_every)
 
     @property
     def callbacks(self) -> list:
@@ -62,8 +64,8 @@ class RunFolder:
 
     def on_evaluation(self, record: dict, image: torch.Tensor) -> None:
         step = int(record["evaluation"])
-        if self.video and (step == 1 or step % self.log_every == 0):
-            self.frames.append(tensor_to_pil(image))
+        if self.video is not None and (step == 1 or step % self.log_every == 0):
+            self.video.add(tensor_to_pil(image))
         if self.save_every and step % self.save_every == 0:
             with writing(self.output_dir):
                 save_png(image, self.progress_png(step))
@@ -76,13 +78,11 @@ class RunFolder:
         return folder / f"{step:04d}.png"
 
     def finish(self, final: torch.Tensor | None = None, step: int | None = None) -> Path | None:
-        """The video of the frames, the final image (at evaluation ``step``) last unless it is a frame
-        already; None when there are fewer than two frames or no video is wanted."""
-        if not self.video:
+        """The video closed, with the final image (at evaluation ``step``) as its last frame unless it is a
+        frame already; None when there are fewer than two frames or no video is wanted."""
+        if self.video is None:
             return None
-        if final is not None and step is not None and not (self.frames and step % self.log_every == 0):
-            self.frames.append(tensor_to_pil(final))
-        if len(self.frames) < 2:
-            return None
+        if final is not None and step is not None and not (self.video.count and step % self.log_every == 0):
+            self.video.add(tensor_to_pil(final))
         with writing(self.output_dir):
-            return write_video(self.frames, self.output_dir / VIDEO_STEM)
+            return self.video.close()

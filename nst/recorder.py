@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -418,6 +417,8 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
         raise TrackingError(f"{folder} holds no {RECORD_JSON}: not the folder of a run that ended "
                             f"(nothing to record)")
     record = json.loads((folder / RECORD_JSON).read_text())
+    import pandas as pd  # 0.7 s to import: only when a folder is recorded again
+
     history = pd.read_csv(folder / LOSSES_CSV).to_dict("records") if (folder / LOSSES_CSV).is_file() else []
     run = _folder_run(client, experiment_id, folder)
     if run is not None and run.info.status != "RUNNING" and not store.ended_as_dead(run):

@@ -16,7 +16,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 from PIL import Image
@@ -27,7 +27,7 @@ from nst.pictures import TILE, comparison_grid, finite_number, layout, loss_plot
 # a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
 SMALL_SWEEP = 8
 LARGEST_TILE = 512
-REPORT_HTML = "report.html"
+REPORT_HTML = PurePosixPath(store.SWEEP_REPORT).name  # report.html, in the sweep folder and on the parent
 
 
 @dataclass

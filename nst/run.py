@@ -13,6 +13,7 @@ MLflow recorder).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import platform
@@ -21,9 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from nst import graphs
 from nst.assets import resolve_image
@@ -48,6 +47,7 @@ from nst.images import (
     save_png,
     scaled_size,
     style_long_side,
+    upsample,
 )
 from nst.losses import LossWeights, StyleTransferLoss
 from nst.optimization import EvaluationCallback, OptimizationResult, initial_image, optimize_batch
@@ -299,12 +299,24 @@ def _load_backbone(inputs: Inputs) -> Backbone:
     return backbone
 
 
+def write_losses(path: Path, history: Sequence[dict]) -> None:
+    """losses.csv: one row per evaluation, a column per key (in first-seen order).
+
+    With the csv module, not pandas: importing pandas took 0.7 s of a run's 3.2 s of imports here.
+    """
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, columns, restval="")
+        writer.writeheader()
+        writer.writerows(history)
+
+
 def _write_outcome(job: BatchJob, record: dict, backbone: Backbone,
                    outcome: OptimizationResult | BaseException) -> RunOutcome | BaseException:
     """Write a member's files: result.png (or last_finite.png), losses.csv and run.json."""
     if isinstance(outcome, NonFiniteLossError):
         save_png(outcome.last_finite_image, job.output_dir / LAST_FINITE_PNG)
-        pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
+        write_losses(job.output_dir / LOSSES_CSV, outcome.history)
         record.update(status="FAILED", failure=str(outcome))
         _write_record(job.output_dir, record)
         return outcome
@@ -313,7 +325,7 @@ def _write_outcome(job: BatchJob, record: dict, backbone: Backbone,
     result = job.output_dir / job.inputs.spec.member.output
     result.parent.mkdir(parents=True, exist_ok=True)
     save_png(outcome.image, result)
-    pd.DataFrame(outcome.history).to_csv(job.output_dir / LOSSES_CSV, index=False)
+    write_losses(job.output_dir / LOSSES_CSV, outcome.history)
     record.update(status="FINISHED", result=job.inputs.spec.member.output, evaluations=outcome.evaluations, elapsed_s=round(outcome.elapsed_s, 3),
                   final_losses={k: v for k, v in outcome.final.items() if k not in ("evaluation", "epoch")})
     _write_record(job.output_dir, record)
@@ -374,7 +386,7 @@ def _optimize_scale(jobs: Sequence[BatchJob], backbone: Backbone, weights: LossW
         if images[i] is None:
             inits.append(initial_image(member.init, content, styles[0], member.seed))
         else:
-            inits.append(F.interpolate(images[i], size=content.shape[-2:], mode="bilinear", align_corners=False))
+            inits.append(upsample(images[i], content.shape[-2:]))
     selected: dict[tuple[int, ...], LossWeights] = {}  # the weights' rows copied to the device once per set
 
     def member_loss(batch: torch.Tensor, members: list[int]):

@@ -63,6 +63,7 @@ WORKFLOW = "workflowType=machine_learning"
 TAG_SWEPT = "nst.swept"  # on a sweep's parent: {swept key: log-spaced?}, in the order given
 TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
 TAG_REUSED = "nst.reused."  # + job number, on a sweep's parent: a FINISHED run reused by resume
+SWEEP_REPORT = "sweep/report.html"  # on a sweep's parent: the report (nst.reports writes it)
 HUMAN_METRICS = "human."  # + score, rank, ...: what nst-review logs on each judged run (nst.review)
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"

@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nst import labels, ownership, reports, store
+from nst import labels, ownership, store
 from nst.config import check_launch, tracking_spec
 from nst.errors import NSTError
 from nst.hydra_job import sweep_id
@@ -68,7 +68,7 @@ class SweepCallback(Callback):
             store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
             store.TAG_SWEPT: json.dumps(swept), **store.environment_tags()})
         self.parent, self.experiment_id = run.info.run_id, experiment_id
-        report = store.run_address(None, experiment_id, self.parent, f"sweep/{reports.REPORT_HTML}")
+        report = store.run_address(None, experiment_id, self.parent, store.SWEEP_REPORT)
         self.client.set_tag(self.parent, store.TAG_DESCRIPTION,
                             f"{describe(config, values)}\n\nCompare the results: [the sweep's report]({report}).")
         self.sweep_dir = Path(sweep_dir)
@@ -82,6 +82,8 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent is None:
             return
+        from nst import reports  # pandas takes 0.7 s to import: only in a sweep
+
         status = "FINISHED"
         try:
             # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
@@ -128,6 +130,8 @@ class SweepCallback(Callback):
 
     def abort(self, status: str, reason: str) -> None:
         """The multirun died (interrupt, a killed worker): end runs left RUNNING, keep what finished."""
+        from nst import reports  # imports pandas: only in a sweep
+
         try:
             self.end_orphans(status, reason)
             if store.sweep_runs(self.client, self.parent):

@@ -191,3 +191,21 @@ def test_cached_weights_load_with_weights_only_and_record_sha(monkeypatch, tmp_p
     backbone = load_backbone("vgg19", ["conv2_1"])
     assert backbone.record()["weights_sha256"] == digest
     torch.testing.assert_close(backbone.extractor.features[0].weight, state["features.0.weight"])
+
+
+def test_cpu_weights_are_channels_last_and_compute_what_contiguous_ones_do():
+    layers = ["conv1_1", "conv3_1", "conv4_2", "conv5_1"]
+    loaded = load_backbone("random", layers, seed=0)
+    assert loaded.extractor.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = load_backbone("random", layers, seed=0).extractor.to(memory_format=torch.contiguous_format)
+    assert plain.features[0].weight.is_contiguous()
+    image = torch.rand(1, 3, 48, 64)
+    ours, theirs = (image.clone().requires_grad_(True) for _ in range(2))
+    out, ref = loaded.extractor(ours), plain(theirs)
+    for name in layers:
+        # a different summation order: fp32 rounding relative to the layer's largest activation
+        torch.testing.assert_close(out[name], ref[name], rtol=1e-4, atol=1e-5 * float(ref[name].abs().max()))
+    sum(v.square().mean() for v in out.values()).backward()
+    sum(v.square().mean() for v in ref.values()).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5 * float(theirs.grad.abs().max()))
+    assert ours.grad.is_contiguous()  # the optimiser's image keeps its layout

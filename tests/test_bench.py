@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from nst.backbones import SPECS, FeatureExtractor, layer_table, random_state
 from nst.bench import CONTENT_LAYERS, STYLE_LAYERS, ReferenceLoss, evaluation_flops
@@ -38,9 +39,10 @@ def test_evaluation_flops_by_hand():
 
 @pytest.mark.timeout(600)
 @pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
-def test_bench_prints_every_table():
+def test_bench_prints_every_table(tmp_path):
     done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
                            "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",
+                           "--quality-images", str(tmp_path),
                            "--run-size", "64", "--run-evals", "6", "--sweep-size", "64", "--sweep-evals", "4", "--bf16", "always"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -53,6 +55,11 @@ def test_bench_prints_every_table():
     run_at = lines.index(next(line for line in lines if line.startswith("## One L-BFGS run")))
     quality = [line for line in lines[quality_at:run_at] if line.startswith(("| reference", "| nst"))]
     assert len(quality) == 4 and "| 1.00x |" in quality[0]
+    # content, style, the reference's image and one per row that reached the target, each 64x48
+    reached = sum("not reached" not in line for line in quality[1:])
+    grid = Image.open(tmp_path / "quality_side_by_side.png")
+    assert grid.width * grid.height >= (3 + reached) * 64 * 48
+    assert f"images: {tmp_path / 'quality_side_by_side.png'}" in done.stdout
     # one run: the budget is spent (torch's strong-Wolfe search may overrun it by one evaluation);
     # nst's runs end with one more, at the image they keep (nst.optimization._Member)
     runs = {cells[1].strip(): int(cells[2]) for cells in (line.split("|") for line in lines[run_at:])

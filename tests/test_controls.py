@@ -187,13 +187,14 @@ CONTROLS = ["color_luminance", "color_histogram", "style_blend", "style_scale", 
 @pytest.mark.parametrize("name", CONTROLS)
 def test_each_control_experiment_composes_and_prepares(name):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):  # content and style from the experiment
-        # 160 px: coarse_to_fine starts at 128 px
-        inputs = prepare(compose("config", overrides=[f"experiment={name}", *TINY, "image.size=160"]))
+        # 181 px: coarse_to_fine's automatic scales are 128 and 181 px
+        inputs = prepare(compose("config", overrides=[f"experiment={name}", *TINY, "image.size=181"]))
     cfg = inputs.spec.shared
     assert (cfg.color_preservation != "none") == name.startswith("color_")
     assert (len(inputs.styles) == 2) == (name in ("style_blend", "masks"))
     assert (inputs.masks is not None) == (name == "masks")
     assert cfg.content == "tubingen"
+    assert cfg.scales == ((128, 181) if name == "coarse_to_fine" else (181,))
 
 
 @pytest.mark.timeout(900)

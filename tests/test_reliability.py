@@ -230,6 +230,7 @@ def test_signal_kills_run_keeps_partial_and_rerun_completes(tmp_path, sig, nst):
     assert client.get_metric_history(killed.info.run_id, "total")
     names = [a.path for a in client.list_artifacts(killed.info.run_id)]
     assert "partial.png" in names
+    assert "optimisation.mp4" in names  # the frames the encoder thread had, flushed before the folder was logged
     assert all(r.info.status != "RUNNING" for r in all_runs(out) + all_runs(out, "sweep"))
     assert all_runs(out, "sweep")[0].info.status == "KILLED"
 

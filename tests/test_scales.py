@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nst.config import scale_schedule, validate
+from nst.config import parse, scale_schedule, validate
 from nst.errors import ConfigError
 from nst.jobs import prepare
 from nst.run import execute
+from nst.schedule import COARSE_SHARE, auto_scales, coarse_to_fine
 
 from .test_config import make
 
@@ -60,3 +61,36 @@ def test_bad_schedules_name_the_key(override, key):
 def test_a_coarse_scale_too_small_for_the_deepest_layer_is_refused_before_work():
     with pytest.raises(ConfigError, match="at least 16 px"):
         prepare(make(*TINY, "image.scales=[16,64]"))
+
+
+def test_auto_scales_go_up_from_128_px_by_root_two():
+    assert auto_scales(512) == (128, 181, 256, 362, 512)
+    assert auto_scales(256) == (128, 181, 256)
+    assert auto_scales(128) == (128,) and auto_scales(64) == (64,)
+
+
+@pytest.mark.parametrize("size, budget", [(256, 20), (512, 20), (512, 1000), (1024, 40)])
+def test_coarse_scales_cost_an_eighth_of_the_final_budget(size, budget):
+    planned = coarse_to_fine(size, budget)
+    assert planned[-1] == (size, budget)  # the final scale keeps the whole budget
+    assert [side for side, _ in planned] == list(auto_scales(size))
+    coarse_cost = sum(n * (side / size) ** 2 for side, n in planned[:-1])  # in final-size evaluations
+    assert all(1 <= n <= budget for _, n in planned)
+    assert coarse_cost == pytest.approx(budget * COARSE_SHARE, rel=0.35)  # rounding to whole epochs
+
+
+def test_image_scales_auto_is_the_derived_schedule_and_runs(tmp_path):
+    cfg = make("model=random", "tracking=none", "progress=false", "optimizer.max_iter=2", "image.size=181",
+               "image.scales=auto", "epochs=8")
+    assert scale_schedule(cfg) == coarse_to_fine(181, 8) == [(128, 2), (181, 8)]
+    spec = parse(cfg)
+    assert spec.shared.scales == (128, 181) and spec.member.scale_epochs == (2, 8)
+    execute(prepare(make("model=random", "tracking=none", "progress=false", "optimizer.max_iter=1",
+                         "image.size=181", "image.scales=auto", "epochs=2")), tmp_path)
+    assert list(dict.fromkeys(pd.read_csv(tmp_path / "losses.csv")["scale"])) == [128, 181]
+
+
+def test_auto_scales_take_no_epochs_list():
+    with pytest.raises(ConfigError) as info:
+        validate(make(*TINY, "image.scales=auto", "image.scale_epochs=[1,2]"))
+    assert info.value.key == "image.scale_epochs" and "auto" in str(info.value)
