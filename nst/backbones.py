@@ -230,7 +230,7 @@ class FeatureExtractor(nn.Module):
         out: dict[str, torch.Tensor] = {}
         x = self.preprocess(image)
         if self.features[0].weight.is_contiguous(memory_format=torch.channels_last):
-            # an NCHW input to channels_last weights was slower than either (1662 ms vs 1280 / 1489)
+            # an NCHW input to channels_last weights was slower than either (1662 ms vs 1280 / 1489, one run each)
             x = x.contiguous(memory_format=torch.channels_last)
         for index, module in enumerate(self.features):
             x = module(x)
@@ -314,10 +314,11 @@ def load_backbone(requested: str, layers: Iterable[str], pooling: str = "max",
 def memory_format(device: torch.device | str) -> torch.memory_format:
     """channels_last weights on the CPU, where oneDNN's convolutions are faster with them.
 
-    Measured (2-core Xeon with AMX, torch 2.14.1, vgg16_hed 512x384, one evaluation,
-    nst's loss): fp32 1489 -> 1280 ms, bf16 751 -> 570 ms, same loss and gradient to
-    fp32 rounding. On an avx512f CPU without bf16 units it made no difference (0.41
-    vs 0.42 s at 256 px). Unmeasured on CUDA, so left contiguous there.
+    Measured (2-core Xeon with AMX, torch 2.14.1, vgg16_hed 512x384, one evaluation of
+    nst's loss, contiguous and channels_last interleaved, medians of 5): fp32 1783 ->
+    1544 ms, bf16 1066 -> 858 ms, the same loss and the gradient equal to fp32
+    rounding. On an avx512f CPU without bf16 units it made no difference (0.41 vs
+    0.42 s at 256 px). Unmeasured on CUDA, so left contiguous there.
     """
     return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
 

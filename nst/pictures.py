@@ -196,8 +196,9 @@ class Video:
     """``optimisation.mp4``, encoded by a background thread while the run goes on.
 
     The frames used to be kept and encoded when the run ended, after the
-    optimisation: 31 frames of 512x384 took 1.0-3.3 s of x264 on the 2-core CPU,
-    as long as a whole 300-evaluation run on a GPU. Now each frame goes through a
+    optimisation: 31 frames of 512x384 random noise (x264's worst case) took 3.3 s
+    on the 2-core CPU, about as long as a 300-evaluation run optimises on an H200.
+    Now each frame goes through a
     bounded queue (``add`` waits only if the encoder is ``depth`` frames behind)
     and ``close`` waits for the last ones. Every frame is fitted to ``size``, the
     result's (on an even canvas: yuv420p needs even sides). Without PyAV or an
