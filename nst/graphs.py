@@ -40,8 +40,8 @@ import torch
 from nst.losses import LossTerms
 
 log = logging.getLogger(__name__)
-# torch 2.11+ can confine capture's checks to the capturing thread ("thread_local"): a batch's member
-# threads and a logging thread may touch CUDA while the coordinator captures
+# torch 2.11+ can confine capture's checks to the capturing thread ("thread_local"): the run's writer
+# and video threads may run while the coordinator captures (a batch's members are greenlets on its thread)
 _PARAMETERS = inspect.signature(torch.cuda.make_graphed_callables).parameters
 
 # a batch (shape and members) is captured the second time it is evaluated: a set of members seen

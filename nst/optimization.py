@@ -22,11 +22,11 @@ gradient's scale) the [0, 1] RGB image. Losses and records always see RGB.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import greenlet
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,9 +134,15 @@ class _Member:
     """One image being optimised: its variable, optimiser, record, and closure state.
 
     Its optimiser runs unchanged (``torch.optim.LBFGS`` with its own history and
-    line search, or Adam) in a thread of its own; the closure does not compute
-    anything itself but hands the variable to the coordinator, which evaluates
-    every waiting member in one batched pass and writes each gradient back.
+    line search, or Adam) in a greenlet of its own: the closure computes nothing
+    itself but switches back to the coordinator, which evaluates every waiting
+    member in one batched pass, writes each gradient back and switches into each
+    member again. Greenlets, not threads: one OS thread runs everything, members
+    take turns only where their closure asks for an evaluation, so a batch needs
+    no locks, its evaluations are all on one thread (and one CUDA stream), and
+    the optimisers' vector updates use the process's intra-op threads (member
+    threads had to be held to one each: a second OpenMP team beside the
+    coordinator's cost 20 % per evaluation on 2 cores).
 
     Not every evaluation is at a point the optimiser keeps: a strong-Wolfe line
     search evaluates trial steps and may reject the last one (measured: a trial
@@ -191,31 +197,25 @@ class _Member:
         with torch.no_grad():
             self.accepted = self.decode(self.variable).detach().clone()
 
-    def run(self, condition: threading.Condition) -> None:
-        # One intra-op thread here: the optimiser's vector updates are small, and a second
-        # OpenMP team competing with the coordinator's cost 20 % per evaluation on 2 cores.
-        torch.set_num_threads(1)
+    def run(self) -> None:
+        """The body of the member's greenlet; an interrupt (BaseException) propagates to the coordinator."""
         try:
-            self.steps(lambda: self._closure(condition))
+            self.steps(self._closure)
         except _Aborted:
             pass
-        except BaseException as exc:  # noqa: BLE001 - reported by the coordinator
+        except Exception as exc:  # noqa: BLE001 - reported by the coordinator
             self.error = exc
         finally:
-            with condition:
-                self.state = "done"
-                condition.notify_all()
+            self.state = "done"
 
-    def _closure(self, condition: threading.Condition) -> torch.Tensor:
+    def _closure(self) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        with condition:
-            if self.stop:
-                raise _Aborted
-            self.state = "waiting"
-            condition.notify_all()
-            condition.wait_for(lambda: self.state != "waiting" or self.stop)
-            if self.stop:
-                raise _Aborted
+        if self.stop:
+            raise _Aborted
+        self.state = "waiting"
+        _switch(greenlet.getcurrent().parent)  # to the coordinator, back once evaluated
+        if self.stop:
+            raise _Aborted
         return self.loss
 
 
@@ -238,32 +238,24 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
     # one bar over every member's evaluations: its total is their planned budget (L-BFGS may stop early)
     bar = tqdm(total=sum(s.planned_evaluations(e) for s, e in zip(settings, epochs, strict=True)), desc="nst",
                unit="eval", disable=not progress, dynamic_ncols=True)
-    if len(members) == 1:
-        return [_optimize_alone(loss_fn, members[0], start, bar)]
-    condition = threading.Condition()
-    threads = [threading.Thread(target=m.run, args=(condition,), name=f"nst-member-{m.index}",
-                                daemon=True) for m in members]
-    for thread in threads:
-        thread.start()
+    turns = [greenlet.greenlet(m.run) for m in members]  # children of this (the coordinating) greenlet
     try:
         while True:
-            with condition:
-                condition.wait_for(lambda: all(m.state != "running" for m in members))
-                waiting = [m for m in members if m.state == "waiting"]
+            for member, turn in zip(members, turns, strict=True):
+                if member.state == "running":
+                    _switch(turn)  # back when the member waits for an evaluation or is done
+            waiting = [m for m in members if m.state == "waiting"]
             if not waiting:
                 break
-            _evaluate(loss_fn, waiting, start, bar)
-            with condition:
-                for m in waiting:
-                    m.state = "running"
-                condition.notify_all()
+            with torch.enable_grad():
+                _evaluate(loss_fn, waiting, start, bar)
+            for m in waiting:
+                m.state = "running"
     finally:
-        with condition:  # normally all done; after an exception here, unwind every member
-            for m in members:
-                m.stop = True
-            condition.notify_all()
-        for thread in threads:
-            thread.join()
+        for member, turn in zip(members, turns, strict=True):  # normally all done; after an interrupt, unwind
+            if not turn.dead:
+                member.stop = True
+                _switch(turn)
         _close(bar)
     elapsed = time.perf_counter() - start
     outcomes: list[OptimizationResult | BaseException] = []
@@ -273,23 +265,12 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
     return outcomes
 
 
-def _optimize_alone(loss_fn, member: _Member, start: float, bar: tqdm) -> OptimizationResult | Exception:
-    """A batch of one: the same member and evaluation code, with the closure evaluating directly."""
-    def closure() -> torch.Tensor:
-        member.optimizer.zero_grad(set_to_none=True)
-        _evaluate(loss_fn, [member], start, bar)
-        if member.error is not None:
-            raise member.error
-        return member.loss
-
-    try:
-        member.steps(closure)
-    except Exception as exc:  # noqa: BLE001 - returned like a batch member's error
-        return exc
-    finally:
-        _close(bar)
-    member.result.elapsed_s = time.perf_counter() - start
-    return member.result
+def _switch(to: greenlet.greenlet) -> None:
+    """Run ``to`` until it switches back, keeping this greenlet's grad mode (a thread's state, which
+    greenlets share: a member suspended inside ``optimizer.step`` is in ``no_grad``)."""
+    grad_mode = torch.is_grad_enabled()
+    to.switch()
+    torch.set_grad_enabled(grad_mode)
 
 
 def _close(bar: tqdm) -> None:

@@ -228,3 +228,65 @@ def test_batched_launcher_gives_each_member_its_own_folder_and_mlflow_run(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped, identical config already FINISHED") == 6
     assert len(runs(client, "run", "FINISHED")) == 6
+
+
+def test_fixed_step_and_adam_members_are_evaluated_together_on_this_thread_alone(setup):
+    """No member threads: every evaluation of a lock-step batch has all its members, on the caller's thread."""
+    backbone, content, loss = setup
+    weights = weights_for([1.0, 100.0, 1e4])
+    seen = []
+
+    def counted(images, members):
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        seen.append((tuple(members), threading.current_thread() is threading.main_thread(),
+                     [name for name in others if name != "tqdm_monitor"]))  # tqdm's own monitor may run
+        return loss(images, weights.select(members))
+
+    settings = [OptimizerSettings(name="lbfgs", max_iter=4, line_search=None),
+                OptimizerSettings(name="adam", lr=0.02, max_iter=4, space="pixel"),
+                OptimizerSettings(name="lbfgs", max_iter=4, line_search=None, lr=0.5)]
+    results = optimize_batch(counted, [content] * 3, settings, [2, 2, 2], progress=False,
+                             preprocess=backbone.extractor.preprocess)
+    assert [r.evaluations for r in results] == [2 * 4 + 1] * 3
+    assert seen == [((0, 1, 2), True, [])] * (2 * 4 + 1)
+    alone = independent(loss, content, backbone, 100.0, settings[1], 2)
+    assert (results[1].image - alone.image).abs().max() < TOLERANCE
+
+
+def test_an_interrupt_inside_one_members_step_unwinds_the_others(setup, monkeypatch):
+    """A Ctrl-C that lands in a member's optimiser code (not in the batched evaluation) still stops the batch."""
+    from nst import optimization
+
+    backbone, content, loss = setup
+    accept, run, ended = optimization._Member.accept, optimization._Member.run, []
+
+    def interrupted_accept(member):
+        if member.index == 1:
+            raise KeyboardInterrupt
+        accept(member)
+
+    def recorded_run(member):
+        try:
+            run(member)
+        finally:
+            ended.append(member.index)
+
+    monkeypatch.setattr(optimization._Member, "accept", interrupted_accept)
+    monkeypatch.setattr(optimization._Member, "run", recorded_run)
+    with pytest.raises(KeyboardInterrupt):
+        batched(loss, content, backbone, [1.0, 100.0, 1e4],
+                [OptimizerSettings(name="adam", lr=0.02, max_iter=3, space="pixel")] * 3, [2] * 3)
+    assert sorted(ended) == [0, 1, 2]
+
+
+def test_a_batch_keeps_the_callers_grad_mode(setup):
+    """Members suspended inside ``optimizer.step`` (no_grad) share the thread's grad mode with the caller."""
+    backbone, content, loss = setup
+    settings = [OptimizerSettings(name="lbfgs", max_iter=3)] * 2
+    expected = batched(loss, content, backbone, [1.0, 100.0], settings, [2, 2])
+    with torch.no_grad():
+        inside = batched(loss, content, backbone, [1.0, 100.0], settings, [2, 2])
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    for a, b in zip(expected, inside, strict=True):
+        assert a.evaluations == b.evaluations and torch.equal(a.image, b.image)
