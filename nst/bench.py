@@ -12,8 +12,9 @@ by the machine's measured matmul rate give the roofline time.
 Then two end-to-end races against the same reference:
 
 * time to quality: a 1000-evaluation reference L-BFGS run sets the quality
-  (its lowest loss + 5 %); how long the reference and nst (fp32, bf16) take to
-  get there, nst's image scored by the reference's fp32 loss;
+  (its lowest loss + 5 %, on the features a run optimises: calibrated unless
+  ``--quality-calibration none``); how long the reference and nst (fp32, bf16,
+  coarse-to-fine) take to get there, nst's image scored by the reference's fp32 loss;
 * a 6-member ratio sweep (beta 1e-2 .. 1e4): the reference as six separate
   processes (targets recomputed in each) against ``nst -m`` one job after
   another and with ``hydra/launcher=batched`` (fp32, bf16);
