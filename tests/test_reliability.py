@@ -196,11 +196,13 @@ def _wait_for(predicate, timeout=120):
     raise AssertionError("condition not reached")
 
 
-def _running_with_metrics(out):
+def _running_with_metrics(out, min_step: int = 1):
+    """A RUNNING run whose ``total`` has been logged at step ``min_step`` or later."""
     try:
         client = store(out)
         for run in all_runs(out):
-            if run.info.status == "RUNNING" and client.get_metric_history(run.info.run_id, "total"):
+            history = client.get_metric_history(run.info.run_id, "total") if run.info.status == "RUNNING" else []
+            if history and max(m.step for m in history) >= min_step:
                 return run
     except Exception:  # noqa: BLE001 - the store may still be being created
         return None
@@ -220,7 +222,9 @@ def test_signal_kills_run_keeps_partial_and_rerun_completes(tmp_path, sig, nst):
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
     process = subprocess.Popen([sys.executable, "-m", "nst.cli", *SLOW_SWEEP], env=env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = _wait_for(lambda: _running_with_metrics(out))
+    # past evaluation 10, so the video has frames 1, 5 and 10 (signalled after the first metric, a run was
+    # seen killed with one frame: metrics at step 1 only, and no video, as one frame makes none)
+    victim = _wait_for(lambda: _running_with_metrics(out, min_step=10))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
