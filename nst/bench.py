@@ -54,13 +54,20 @@ from nst.devices import native_bf16, tune
 from nst.errors import NSTError
 from nst.images import load_tensor, tensor_to_pil, upsample
 from nst.losses import StyleTransferLoss, gram, paper_style_layer_weights
-from nst.optimization import OptimizerSettings, optimize
+from nst.optimization import OptimizerSettings, initial_image, optimize
 from nst.pictures import comparison_grid
 
 CONTENT_LAYERS = ["conv4_2"]
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
 RATIO_BETAS = [1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4]
 QUALITY_MARGIN = 1.05  # "reached the quality": total loss within 5 % of the reference's best
+# the time-to-quality rows after the reference: name -> (label, precision, init, coarse scales first)
+QUALITY_VARIANTS = {
+    "fp32": ("nst (fp32)", "fp32", "content", False),
+    "bf16": ("nst (bf16, fixed step)", "bf16", "content", False),
+    "coarse_to_fine": ("nst (fp32, coarse-to-fine, image.scales=auto)", "fp32", "content", True),
+    "recolored": ("nst (fp32, init=recolored_content)", "fp32", "recolored_content", False),
+}
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5, device: str = "cpu") -> float:
@@ -182,12 +189,15 @@ def reference_lbfgs(loss: ReferenceLoss, content: torch.Tensor, evaluations: int
 
 
 def time_to_quality(backbone: str, size: int, reference_evals: int, device: str, bf16: bool = True,
-                    images: dict[str, torch.Tensor] | None = None, calibration: str = "rms_activation") -> list[dict]:
-    """How long the reference and nst (fp32, bf16, coarse-to-fine) take to reach the reference's best + 5 %.
+                    images: dict[str, torch.Tensor] | None = None, calibration: str = "rms_activation",
+                    variants: list[str] | tuple[str, ...] = tuple(QUALITY_VARIANTS)) -> list[dict]:
+    """How long the reference and nst's ``variants`` (``QUALITY_VARIANTS``) take to reach the reference's best + 5 %.
 
     Coarse-to-fine runs the coarse scales of ``image.scales=auto`` (``nst.schedule``:
     128 px up by sqrt(2), together an eighth of the reference's budget in cost), then
     the full size until the target; its evaluations column counts every scale's.
+    ``recolored`` starts from ``init=recolored_content`` instead of the content (the
+    recolouring is on the clock).
 
     The loss is the one a run optimises with ``model.calibration=calibration`` (nst's
     default, ``rms_activation``, unless told otherwise); the reference divides its
@@ -215,11 +225,9 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
     class Reached(Exception):
         pass
 
-    # (label, precision, whether the coarse scales of image.scales=auto run first)
-    variants = [("nst (fp32)", "fp32", False), ("nst (bf16, fixed step)", "bf16", False),
-                ("nst (fp32, coarse-to-fine, image.scales=auto)", "fp32", True)]
-    variants = [v for v in variants if bf16 or v[1] != "bf16"]
-    for label, precision, coarse_first in variants:
+    for label, precision, init_mode, coarse_first in (QUALITY_VARIANTS[name] for name in variants):
+        if precision == "bf16" and not bf16:
+            continue
         scoring = {"excluded": 0.0, "evals": 0, "loss": math.inf, "before": 0.0, "coarse": 0}
 
         def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring, label=label) -> None:
@@ -243,19 +251,19 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
         settings = OptimizerSettings(name="lbfgs", lr=1.0, max_iter=reference_evals, tolerance_grad=0,
                                      tolerance_change=0,
                                      line_search="strong_wolfe" if precision == "fp32" else None)
-        init = content
-        if coarse_first:  # each coarse scale from the previous one's result, upsampled as nst.run does
-            begin = time.perf_counter()
-            for side, evals in schedule.coarse_to_fine(size, reference_evals)[:-1]:
-                small_content, small_style = _images(side, device)
-                start = small_content if init is content else upsample(init, small_content.shape[-2:])
-                coarse = optimize(nst_loss(loaded, small_content, small_style, precision=precision), start,
-                                  OptimizerSettings(name="lbfgs", max_iter=evals, max_eval=evals), 1,
-                                  progress=False, preprocess=loaded.extractor.preprocess)
-                init = coarse.image
-                scoring["coarse"] += coarse.evaluations
-            init = upsample(init, content.shape[-2:])
-            scoring.update(before=time.perf_counter() - begin)
+        begin = time.perf_counter()
+        init = None  # each coarse scale starts from the previous one's result, upsampled as nst.run does
+        for side, evals in schedule.coarse_to_fine(size, reference_evals)[:-1] if coarse_first else []:
+            small_content, small_style = _images(side, device)
+            start = (initial_image(init_mode, small_content, small_style) if init is None
+                     else upsample(init, small_content.shape[-2:]))
+            coarse = optimize(nst_loss(loaded, small_content, small_style, precision=precision), start,
+                              OptimizerSettings(name="lbfgs", max_iter=evals, max_eval=evals), 1,
+                              progress=False, preprocess=loaded.extractor.preprocess)
+            init = coarse.image
+            scoring["coarse"] += coarse.evaluations
+        init = initial_image(init_mode, content, style) if init is None else upsample(init, content.shape[-2:])
+        scoring.update(before=time.perf_counter() - begin)
         try:
             optimize(nst_loss(loaded, content, style, precision=precision), init, settings, 1,
                      callbacks=[score], progress=False, preprocess=loaded.extractor.preprocess)
@@ -461,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-evals", type=int, default=1000, help="evaluations of the reference run")
     parser.add_argument("--quality-calibration", choices=CALIBRATIONS, default="rms_activation",
                         help="the features the race's loss reads (model.calibration; default: nst's default)")
+    parser.add_argument("--quality-variants", nargs="+", choices=list(QUALITY_VARIANTS),
+                        default=list(QUALITY_VARIANTS), help="nst's rows in the race (default: all)")
     parser.add_argument("--quality-images", metavar="DIR",
                         help="save each time-to-quality row's image (when it reached the target) side by side")
     parser.add_argument("--run-size", type=int, default=0, help="size of the one-run race; 0 (default) skips it")
@@ -528,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
               f"a {args.quality_evals}-evaluation reference L-BFGS run, model.calibration={args.quality_calibration}\n")
         images: dict[str, torch.Tensor] = {}
         rows = time_to_quality(race_backbone, args.quality_size, args.quality_evals, args.device, with_bf16, images,
-                               args.quality_calibration)
+                               args.quality_calibration, args.quality_variants)
         if args.quality_images:
             print(f"images: {save_quality_images(images, rows, Path(args.quality_images))}\n")
         base = rows[0]["seconds"]

@@ -207,5 +207,18 @@ def test_cpu_weights_are_channels_last_and_compute_what_contiguous_ones_do():
         torch.testing.assert_close(out[name], ref[name], rtol=1e-4, atol=1e-5 * float(ref[name].abs().max()))
     sum(v.square().mean() for v in out.values()).backward()
     sum(v.square().mean() for v in ref.values()).backward()
-    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5 * float(theirs.grad.abs().max()))
     assert ours.grad.is_contiguous()  # the optimiser's image keeps its layout
+    # In fp32 a max-pool window whose two largest inputs differ by rounding can route its gradient to
+    # the other pixel in one layout (measured here: relative error 1e-6 for 25 of 30 images, up to 5e-3
+    # for the rest, and on CI's CPU 63 % of elements off an element-wise tolerance), so fp32 is held
+    # to a norm bound that a wrong layout (an error of order 1) cannot meet ...
+    assert float((ours.grad - theirs.grad).norm() / theirs.grad.norm()) < 2e-2
+    # ... and the exact claim is checked in fp64, where no pooling window is that close to a tie.
+    grads = []
+    for extractor in (loaded.extractor.double(), plain.double()):
+        assert extractor.features[0].weight.dtype == torch.float64
+        x = image.double().requires_grad_(True)
+        sum(v.square().mean() for v in extractor(x).values()).backward()
+        grads.append(x.grad)
+    assert loaded.extractor.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)

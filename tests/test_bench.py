@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from nst.backbones import SPECS, FeatureExtractor, layer_table, random_state
-from nst.bench import CONTENT_LAYERS, STYLE_LAYERS, ReferenceLoss, evaluation_flops
+from nst.bench import (
+    CONTENT_LAYERS,
+    QUALITY_VARIANTS,
+    STYLE_LAYERS,
+    ReferenceLoss,
+    evaluation_flops,
+)
 from nst.losses import StyleTransferLoss, paper_style_layer_weights
 
 from .conftest import smooth_image
@@ -60,7 +66,8 @@ def test_bench_prints_every_table(tmp_path):
     quality_at = lines.index(next(line for line in lines if line.startswith("## Time to quality")))
     run_at = lines.index(next(line for line in lines if line.startswith("## One L-BFGS run")))
     quality = [line for line in lines[quality_at:run_at] if line.startswith(("| reference", "| nst"))]
-    assert len(quality) == 4 and "| 1.00x |" in quality[0]
+    assert len(quality) == 5 and "| 1.00x |" in quality[0]
+    assert [line.split("|")[1].strip() for line in quality[1:]] == [label for label, *_ in QUALITY_VARIANTS.values()]
     # content, style, the reference's image and one per row that reached the target, each 64x48
     reached = sum("not reached" not in line for line in quality[1:])
     grid = Image.open(tmp_path / "quality_side_by_side.png")

@@ -8,8 +8,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nst.cli import CONFIG_DIR
-from nst.config import layer_weights, optimizer_settings, validate
+from nst.config import layer_weights, optimizer_settings, parse, validate
 from nst.errors import ConfigError
+from nst.optimization import INIT_MODES
 
 BASE = ["content=tubingen", "style=starry_night"]
 
@@ -66,6 +67,11 @@ def test_every_config_group_option_composes_and_validates():
             validate(cfg)
             if group == "model":
                 assert cfg.model.name == option.stem
+
+
+@pytest.mark.parametrize("init", INIT_MODES)
+def test_every_init_mode_reaches_the_run_spec(init):
+    assert parse(make(f"init={init}")).member.init == init
 
 
 def test_adam_config_builds_adam():

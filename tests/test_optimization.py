@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nst.backbones import SPECS, FeatureExtractor
+from nst.color import color_statistics
 from nst.errors import NonFiniteLossError
 from nst.losses import LossTerms, StyleTransferLoss
 from nst.optimization import OptimizerSettings, initial_image, optimize
@@ -100,6 +101,30 @@ def test_init_style_is_the_style_resized_to_the_content(problem):
     assert init.shape == content.shape
     assert init.mean().item() == pytest.approx(style.mean().item(), abs=0.02)
     assert not torch.allclose(init, content)
+
+
+def test_init_recolored_content_is_the_content_in_the_styles_colours():
+    content = 0.35 + 0.3 * smooth_image(32, 48, 1)
+    style = smooth_image(40, 40, 2)
+    style = torch.stack([0.5 + 0.3 * style[:, 0], 0.3 + 0.2 * style[:, 0] + 0.1 * style[:, 1],
+                         0.6 - 0.2 * style[:, 2]], 1)  # another palette, with correlated channels
+    init = initial_image("recolored_content", content, style, seed=0)
+    assert init.shape == content.shape and 0 < init.min() and init.max() < 1  # nothing clamped here
+    # the style's colour mean and covariance ...
+    for ours, theirs in zip(color_statistics(init), color_statistics(style), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-5)
+    # ... on the content's layout: every pixel moved by one affine colour map
+    pixels = content.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    design = torch.cat([pixels, torch.ones(len(pixels), 1, dtype=torch.float64)], 1)
+    target = init.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    fit = torch.linalg.lstsq(design, target).solution
+    assert float((design @ fit - target).abs().max()) < 1e-5
+
+
+def test_init_recolored_content_stays_an_image():
+    content, style = smooth_image(32, 48, 1), (0.9 + 0.3 * smooth_image(40, 40, 2)).clamp(0, 1)
+    init = initial_image("recolored_content", content, style, seed=0)
+    assert 0 <= init.min() and init.max() <= 1 and init.mean() > 0.8
 
 
 def test_unknown_init_mode_is_rejected(problem):
