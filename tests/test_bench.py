@@ -14,6 +14,7 @@ from nst.bench import (
     STYLE_LAYERS,
     ReferenceLoss,
     evaluation_flops,
+    main,
 )
 from nst.losses import StyleTransferLoss, paper_style_layer_weights
 
@@ -83,3 +84,12 @@ def test_bench_prints_every_table(tmp_path):
         assert count == 6 + final if "fixed step" in name else count in (6 + final, 7 + final), (name, count)
     sweep = [line for line in lines if line.startswith(("| reference: 6 processes", "| nst -m", "| nst, one run"))]
     assert len(sweep) == 5 and all(float(line.split("|")[2]) > 0 for line in sweep)
+
+
+def test_quality_variants_pick_nsts_rows(capsys):
+    assert main(["--sizes", "--backbones", "random", "--quality-size", "64", "--quality-evals", "10",
+                 "--sweep-size", "0", "--quality-variants", "recolored", "fp32"]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| reference", "| nst"))]
+    # the reference, then the chosen rows in the order asked
+    assert rows == ["reference (fp32)", QUALITY_VARIANTS["recolored"][0], QUALITY_VARIANTS["fp32"][0]]
