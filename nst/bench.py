@@ -220,7 +220,9 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
     target = best * QUALITY_MARGIN
     reached = next(i for i, (_, value) in enumerate(trace) if value <= target)
     rows = [{"impl": "reference (fp32)", "evals": reached + 1, "seconds": trace[reached][0],
-             "loss": trace[reached][1], "best": best, "target": target}]
+             "loss": trace[reached][1], "best": best, "target": target,
+             "trace": [{"evaluation": i + 1, "elapsed_s": seconds, "total": value}
+                       for i, (seconds, value) in enumerate(trace)]}]
 
     class Reached(Exception):
         pass
@@ -229,8 +231,12 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
         if precision == "bf16" and not bf16:
             continue
         scoring = {"excluded": 0.0, "evals": 0, "loss": math.inf, "before": 0.0, "coarse": 0}
+        final_scale: list[dict] = []  # the row's records at the full size, coarse scales' evaluations counted
 
-        def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring, label=label) -> None:
+        def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring, label=label,
+                  final_scale=final_scale) -> None:
+            final_scale.append({**record, "evaluation": record["evaluation"] + scoring["coarse"],
+                                "elapsed_s": scoring["before"] + record["elapsed_s"] - scoring["excluded"]})
             if precision == "fp32":  # nst's fp32 loss is the reference's loss (tested)
                 value = record["total"]
             elif record["evaluation"] % 5:
@@ -269,16 +275,18 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
                      callbacks=[score], progress=False, preprocess=loaded.extractor.preprocess)
         except Reached:
             rows.append({"impl": label, "evals": scoring["evals"], "seconds": scoring["seconds"],
-                         "loss": scoring["loss"], "best": best, "target": target})
+                         "loss": scoring["loss"], "best": best, "target": target, "trace": final_scale})
         else:
             rows.append({"impl": label, "evals": None, "seconds": None, "loss": None,
-                         "best": best, "target": target})
+                         "best": best, "target": target, "trace": final_scale})
     return rows
 
 
 def save_quality_images(images: dict[str, torch.Tensor], rows: list[dict], folder: Path) -> Path:
-    """content | style | the reference's last image | each nst row's image when it reached the target."""
+    """content | style | the reference's last image | each nst row's image when it reached the target;
+    beside it ``quality_trace.csv``, every row's loss per evaluation (nst's rows per term and layer)."""
     folder.mkdir(parents=True, exist_ok=True)
+    save_quality_trace(rows, folder / "quality_trace.csv")
     seconds = {row["impl"]: row["seconds"] for row in rows}
     tiles = [("reference (fp32): its last image" if label == "reference" else f"{label}: at {seconds[label]:.1f} s",
               tensor_to_pil(image.clamp(0, 1)))
@@ -289,6 +297,20 @@ def save_quality_images(images: dict[str, torch.Tensor], rows: list[dict], folde
     path = folder / "quality_side_by_side.png"
     grid.save(path)
     return path
+
+
+def save_quality_trace(rows: list[dict], path: Path) -> None:
+    """One line per evaluation of every row (column ``impl``); an nst row's evaluation counts its coarse
+    scales' and its seconds exclude bf16's scoring, as the table's do.
+
+    The table says how soon; the trace says why. At 512 px (vgg16_hed, 2-core CPU) it showed
+    ``style/conv5_1`` flat for 150 evaluations at the value of a zero Gram matrix: conv5_1 switched
+    off, which no table of times would show (README, Performance).
+    """
+    import pandas as pd  # the bench's own dependency; a run never imports it at start-up
+
+    pd.DataFrame([{"impl": row["impl"], **record} for row in rows for record in row["trace"]]).to_csv(
+        path, index=False)
 
 
 def run_race(backbone: str, size: int, evaluations: int, device: str, bf16: bool = True) -> Iterator[dict]:

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -86,10 +87,26 @@ def test_bench_prints_every_table(tmp_path):
     assert len(sweep) == 5 and all(float(line.split("|")[2]) > 0 for line in sweep)
 
 
-def test_quality_variants_pick_nsts_rows(capsys):
+def test_quality_variants_pick_nsts_rows_and_their_traces_are_saved(capsys, tmp_path):
     assert main(["--sizes", "--backbones", "random", "--quality-size", "64", "--quality-evals", "10",
-                 "--sweep-size", "0", "--quality-variants", "recolored", "fp32"]) == 0
-    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
-            if line.startswith(("| reference", "| nst"))]
+                 "--sweep-size", "0", "--quality-variants", "recolored", "fp32",
+                 "--quality-images", str(tmp_path)]) == 0
+    table = [line.split("|") for line in capsys.readouterr().out.splitlines()
+             if line.startswith(("| reference", "| nst"))]
+    rows = [cells[1].strip() for cells in table]
     # the reference, then the chosen rows in the order asked
     assert rows == ["reference (fp32)", QUALITY_VARIANTS["recolored"][0], QUALITY_VARIANTS["fp32"][0]]
+    # the trace: every row's evaluations in order, up to the one the table reports (all 10 of the
+    # reference's); nst's rows per layer, their last loss the one the table says was reached
+    trace = pd.read_csv(tmp_path / "quality_trace.csv")
+    assert list(dict.fromkeys(trace["impl"])) == rows
+    for cells in table:
+        own = trace[trace["impl"] == cells[1].strip()]
+        assert list(own["evaluation"]) == list(range(1, len(own) + 1))
+        assert own["elapsed_s"].is_monotonic_increasing
+        if cells[2].strip() != "not reached":
+            reached = own[own["evaluation"] == int(cells[2])]
+            assert float(reached["total"].iloc[0]) == pytest.approx(float(cells[5]), rel=1e-5)
+    assert len(trace[trace["impl"] == rows[0]]) == 10
+    nst_rows = trace[trace["impl"] != rows[0]]
+    assert nst_rows["style/conv5_1"].notna().all() and nst_rows["content/conv4_2"].notna().all()
