@@ -303,9 +303,10 @@ def save_quality_trace(rows: list[dict], path: Path) -> None:
     """One line per evaluation of every row (column ``impl``); an nst row's evaluation counts its coarse
     scales' and its seconds exclude bf16's scoring, as the table's do.
 
-    The table says how soon; the trace says why. At 512 px (vgg16_hed, 2-core CPU) it showed
-    ``style/conv5_1`` flat for 150 evaluations at the value of a zero Gram matrix: conv5_1 switched
-    off, which no table of times would show (README, Performance).
+    The table says how soon; the trace says why. At 512 px (vgg16_hed, 2-core CPU) nst's row from
+    the photo had ``style/conv5_1`` flat at the value of a zero Gram matrix (every conv5_1 unit off)
+    from evaluation 20 to 80, and then spent 300 evaluations on the content loss's return
+    (README, Performance): no table of times shows that.
     """
     import pandas as pd  # the bench's own dependency; a run never imports it at start-up
 

@@ -60,8 +60,9 @@ def initial_image(mode: str, content: torch.Tensor, style: torch.Tensor, seed: i
     from the recoloured content at 256 px instead of 348 (Cholesky map 207), and 155
     instead of 233 at 128 px (300 evaluations). At 512 px in ``make bench`` (nst's own
     L-BFGS) 394 evaluations instead of 510, 1.54x the reference's time instead of
-    1.09x; at the same loss its picture keeps the photo's facades cleaner under the
-    same sky texture (README, Performance). Not the default: it changes the picture.
+    1.09x (1.27x and 0.98x in a second run); at the same loss its picture keeps the
+    photo's facades cleaner under the same sky texture (README, Performance). Not the
+    default: it changes the picture.
     """
     if mode == "content":
         return content.detach().clone()
