@@ -230,8 +230,9 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
     for label, precision, init_mode, coarse_first in (QUALITY_VARIANTS[name] for name in variants):
         if precision == "bf16" and not bf16:
             continue
-        scoring = {"excluded": 0.0, "evals": 0, "loss": math.inf, "before": 0.0, "coarse": 0}
-        final_scale: list[dict] = []  # the row's records at the full size, coarse scales' evaluations counted
+        scoring = {"excluded": 0.0, "loss": math.inf, "before": 0.0, "coarse": 0}
+        # the row's records at the full size, counted and timed as the table's columns (its last: where it stopped)
+        final_scale: list[dict] = []
 
         def score(record: dict, image: torch.Tensor, precision=precision, scoring=scoring, label=label,
                   final_scale=final_scale) -> None:
@@ -247,8 +248,7 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
                     value = float(reference(image))
                 scoring["excluded"] += time.perf_counter() - begin
             if value <= target:
-                scoring.update(evals=record["evaluation"] + scoring["coarse"], loss=value,
-                               seconds=scoring["before"] + record["elapsed_s"] - scoring["excluded"])
+                scoring.update(loss=value)
                 if images is not None:
                     images[label] = image.detach().clone()
                 raise Reached
@@ -274,8 +274,9 @@ def time_to_quality(backbone: str, size: int, reference_evals: int, device: str,
             optimize(nst_loss(loaded, content, style, precision=precision), init, settings, 1,
                      callbacks=[score], progress=False, preprocess=loaded.extractor.preprocess)
         except Reached:
-            rows.append({"impl": label, "evals": scoring["evals"], "seconds": scoring["seconds"],
-                         "loss": scoring["loss"], "best": best, "target": target, "trace": final_scale})
+            rows.append({"impl": label, "evals": final_scale[-1]["evaluation"],
+                         "seconds": final_scale[-1]["elapsed_s"], "loss": scoring["loss"], "best": best,
+                         "target": target, "trace": final_scale})
         else:
             rows.append({"impl": label, "evals": None, "seconds": None, "loss": None,
                          "best": best, "target": target, "trace": final_scale})
