@@ -24,15 +24,15 @@ REVIEW_PORT ?= 5001
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint run sweep ratio examples controls fidelity server ui review bench report clean
+.PHONY: help install test test-slow test-all lint docs run sweep ratio examples controls fidelity server ui review bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-install: ## Create .venv and install nst (editable) with its dev tools
+install: ## Create .venv and install nst (editable) with its dev, cluster and docs tools
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,cluster]"
+	$(PY) -m pip install -e ".[dev,cluster,docs]"
 
 test: ## Fast tests: random backbone, 32-64 px images (a few minutes on 2 cores)
 	$(PY) -m pytest -m "not slow"
@@ -45,6 +45,9 @@ test-all: test test-slow ## Every test
 lint: ## Static checks: ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(PY) -m ruff check nst tests
 	$(VENV)/bin/lint-imports
+
+docs: ## Build the documentation site into outputs/site (strict: a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -f docs/mkdocs.yml -d $(abspath outputs)/site
 
 run: ## One style transfer: make run CONTENT=tubingen STYLE=starry_night ARGS="epochs=10"
 	$(VENV)/bin/nst content=$(CONTENT) style=$(STYLE) $(ARGS)
@@ -60,7 +63,7 @@ examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls 
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
 
 fidelity: ## Check the ratio experiment reproduces: SSIM to the content falls with beta, on two pairs (~5 min)
-	$(PY) -m nst.fidelity $(ARGS)
+	$(PY) -m nst.cli.fidelity $(ARGS)
 
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
@@ -72,7 +75,7 @@ server: ## MLflow tracking server on 127.0.0.1:5000 (SERVER_PORT=...; SQLite + a
 		--artifacts-destination $(abspath $(OUTPUT_DIR))/server/artifacts
 
 ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change)
-	$(PY) -m nst.database $(abspath $(OUTPUT_DIR))/mlflow.db
+	$(PY) -m nst.cli.create_store $(abspath $(OUTPUT_DIR))/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
 

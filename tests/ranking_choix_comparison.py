@@ -18,7 +18,7 @@ import choix
 import numpy as np
 from scipy import stats
 
-from nst import ranking
+from nst.compare import ranking
 
 RUNS, NU, JUDGEMENTS, DATASETS = 6, 0.5, 300, 200
 

@@ -3,10 +3,10 @@ import shutil
 
 import pytest
 
-from nst import assets
-from nst.assets import ASSETS, resolve_image
 from nst.downloads import download, sha256_file
 from nst.errors import AssetError, DownloadError
+from nst.images import samples
+from nst.images.samples import ASSETS, resolve_image
 
 
 def test_registry_matches_shared_sources(assets_dir):
@@ -62,22 +62,22 @@ def test_names_resolve_offline_from_the_checkouts_shared_assets(monkeypatch, ass
     """A fresh checkout beside ../shared/assets (SOURCES.md in it) needs no NST_ASSETS_DIR, as the
     README's first command runs it (the Makefile sets the variable, .venv/bin/nst does not)."""
     monkeypatch.delenv("NST_ASSETS_DIR")
-    assert assets.SHARED_ASSETS.resolve() == assets_dir.resolve()  # tests run from such a checkout
-    assert assets.assets_dir() == assets.SHARED_ASSETS
-    assert resolve_image("tubingen") == assets.SHARED_ASSETS / "tubingen.jpg"  # offline: no download
-    monkeypatch.setattr(assets, "SHARED_ASSETS", assets_dir / "elsewhere")  # no SOURCES.md there
-    assert assets.assets_dir() != assets_dir / "elsewhere"
+    assert samples.SHARED_ASSETS.resolve() == assets_dir.resolve()  # tests run from such a checkout
+    assert samples.assets_dir() == samples.SHARED_ASSETS
+    assert resolve_image("tubingen") == samples.SHARED_ASSETS / "tubingen.jpg"  # offline: no download
+    monkeypatch.setattr(samples, "SHARED_ASSETS", assets_dir / "elsewhere")  # no SOURCES.md there
+    assert samples.assets_dir() != assets_dir / "elsewhere"
 
 
 def test_first_use_downloads_into_the_cache_and_verifies(tmp_path, monkeypatch, assets_dir):
     """The real download path, fed from a file:// address (no network here)."""
     monkeypatch.delenv("NST_ASSETS_DIR")
-    monkeypatch.setattr(assets, "SHARED_ASSETS", tmp_path / "no-shared-folder")
+    monkeypatch.setattr(samples, "SHARED_ASSETS", tmp_path / "no-shared-folder")
     monkeypatch.delenv("NST_OFFLINE")
     monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "cache"))
     source = ASSETS["mona_lisa"]
     local = assets_dir / source.filename
-    monkeypatch.setitem(ASSETS, "mona_lisa", assets.Asset(
+    monkeypatch.setitem(ASSETS, "mona_lisa", samples.Asset(
         source.name, source.filename, local.as_uri(), source.sha256, source.role, source.licence))
     path = resolve_image("mona_lisa")
     assert path == tmp_path / "cache" / "assets" / "mona_lisa.jpg"

@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from nst import backbones
-from nst.backbones import (
+from nst.engine import backbones
+from nst.engine.backbones import (
     SPECS,
     FeatureExtractor,
     Preprocess,

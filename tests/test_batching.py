@@ -6,17 +6,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nst.backbones import load_backbone
+from nst.engine.backbones import load_backbone
+from nst.engine.losses import LossWeights, StyleTransferLoss
+from nst.engine.optimization import OptimizerSettings, optimize, optimize_batch
+from nst.engine.spec import batch_key
 from nst.errors import NonFiniteLossError
-from nst.launcher import group_jobs
-from nst.losses import LossWeights, StyleTransferLoss
-from nst.optimization import OptimizerSettings, optimize, optimize_batch
-from nst.spec import batch_key
+from nst.jobs.launcher import group_jobs
 
 STYLE = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
 # Batched convolutions round differently from single-image ones (measured: gradients agree to
 # ~3e-6 relative); over a few steps the trajectories stay this close.
 TOLERANCE = 2e-3
+# Adam's normalised step turns a rounding difference into a whole step early on: 2.0e-3 after 8 steps
+# on an AMD EPYC, under 2e-3 on a Xeon
+ADAM_TOLERANCE = 4e-3
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +253,12 @@ def test_fixed_step_and_adam_members_are_evaluated_together_on_this_thread_alone
     assert [r.evaluations for r in results] == [2 * 4 + 1] * 3
     assert seen == [((0, 1, 2), True, [])] * (2 * 4 + 1)
     alone = independent(loss, content, backbone, 100.0, settings[1], 2)
-    assert (results[1].image - alone.image).abs().max() < TOLERANCE
+    assert (results[1].image - alone.image).abs().max() < ADAM_TOLERANCE
 
 
 def test_an_interrupt_inside_one_members_step_unwinds_the_others(setup, monkeypatch):
     """A Ctrl-C that lands in a member's optimiser code (not in the batched evaluation) still stops the batch."""
-    from nst import optimization
+    from nst.engine import optimization
 
     backbone, content, loss = setup
     accept, run, ended = optimization._Member.accept, optimization._Member.run, []

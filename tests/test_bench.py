@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nst.backbones import SPECS, FeatureExtractor, layer_table, random_state
-from nst.bench import (
+from nst.bench.races import (
     CONTENT_LAYERS,
     QUALITY_VARIANTS,
     STYLE_LAYERS,
@@ -17,7 +16,8 @@ from nst.bench import (
     evaluation_flops,
     main,
 )
-from nst.losses import StyleTransferLoss, paper_style_layer_weights
+from nst.engine.backbones import SPECS, FeatureExtractor, layer_table, random_state
+from nst.engine.losses import StyleTransferLoss, paper_style_layer_weights
 
 from .conftest import smooth_image
 
@@ -54,7 +54,7 @@ def test_evaluation_flops_by_hand():
 @pytest.mark.timeout(600)
 @pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
 def test_bench_prints_every_table(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
+    done = subprocess.run([sys.executable, "-m", "nst.bench.races", "--sizes", "64", "--evals", "1",
                            "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",
                            "--quality-images", str(tmp_path),
                            "--run-size", "64", "--run-evals", "6", "--sweep-size", "64", "--sweep-evals", "4", "--bf16", "always"],

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from nst.assets import ASSETS
-from nst.backbones import load_backbone
-from nst.calibration import CALIBRATION_SIZE, SILENT_FLOOR, calibrate, filter_statistics
+from nst.engine.backbones import load_backbone
+from nst.engine.calibration import CALIBRATION_SIZE, SILENT_FLOOR, calibrate, filter_statistics
+from nst.images.samples import ASSETS
 
 from .conftest import smooth_image
 from .test_cli import single_run
@@ -16,7 +16,7 @@ LAYERS = ["conv1_1", "conv3_1", "conv4_2"]
 
 
 def samples(assets_dir):
-    from nst.images import load_tensor
+    from nst.images.files import load_tensor
 
     return [load_tensor(assets_dir / f"{name}.jpg", CALIBRATION_SIZE) for name in ASSETS]
 
@@ -100,7 +100,7 @@ def test_the_run_records_its_calibration(tmp_path, nst):
 
 
 def test_a_cache_file_of_another_layout_is_recomputed(backbone, assets_dir):
-    from nst.calibration import _cache_file
+    from nst.engine.calibration import _cache_file
 
     fresh = calibrate(backbone, "rms_activation", [], []).layer_factors
     path = _cache_file(backbone)

@@ -98,7 +98,7 @@ def test_help_says_what_nst_is_with_sweeps_experiments_launchers_and_samples(tmp
 
 
 def test_shell_completion_offers_sample_names(tmp_path):
-    from nst.cli import complete_samples
+    from nst.cli.nst_app import complete_samples
 
     assert complete_samples("content=tu") == ["content=tubingen"]
     assert complete_samples("nst content=tubingen style=s") == ["style=starry_night", "style=shipwreck"]

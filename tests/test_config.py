@@ -7,10 +7,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nst.cli import CONFIG_DIR
-from nst.config import layer_weights, optimizer_settings, parse, validate
+from nst.cli.nst_app import CONFIG_DIR
+from nst.engine.optimization import INIT_MODES
 from nst.errors import ConfigError
-from nst.optimization import INIT_MODES
+from nst.jobs.config import layer_weights, optimizer_settings, parse, validate
 
 BASE = ["content=tubingen", "style=starry_night"]
 
@@ -157,7 +157,7 @@ def test_cluster_launchers_and_tracking_server_compose(monkeypatch):
 
 
 def test_ray_workers_get_nst_variables_and_an_absolute_output_folder(monkeypatch, tmp_path):
-    from nst.launcher import ray_environment
+    from nst.jobs.launcher import ray_environment
 
     monkeypatch.setenv("NST_ASSETS_DIR", "/data/assets")
     monkeypatch.delenv("NST_OFFLINE", raising=False)

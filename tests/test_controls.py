@@ -5,8 +5,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from nst.backbones import load_backbone
-from nst.color import (
+from nst.engine.backbones import load_backbone
+from nst.engine.color import (
     HISTOGRAM_MODES,
     color_statistics,
     luminance,
@@ -14,10 +14,10 @@ from nst.color import (
     match_luminance,
     rgb_to_yiq,
 )
+from nst.engine.losses import StyleTransferLoss, gram, guided_gram
+from nst.engine.run import execute
 from nst.errors import ConfigError, ImageError, NSTError
-from nst.jobs import prepare
-from nst.losses import StyleTransferLoss, gram, guided_gram
-from nst.run import execute
+from nst.jobs.driver import prepare
 
 from .conftest import smooth_image
 from .test_config import CONFIG_DIR, make  # importing nst.cli there registers ${nst_root:}
@@ -224,7 +224,7 @@ def test_tracked_run_records_every_style_and_mask(tmp_path, monkeypatch):
                "style_blend=[3,1]", f"paths.output_dir={out}")
     inputs = prepare(cfg)
     assert inputs.input_files() == [inputs.content_path, *inputs.style_paths, white.resolve()]
-    from nst.jobs import run
+    from nst.jobs.driver import run
 
     run(cfg, tmp_path / "job")
     record = __import__("json").loads((tmp_path / "job" / "run.json").read_text())

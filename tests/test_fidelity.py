@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from nst.fidelity import BETAS, Row, checkerboard_energy, problems, ssim_to_content
+from nst.cli.fidelity import BETAS, Row, checkerboard_energy, problems, ssim_to_content
 
 
 def rows(ssims):
@@ -41,7 +41,7 @@ def test_ssim_is_one_for_the_content_and_low_for_a_painting(tmp_path, assets_dir
 def test_the_ratio_experiment_reproduces_on_vgg16_hed(hed_cache, tmp_path):
     """The acceptance check of issue 11: two pairs, 160 px, the seed's beta grid, real HED weights."""
     env = {**os.environ, "NST_CACHE_DIR": str(hed_cache), "NST_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "nst.fidelity", "--out", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "nst.cli.fidelity", "--out", str(tmp_path)], capture_output=True,
                           text=True, env=env, timeout=1800)
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]

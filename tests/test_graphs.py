@@ -9,10 +9,10 @@ trajectories 0.4 % apart after 12 evaluations, which the tolerance below now all
 import pytest
 import torch
 
-from nst import graphs
-from nst.backbones import load_backbone
-from nst.losses import LossWeights, StyleTransferLoss
-from nst.optimization import OptimizerSettings, optimize_batch
+from nst.engine import cuda_graphs
+from nst.engine.backbones import load_backbone
+from nst.engine.losses import LossWeights, StyleTransferLoss
+from nst.engine.optimization import OptimizerSettings, optimize_batch
 from tests.conftest import smooth_image
 
 CUDA = torch.cuda.is_available()
@@ -45,22 +45,22 @@ def test_terms_survive_the_flat_layout_the_graph_returns():
     loss = _loss("cpu", styles=2)
     image = smooth_image(48, 48, seed=3).requires_grad_(True)
     terms = loss(image)
-    tensors, layout = graphs.flatten(terms)
-    back = graphs.unflatten(tensors, layout)
+    tensors, layout = cuda_graphs.flatten(terms)
+    back = cuda_graphs.unflatten(tensors, layout)
     assert back.scalars() == terms.scalars()
     assert set(back.style_images) == {"1", "2"} and back.total.requires_grad
 
 
 def test_graphs_are_chosen_only_on_cuda_at_fp32():
-    assert not graphs.available(torch.device("cpu"), "fp32")
-    assert not graphs.available(torch.device("cuda"), "bf16")
-    assert graphs.available(torch.device("cuda"), "fp32") == CUDA
+    assert not cuda_graphs.available(torch.device("cpu"), "fp32")
+    assert not cuda_graphs.available(torch.device("cuda"), "bf16")
+    assert cuda_graphs.available(torch.device("cuda"), "fp32") == CUDA
 
 
 @needs_cuda
 def test_a_captured_evaluation_equals_the_eager_one():
     loss = _loss("cuda")
-    captured = graphs.CapturedLoss(lambda images, members: loss(images))
+    captured = cuda_graphs.CapturedLoss(lambda images, members: loss(images))
     for seed in range(4):  # the first evaluations are eager, then one is captured and replayed
         image = smooth_image(48, 48, seed=10 + seed).cuda()
         eager_x = image.clone().requires_grad_(True)
@@ -92,7 +92,7 @@ def test_a_captured_batch_follows_the_eager_trajectory():
     start = smooth_image(48, 48, seed=1).cuda()
     settings = [OptimizerSettings(name="lbfgs", max_iter=12, max_eval=12, space="pixel")] * 2
     runs = [optimize_batch(fn, [start, start], settings, [1, 1], progress=False)
-            for fn in (member_loss, graphs.CapturedLoss(member_loss))]
+            for fn in (member_loss, cuda_graphs.CapturedLoss(member_loss))]
     for eager, replayed in zip(*runs, strict=True):
         assert len(replayed.history) == len(eager.history)
         for before, after in zip(eager.history[:3], replayed.history[:3], strict=True):  # same points
@@ -103,8 +103,8 @@ def test_a_captured_batch_follows_the_eager_trajectory():
 
 
 def test_the_config_switches_graphs_on_and_refuses_other_values():
-    from nst.config import parse
     from nst.errors import ConfigError
+    from nst.jobs.config import parse
     from tests.test_config import make
 
     assert parse(make()).shared.cuda_graphs is False  # off by default: see conf/config.yaml

@@ -2,7 +2,8 @@
 
 from PIL import Image
 
-from nst import pictures, reports
+from nst.compare import sweep_report
+from nst.figures import pictures
 
 
 def _results(count, side):
@@ -10,12 +11,12 @@ def _results(count, side):
 
 
 def test_a_small_sweep_keeps_its_results_resolution_and_shape():
-    assert reports.tile_box(_results(6, 256)) == (256, 192)  # was cut to 192 x 192, 4:3 inside a square
-    assert reports.tile_box(_results(6, 1024)) == (reports.LARGEST_TILE, reports.LARGEST_TILE * 3 // 4)
-    assert reports.tile_box(_results(6, 64))[0] == pictures.TILE  # never smaller: the labels must fit
-    assert reports.tile_box(_results(reports.SMALL_SWEEP + 1, 256))[0] == pictures.TILE
-    assert reports.tile_box([None, None]) == (pictures.TILE, pictures.TILE)
-    assert reports.tile_box([Image.new("RGB", (96, 256))]) == (256, 256)  # a portrait result: square
+    assert sweep_report.tile_box(_results(6, 256)) == (256, 192)  # was cut to 192 x 192, 4:3 inside a square
+    assert sweep_report.tile_box(_results(6, 1024)) == (sweep_report.LARGEST_TILE, sweep_report.LARGEST_TILE * 3 // 4)
+    assert sweep_report.tile_box(_results(6, 64))[0] == pictures.TILE  # never smaller: the labels must fit
+    assert sweep_report.tile_box(_results(sweep_report.SMALL_SWEEP + 1, 256))[0] == pictures.TILE
+    assert sweep_report.tile_box([None, None]) == (pictures.TILE, pictures.TILE)
+    assert sweep_report.tile_box([Image.new("RGB", (96, 256))]) == (256, 256)  # a portrait result: square
 
 
 def test_the_grid_has_a_title_line_and_tiles_of_the_chosen_size():

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from nst.errors import ImageError
-from nst.images import (
+from nst.images.files import (
     load_image,
     load_tensor,
     pil_to_tensor,

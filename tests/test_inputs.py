@@ -17,11 +17,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from nst import cli, schema
-from nst.config import check_launch, tracking_spec, validate
-from nst.devices import resolve_device
+from nst.cli import nst_app
+from nst.engine.devices import resolve_device
 from nst.errors import ConfigError, ImageError, OverrideError, UnknownKeyError, UnknownOptionError
-from nst.images import check_image_file, header_size, load_image
+from nst.images.files import check_image_file, header_size, load_image
+from nst.jobs import schema
+from nst.jobs.config import check_launch, tracking_spec, validate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=random", "image.size=32", "epochs=1", "optimizer.max_iter=2", "progress=false"]
@@ -38,7 +39,7 @@ def refused(done, line):
 
 
 def compose_cfg(*overrides, hydra=False):
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=nst_app.CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=[*BASE, *overrides], return_hydra_config=hydra)
 
 
@@ -312,7 +313,7 @@ def test_the_schema_holds_every_key_of_every_option_and_is_fast():
     [*BASE, "hydra.mode=MULTIRUN", "loss.style_weight=1,10"], [*BASE, 'content="/tmp/a,b.jpg"', "~experiment"],
 ])
 def test_preflight_lets_good_command_lines_through(args):
-    cli.preflight(args)
+    nst_app.preflight(args)
 
 
 def test_an_added_key_is_refused_in_a_composed_config_too():
@@ -389,7 +390,7 @@ SWEEPS = "one of content_layer, controls, epochs, examples, learning_rate, ratio
 def test_preflight_refuses_unknown_options_and_a_single_runs_comma(args, message):
     multirun = args[0] == "-m"
     with pytest.raises((UnknownOptionError, OverrideError)) as caught:
-        cli.preflight([*args[:multirun], *BASE, *args[multirun:]])
+        nst_app.preflight([*args[:multirun], *BASE, *args[multirun:]])
     assert str(caught.value) == message
 
 

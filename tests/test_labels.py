@@ -2,7 +2,7 @@
 
 import pytest
 
-from nst import labels
+from nst.figures import labels
 
 
 @pytest.mark.parametrize(("value", "text"), [(1e4, "1e4"), (1e-4, "1e-4"), (100, "100"), (0.01, "0.01"),

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nst.lbfgs import CompactLBFGS
-from nst.optimization import OptimizerSettings
+from nst.engine.lbfgs import CompactLBFGS
+from nst.engine.optimization import OptimizerSettings
 
 
 def _problem(n: int = 40, seed: int = 0):

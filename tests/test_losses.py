@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from nst.backbones import SPECS, FeatureExtractor
-from nst.losses import (
+from nst.engine.backbones import SPECS, FeatureExtractor
+from nst.engine.losses import (
     StyleTransferLoss,
     content_layer_loss,
     gram,

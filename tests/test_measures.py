@@ -7,8 +7,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from nst import measures
-from nst.measures import color_distance_to_style, measure, ssim_to_content
+from nst.images import measures
+from nst.images.measures import color_distance_to_style, measure, ssim_to_content
 
 GREEN, BLUE, RED = 85, 170, 250  # PIL hues (0-255)
 

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from nst.backbones import SPECS, FeatureExtractor
-from nst.color import color_statistics
+from nst.engine.backbones import SPECS, FeatureExtractor
+from nst.engine.color import color_statistics
+from nst.engine.losses import LossTerms, StyleTransferLoss
+from nst.engine.optimization import OptimizerSettings, initial_image, optimize
 from nst.errors import NonFiniteLossError
-from nst.losses import LossTerms, StyleTransferLoss
-from nst.optimization import OptimizerSettings, initial_image, optimize
 
 from .conftest import smooth_image
 

@@ -98,7 +98,7 @@ def _frame(size, shade):
 
 def test_the_video_holds_every_frame_fitted_to_the_results_size(tmp_path):
     av = pytest.importorskip("av")
-    from nst.pictures import Video
+    from nst.figures.pictures import Video
 
     video = Video(tmp_path / "optimisation", (33, 24), depth=2)  # an odd width: padded to 34
     sizes = [(16, 12), (23, 17), (33, 24)] * 4  # coarse-to-fine frames, then full size
@@ -114,7 +114,7 @@ def test_the_video_holds_every_frame_fitted_to_the_results_size(tmp_path):
 
 
 def test_one_frame_makes_no_video_and_no_encoder_makes_a_gif(tmp_path, monkeypatch):
-    from nst.pictures import Video
+    from nst.figures.pictures import Video
 
     single = Video(tmp_path / "one", (16, 12))
     single.add(_frame((16, 12), 0))

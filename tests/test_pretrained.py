@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from nst.backbones import HED_SHA256, load_backbone
-from nst.images import load_tensor
-from nst.losses import StyleTransferLoss, paper_style_layer_weights
-from nst.optimization import OptimizerSettings, optimize
+from nst.engine.backbones import HED_SHA256, load_backbone
+from nst.engine.losses import StyleTransferLoss, paper_style_layer_weights
+from nst.engine.optimization import OptimizerSettings, optimize
+from nst.images.files import load_tensor
 
 pytestmark = pytest.mark.slow
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nst import ranking
-from nst.ranking import Judgement
+from nst.compare import ranking
+from nst.compare.ranking import Judgement
 
 TIME = "2026-11-26T19:30:00.000+00:00"
 ANSWER = ("left", "right", "tie")

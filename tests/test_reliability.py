@@ -12,9 +12,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from nst import backbones
-from nst.backbones import activation_bytes, layer_table, load_backbone
-from nst.devices import resolve_device
+from nst.engine import backbones
+from nst.engine.backbones import activation_bytes, layer_table, load_backbone
+from nst.engine.devices import resolve_device
 from nst.errors import ConfigError, WeightsError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst import measures, ranking, report_cli, reports, review, review_app, store
+from nst.cli import nst_report, nst_review
+from nst.compare import ranking, review, review_app, sweep_report
+from nst.images import measures
+from nst.tracking import store
 
 BETAS = ("0.01", "1", "100", "10000")
 
@@ -263,12 +266,12 @@ def test_runs_picked_by_a_filter_keep_their_judgements_on_one_review_run(world):
 
 def test_nst_report_human_prints_the_ranking_and_marks_the_report(world, app, capsys):
     client, chosen = app
-    assert report_cli.main(["--uri", world["uri"], "--human"]) == 2  # nothing judged yet
+    assert nst_report.main(["--uri", world["uri"], "--human"]) == 2  # nothing judged yet
     assert "judge the runs with nst-review first" in capsys.readouterr().err
     best, *rest = chosen.ids
     for other in rest * 2:
         assert _judge(client, chosen, "left", pair=(best, other)).status_code == 201
-    assert report_cli.main(["--uri", world["uri"], "--human", "--format", "csv"]) == 0
+    assert nst_report.main(["--uri", world["uri"], "--human", "--format", "csv"]) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert lines[0].startswith("run_id,rank,label,score") and lines[1].startswith(f"{best},1,")
@@ -276,7 +279,7 @@ def test_nst_report_human_prints_the_ranking_and_marks_the_report(world, app, ca
     page = Path(world["client"].download_artifacts(world["parent"], "sweep/report.html", str(world["folder"])))
     text = page.read_text(encoding="utf-8")
     assert f"{chosen.candidate(best).label} · human #1" in text and "human_rank" in text
-    assert report_cli.main(["--uri", world["uri"], "--human"]) == 0
+    assert nst_report.main(["--uri", world["uri"], "--human"]) == 0
     assert "top three have not changed since judgement" in capsys.readouterr().out
 
 
@@ -309,7 +312,7 @@ def _outside_address() -> str | None:
 
 @pytest.mark.slow  # a process of its own: MLflow's import alone is seconds
 def test_the_server_listens_on_127_0_0_1_only(world):
-    server = subprocess.Popen([sys.executable, "-m", "nst.review_app", "--tracking-uri", world["uri"], "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "nst.cli.nst_review", "--tracking-uri", world["uri"], "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline, line = time.monotonic() + 120, ""
@@ -335,13 +338,13 @@ def test_the_server_listens_on_127_0_0_1_only(world):
 def test_no_sweep_and_a_busy_port_are_one_line_each(world, tmp_path, capsys):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     store.open_store(empty, create=True)
-    assert review_app.main(["--tracking-uri", empty]) == 2
+    assert nst_review.main(["--tracking-uri", empty]) == 2
     assert capsys.readouterr().err.strip() == "nst-review: error: no sweep in experiment 'nst'"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert review_app.main(["--tracking-uri", world["uri"], "--port", str(port)]) == 2
+        assert nst_review.main(["--tracking-uri", world["uri"], "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"nst-review: error: cannot listen on 127.0.0.1:{port}") and "\n" not in err
 
@@ -357,8 +360,8 @@ def test_an_artifact_is_downloaded_once_per_folder(world, tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(client, "download_artifacts", counting, raising=False)
-    first = reports.artifact_bytes(client, run, "result/result.png", tmp_path)
-    assert reports.artifact_bytes(client, run, "result/result.png", tmp_path) == first
+    first = sweep_report.artifact_bytes(client, run, "result/result.png", tmp_path)
+    assert sweep_report.artifact_bytes(client, run, "result/result.png", tmp_path) == first
     assert review.image_bytes(client, run, "content", tmp_path) == review.image_bytes(client, run, "content", tmp_path)
     assert downloads == ["result/result.png", "inputs/content.png"]
-    assert reports.artifact_bytes(client, run, "result/missing.png", tmp_path) is None
+    assert sweep_report.artifact_bytes(client, run, "result/missing.png", tmp_path) is None

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 import pytest
 from mlflow import MlflowClient
 
-from nst import review, store
+from nst.compare import review
+from nst.tracking import store
 from tests.test_mlflow_ui import CHROMIUM_FLAGS, KEEP, _chromium, _free_port
 
 pytestmark = pytest.mark.slow
@@ -45,13 +46,13 @@ def sweep(tmp_path_factory):
 
 
 class App:
-    """``python -m nst.review_app`` in a subprocess (its own session), its output drained by a thread."""
+    """``python -m nst.cli.nst_review`` in a subprocess (its own session), its output drained by a thread."""
 
     def __init__(self, uri: str, port: int = 0):
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nst.review_app", "--tracking-uri", uri, "--port", str(port)],
+            [sys.executable, "-m", "nst.cli.nst_review", "--tracking-uri", uri, "--port", str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
         threading.Thread(target=self._drain, daemon=True).start()
@@ -226,7 +227,7 @@ def test_twelve_judgements_a_restart_and_three_more_are_fifteen_in_the_store(swe
 def test_a_publish_overtaken_by_another_apps_is_published_again(sweep, monkeypatch):
     """Two apps at once: the app whose publish ends last had read one judgement fewer than the other;
     the home run's files must still hold every judgement (they were left one behind)."""
-    from nst import ranking
+    from nst.compare import ranking
 
     uri, parent, runs = sweep
     client = MlflowClient(tracking_uri=uri)

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nst.config import parse, scale_schedule, validate
+from nst.engine.run import execute
+from nst.engine.schedule import COARSE_SHARE, auto_scales, coarse_to_fine
 from nst.errors import ConfigError
-from nst.jobs import prepare
-from nst.run import execute
-from nst.schedule import COARSE_SHARE, auto_scales, coarse_to_fine
+from nst.jobs.config import parse, scale_schedule, validate
+from nst.jobs.driver import prepare
 
 from .test_config import make
 

@@ -5,9 +5,9 @@ import json
 from mlflow import MlflowClient
 from PIL import Image
 
-from nst import database
-from nst.optimization import OptimizerSettings
-from nst.recorder import PROGRESS, TAG_IMAGE_STEPS, StepGrid, align_steps
+from nst.engine.optimization import OptimizerSettings
+from nst.tracking import database
+from nst.tracking.recorder import PROGRESS, TAG_IMAGE_STEPS, StepGrid, align_steps
 
 
 def test_the_grid_ends_at_the_schedules_planned_evaluations_rounded_up():

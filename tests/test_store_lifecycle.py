@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from nst import database, ownership, store
 from nst.errors import TrackingError
+from nst.tracking import database, ownership, store
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
         "optimizer.max_iter=3", "progress=false"]
@@ -61,7 +61,7 @@ def start_nst(out, *args, env=None, **popen):
 
 
 def report(out, *args):
-    return subprocess.run([sys.executable, "-m", "nst.report_cli", "--uri", f"sqlite:///{out / 'mlflow.db'}",
+    return subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--uri", f"sqlite:///{out / 'mlflow.db'}",
                            *args], capture_output=True, text=True, timeout=300)
 
 
@@ -91,7 +91,7 @@ def one_line_error(stderr: str) -> str:
 def test_two_runs_two_sweeps_and_make_ui_started_together_share_one_new_store(tmp_path):
     out = tmp_path / "outputs"
     started = time.time()
-    ui = subprocess.Popen([sys.executable, "-m", "nst.database", str(out / "mlflow.db")],  # what `make ui` runs first
+    ui = subprocess.Popen([sys.executable, "-m", "nst.tracking.database", str(out / "mlflow.db")],  # what `make ui` runs first
                           stderr=subprocess.PIPE, text=True)
     processes = [start_nst(out, *TINY), start_nst(out, *TINY, "seed=1"), start_nst(out, "-m", *TINY, "seed=2,3"),
                  start_nst(out, "-m", *TINY, "seed=4,5")]
@@ -384,7 +384,7 @@ def test_a_lock_held_beyond_the_wait_keeps_the_files_and_relog_records_them(tmp_
     holder.kill()
     holder.wait()
 
-    relogged = subprocess.run([sys.executable, "-m", "nst.report_cli", "--relog", str(folder)],
+    relogged = subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--relog", str(folder)],
                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert relogged.returncode == 0, relogged.stderr[-3000:]
     (recorded,) = all_runs(out)
@@ -401,9 +401,9 @@ def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_pa
     to record it, and ``nst-report --relog`` does once there is space again."""
     from hydra import compose, initialize_config_dir
 
-    from nst import jobs
-    from nst.cli import CONFIG_DIR
+    from nst.cli.nst_app import CONFIG_DIR
     from nst.errors import UnrecordedRunError
+    from nst.jobs import driver
 
     out = tmp_path / "outputs"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -418,21 +418,21 @@ def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_pa
     monkeypatch.setattr(MlflowClient, "log_batch", full)
     folder = tmp_path / "run"
     with pytest.raises(UnrecordedRunError) as raised:
-        jobs.run(cfg, folder)
+        driver.run(cfg, folder)
     message = str(raised.value)
     assert "no space left on the device holding the MLflow store" in message
     assert f"nst-report --relog {folder}" in message and raised.value.exit_code == 1
     assert {"result.png", "losses.csv", "run.json"} <= {p.name for p in folder.iterdir()}
     monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
 
-    run_id, recorded = jobs.relog(folder)
+    run_id, recorded = driver.relog(folder)
     assert recorded
     run = client_for(out).get_run(run_id)
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert run.info.status == "FINISHED"
     assert len(client_for(out).get_metric_history(run_id, "total")) == len(rows)
     assert {"auto.ssim_content", "auto.color_distance_style"} <= set(run.data.metrics)  # from the logged inputs
-    assert jobs.relog(folder) == (run_id, False)  # a second relog changes nothing
+    assert driver.relog(folder) == (run_id, False)  # a second relog changes nothing
 
 
 @pytest.mark.parametrize("where", ["under /proc", pytest.param("below a file", marks=pytest.mark.slow)])
@@ -462,8 +462,9 @@ def test_a_store_failure_while_a_run_is_set_up_ends_it_failed(tmp_path, monkeypa
     """Everything after the run is created is inside one protected block (params, inputs, the recorder)."""
     from hydra import compose, initialize_config_dir
 
-    from nst import jobs, recorder
-    from nst.cli import CONFIG_DIR
+    from nst.cli.nst_app import CONFIG_DIR
+    from nst.jobs import driver
+    from nst.tracking import recorder
 
     out = tmp_path / "outputs"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -474,7 +475,7 @@ def test_a_store_failure_while_a_run_is_set_up_ends_it_failed(tmp_path, monkeypa
 
     monkeypatch.setattr(recorder.RunRecorder, "log_inputs", refuse)
     with pytest.raises(TrackingError, match="the artifact folder is full"):
-        jobs.run(cfg, tmp_path / "run")
+        driver.run(cfg, tmp_path / "run")
     (run,) = all_runs(out)
     assert run.info.status == "FAILED" and "the artifact folder is full" in run.data.tags[store.TAG_FAILURE]
 
@@ -489,16 +490,16 @@ def test_report_errors_are_one_line(tmp_path, nst):
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr and "deadbeef" in unknown.stderr
     not_a_sweep = report(out, "--sweep", single.info.run_id)
     assert not_a_sweep.returncode == 2 and "is not a sweep's parent run" in not_a_sweep.stderr
-    by_folder = subprocess.run([sys.executable, "-m", "nst.report_cli", "--uri", str(out), "--format", "csv"],
+    by_folder = subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--uri", str(out), "--format", "csv"],
                                capture_output=True, text=True, timeout=300)  # a path, not an sqlite:/// URI
     assert by_folder.returncode == 0 and single.info.run_id in by_folder.stdout
-    bad_wait = subprocess.run([sys.executable, "-m", "nst.report_cli", "--uri", str(out)], capture_output=True,
+    bad_wait = subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--uri", str(out)], capture_output=True,
                               text=True, timeout=300, env={**os.environ, "NST_STORE_WAIT": "abc"})
     assert bad_wait.returncode == 2 and "NST_STORE_WAIT='abc' is not allowed" in bad_wait.stderr
 
 
 def test_the_writer_keeps_every_write_after_a_refused_one_in_order():
-    from nst.recorder import Writer
+    from nst.tracking.recorder import Writer
 
     done, writer = [], Writer()
     writer.submit(lambda: done.append(1))

@@ -12,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from nst import reports, store, sweep_page
+from nst.compare import sweep_page, sweep_report
+from nst.tracking import store
 from tests.test_tracking import TINY, artifact_paths, client_for, runs
 
 
@@ -207,7 +208,7 @@ def test_a_sweep_logs_its_report_page_to_the_parent_and_says_where_it_is(sweep_1
     folder = runs(client, "sweep")[0].data.tags["nst.sweep_dir"]
     assert f"nst: sweep report {folder}/report.html" in done.stdout.splitlines()
     assert (Path(folder) / "report.html").read_text() == page.text
-    table = reports.sweep_table(client, parent)
+    table = sweep_report.sweep_table(client, parent)
     assert [f["data-job"] for f in page.figures] == [str(job) for job in table["job"]]
     assert [f["data-label"] for f in page.figures] == list(table["label"])
     assert all(f["images"] == 1 for f in page.figures)
@@ -266,7 +267,7 @@ def test_a_two_key_sweep_page_is_rows_by_columns(tmp_path, nst):
     assert done.returncode == 0, done.stderr[-3000:]
     client = client_for(out)
     parent, page = report_of(client, tmp_path)
-    table = reports.sweep_table(client, parent)
+    table = sweep_report.sweep_table(client, parent)
     assert table.attrs["swept"] == ["loss.style_weight", "image.size"]
     order = sweep_page.grid_order(table.to_dict("records"), table.attrs["swept"])
     by_job = table.set_index("job")

@@ -11,7 +11,9 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from nst import pictures, reports, store
+from nst.compare import sweep_report
+from nst.figures import pictures
+from nst.tracking import store
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
         "optimizer.max_iter=4", "progress=false", "tracking.log_every=3"]
@@ -147,7 +149,7 @@ def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
 def test_an_older_experiment_gets_the_model_training_tag_on_first_use(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
-    from nst import database
+    from nst.tracking import database
 
     database.prepare(out / "mlflow.db", (out / "mlartifacts").as_uri())
     client_for(out).create_experiment("nst")  # as an nst before this tag made it
@@ -183,7 +185,7 @@ def test_rerun_skips_finished_jobs(sweep, nst):
     assert len(runs(client, "run", "FINISHED")) == 3
     # the new parent still reports all three jobs, reused from the first sweep
     newest = store.latest_sweep(client, "nst")
-    table = reports.sweep_table(client, newest)
+    table = sweep_report.sweep_table(client, newest)
     assert len(table) == 3 and table["reused"].all()
 
 
@@ -191,14 +193,14 @@ def test_rerun_skips_finished_jobs(sweep, nst):
 def test_report_prints_one_row_per_run(sweep):
     out, _ = sweep
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
-    done = subprocess.run([sys.executable, "-m", "nst.report_cli", "--sweep", "latest", "--format", "csv"],
+    done = subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--sweep", "latest", "--format", "csv"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert len(rows) == 3
     assert sorted(float(r["loss.style_weight"]) for r in rows) == [1.0, 100.0, 1e4]
     assert all(float(r["final_total"]) > 0 and float(r["final_content"]) >= 0 for r in rows)
-    markdown = subprocess.run([sys.executable, "-m", "nst.report_cli"], capture_output=True, text=True,
+    markdown = subprocess.run([sys.executable, "-m", "nst.cli.nst_report"], capture_output=True, text=True,
                               env=env, timeout=120)
     assert markdown.returncode == 0 and markdown.stdout.startswith("| run_id")
 
@@ -207,7 +209,7 @@ def test_report_rebuilds_grid_from_mlflow_alone(sweep, tmp_path):
     out, _ = sweep
     first = sorted(runs(client_for(out), "sweep"), key=lambda r: r.info.start_time)[0].info.run_id
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
-    done = subprocess.run([sys.executable, "-m", "nst.report_cli", "--sweep", first, "--rebuild",
+    done = subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--sweep", first, "--rebuild",
                            str(tmp_path / "rebuilt")], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "rebuilt" / "grid.png").size[0] > 4 * pictures.TILE
@@ -286,7 +288,7 @@ def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
 def test_sweep_files_compose_and_stay_overridable():
     from hydra import compose, initialize_config_dir
 
-    from nst.cli import CONFIG_DIR
+    from nst.cli.nst_app import CONFIG_DIR
 
     expected = {"ratio": ("loss.style_weight", "1e-2,1e-1,1,10,100,1e4"),
                 "learning_rate": ("optimizer.lr", "0.05,0.1,0.2,0.3,0.5,1.0"),
@@ -341,6 +343,6 @@ def test_a_sweep_with_no_recorded_run_still_summarises(tmp_path):
     client = client_for(tmp_path)
     experiment = client.create_experiment("empty")
     parent = client.create_run(experiment, tags={"nst.role": "sweep"}).info.run_id
-    summary = reports.summarise_sweep(client, parent, tmp_path / "summary", log_to_parent=False)
+    summary = sweep_report.summarise_sweep(client, parent, tmp_path / "summary", log_to_parent=False)
     assert summary.table.empty and "status" in summary.table.columns
     assert (tmp_path / "summary" / "summary.csv").read_text().startswith("job,run_id,status")

@@ -3,8 +3,8 @@ them; nst's launchers are written in ``nst.launcher`` and declared here."""
 
 from omegaconf import open_dict
 
-from nst.launcher import BatchedLauncher as _BatchedLauncher
-from nst.launcher import ray_environment
+from nst.jobs.launcher import BatchedLauncher as _BatchedLauncher
+from nst.jobs.launcher import ray_environment
 
 try:
     from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as _PluginRayLauncher

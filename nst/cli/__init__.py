@@ -1,0 +1,1 @@
+"""The commands: ``nst`` (the Hydra app), ``nst-report``, ``nst-review``, ``make fidelity``."""

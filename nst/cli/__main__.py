@@ -1,0 +1,5 @@
+"""``python -m nst.cli``: the ``nst`` command."""
+
+from nst.cli.nst_app import main
+
+main()

@@ -1,0 +1,104 @@
+"""The ``nst-report`` command: runs or a sweep as a table, a sweep's grid rebuilt, a run folder recorded.
+
+    nst-report                         # every run of experiment "nst", Markdown
+    nst-report --sweep latest          # the latest sweep: one row per job
+    nst-report --sweep <run id> --format csv --rebuild reports/
+    nst-report --relog outputs/runs/2026-11-26_14-59-14   # a run the store could not record when it ended
+    nst-report --human --sweep latest  # the human ranking of nst-review's judgements; the report marks it
+
+Opening the store ends FAILED the runs whose process died (``nst.store.open_store``),
+so the table never shows a run RUNNING that nothing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from nst.compare import ranking, review
+from nst.compare.sweep_report import runs_table, summarise_sweep, sweep_table
+from nst.errors import NSTError, TrackingError
+from nst.jobs import driver
+from nst.tracking import store
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``nst-report``: print runs or a sweep as a table; rebuild a sweep's grid and plot; record a run folder."""
+    parser = argparse.ArgumentParser(prog="nst-report", description=main.__doc__)
+    parser.add_argument("--uri", default=store.store_uri(),
+                        help="MLflow tracking URI (default: the local store under $NST_OUTPUT_DIR or ./outputs)")
+    parser.add_argument("--experiment", default="nst", help="MLflow experiment name")
+    parser.add_argument("--sweep", help="a sweep's parent run id, or 'latest'")
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    parser.add_argument("--rebuild", type=Path, metavar="DIR",
+                        help="with --sweep: rebuild grid.png, summary.csv, the loss plot and report.html into DIR")
+    parser.add_argument("--relog", type=Path, metavar="FOLDER",
+                        help="record in its store a run whose folder holds its files but that the store "
+                             "could not record when it ended (the store its config.yaml names)")
+    parser.add_argument("--human", action="store_true",
+                        help="the human ranking from nst-review's judgements (of --sweep, default the latest, or of "
+                             "--filter); a sweep's report.html in MLflow is rebuilt with each image's rank")
+    parser.add_argument("--filter", help="with --human: the runs reviewed by this MLflow filter string")
+    args = parser.parse_args(argv)
+    try:
+        if args.human:
+            return human(store.open_store(store.store_uri(args.uri)), args)
+        if args.relog:
+            run_id, recorded = driver.relog(args.relog)
+            print(f"nst-report: {args.relog} is recorded as MLflow run {run_id}" if recorded else
+                  f"nst-report: {args.relog} was already recorded as MLflow run {run_id}; nothing to do")
+            return 0
+        client = store.open_store(store.store_uri(args.uri))
+        if args.sweep:
+            parent = store.latest_sweep(client, args.experiment) if args.sweep == "latest" else args.sweep
+            store.check_sweep_parent(client, parent)
+            if args.rebuild:
+                table = summarise_sweep(client, parent, args.rebuild, log_to_parent=False).table
+            else:
+                table = sweep_table(client, parent)
+        else:
+            table = runs_table(client, args.experiment)
+    except NSTError as exc:
+        print(f"nst-report: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except MlflowException as exc:  # e.g. a run id that is not in the store
+        print(f"nst-report: error: {exc.message}", file=sys.stderr)
+        return 2
+    print(table.to_csv(index=False) if args.format == "csv" else table.to_markdown(index=False))
+    return 0
+
+
+def human(client, args) -> int:
+    """``--human``: the ranking table (then, in Markdown, how stable it is, the reviewers' agreement and the
+    automatic measures' correlation with it); a single sweep's report rebuilt with the ranks. The ranking is
+    published again first (``review.publish``: the same metrics), in case an app stopped between a
+    judgement and its publication."""
+    chosen = review.select(client, args.experiment, [args.sweep] if args.sweep else [], args.filter, create=False)
+    judgements = review.read(client, chosen.home)
+    if not judgements:
+        raise TrackingError(f"no judgement on run {chosen.home} yet: judge the runs with nst-review first")
+    table = review.publish(client, chosen, judgements)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        reviewers = len({j.reviewer for j in judgements})
+        print(table.to_markdown(index=False, floatfmt=".3g"))
+        print(f"\n{len(judgements)} judgements by {reviewers} reviewer(s); the top three have not changed since "
+              f"judgement {review.stable_since(chosen, judgements)}.\n")
+        if reviewers > 1:
+            print(ranking.agreement_table(judgements).to_markdown(index=False, floatfmt=".3g") + "\n")
+        print(review.correlations(chosen, table).to_markdown(index=False, floatfmt=".2g"))
+    if client.get_run(chosen.home).data.tags.get(store.TAG_ROLE) == "sweep":
+        with tempfile.TemporaryDirectory() as folder:
+            summarise_sweep(client, chosen.home, Path(args.rebuild or folder))
+        page = store.run_address(client.tracking_uri, chosen.experiment_id, chosen.home, "sweep/report.html")
+        print(f"nst-report: the sweep's report now marks each image's human rank: {page}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Sweep reports built from MLflow alone: table, comparison grid, loss plot.
+
+The same code serves the end of a multirun (``SweepCallback``) and the
+``nst-report`` command, so a grid can always be rebuilt from the store. The
+store's queries are in ``nst.store``, the drawing in ``nst.pictures``, the
+HTML page (``report.html``) in ``nst.sweep_page``; the images it shows are
+gathered from the store here.
+
+The ``nst-report`` command that prints them is ``nst.report_cli``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+from PIL import Image
+
+from nst.compare import sweep_page
+from nst.figures import labels
+from nst.figures.pictures import TILE, comparison_grid, finite_number, layout, loss_plot, tile
+from nst.tracking import store
+
+# a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
+SMALL_SWEEP = 8
+LARGEST_TILE = 512
+REPORT_HTML = PurePosixPath(store.SWEEP_REPORT).name  # report.html, in the sweep folder and on the parent
+
+
+@dataclass
+class SweepSummary:
+    table: pd.DataFrame
+    grid: Image.Image
+    plot: Image.Image | None
+    folder: Path
+    page: Path | None = None
+
+
+def _parse_overrides(text: str) -> dict[str, str]:
+    try:
+        items = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def swept_keys(runs: list) -> list[str]:
+    """Override keys whose values differ between the runs, in the order they were given."""
+    overrides = [_parse_overrides(run.data.tags.get(store.TAG_OVERRIDES, "[]")) for _, run in runs]
+    keys: list[str] = []
+    for item in overrides:
+        keys += [k for k in item if k not in keys]
+    return [k for k in keys if len({o.get(k) for o in overrides}) > 1]
+
+
+def label(run, keys: list[str]) -> str:
+    """A tile label: the swept values in the seed's terms (``β=1e4 · α/β=1e-4``), as the run names."""
+    return labels.label(keys, run.data.params, run.data.tags) or run.info.run_name
+
+
+def title(runs: list) -> str:
+    """The grid's title line: images, backbone, size, epochs; what differs between the runs is left out."""
+    def shared(key: str) -> str | None:
+        found = {run.data.params.get(key) for _, run in runs}
+        return found.pop() if len(found) == 1 else None
+
+    content, style = shared("content"), shared("style")
+    parts = [f"{content} + {style}" if content and style else "image pairs"]
+    parts += [text.format(value) for key, text in (("run.backbone", "backbone {}"), ("image.size", "{} px"),
+                                                     ("epochs", "{} epochs")) if (value := shared(key))]
+    return labels.SEPARATOR.join(parts)
+
+
+def sweep_table(client, parent_id: str) -> pd.DataFrame:
+    """One row per job: job, run id, status, swept values, final losses, evaluations, seconds."""
+    runs = store.sweep_runs(client, parent_id)
+    keys = swept_keys(runs)
+    rows = []
+    for job, run in runs:
+        overrides = _parse_overrides(run.data.tags.get(store.TAG_OVERRIDES, "[]"))
+        metrics = run.data.metrics
+        row = {"job": job, "run_id": run.info.run_id, "status": run.info.status,
+               "reused": run.data.tags.get(store.PARENT_TAG) != parent_id}
+        row.update({k: None if overrides.get(k) is None else labels.short(overrides[k])  # 1e4, not 10000.0
+                    for k in keys})
+        row.update({"label": label(run, keys),
+                    "final_total": metrics.get("total"), "final_content": metrics.get("content"),
+                    "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
+                    "elapsed_s": metrics.get("elapsed_s"),
+                    "failure": run.data.tags.get(store.TAG_FAILURE, "")})
+        if f"{store.HUMAN_METRICS}rank" in metrics:  # judged with nst-review
+            row.update({"human_rank": int(metrics[f"{store.HUMAN_METRICS}rank"]),
+                        "human_score": metrics.get(f"{store.HUMAN_METRICS}score")})
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=None if rows else [
+        "job", "run_id", "status", "reused", "label", "final_total", "final_content", "final_style",
+        "evaluations", "elapsed_s", "failure"])  # no run recorded (every job failed before MLflow)
+    table.attrs["swept"] = keys
+    table.attrs["title"] = title(runs) if runs else ""
+    return table
+
+
+def summary_metrics(table: pd.DataFrame) -> list:
+    """A sweep's parent metrics: jobs finished and failed, the range of the final content and style losses."""
+    from mlflow.entities import Metric
+
+    finished = table[table["status"] == "FINISHED"] if len(table) else table
+    values = {"jobs_finished": len(finished), "jobs_failed": len(table) - len(finished)}
+    for term in ("content", "style"):
+        losses = pd.to_numeric(finished.get(f"final_{term}", pd.Series(dtype=float)), errors="coerce").dropna()
+        if len(losses):
+            values.update({f"final_{term}_min": losses.min(), f"final_{term}_max": losses.max()})
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, 0) for key, value in values.items()]
+
+
+def runs_table(client, experiment: str) -> pd.DataFrame:
+    """Every run of an experiment (newest first) with its main settings and final losses."""
+    rows = []
+    for run in store.experiment_runs(client, experiment):
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        rows.append({"run_id": run.info.run_id, "name": run.info.run_name, "role": tags.get(store.TAG_ROLE),
+                     "status": run.info.status, "parent": tags.get(store.PARENT_TAG, ""),
+                     "content": params.get("content"), "style": params.get("style"),
+                     "backbone": params.get("run.backbone"),
+                     "content_weight": params.get("loss.content_weight"),
+                     "style_weight": params.get("loss.style_weight"),
+                     "final_total": metrics.get("total"), "final_content": metrics.get("content"),
+                     "final_style": metrics.get("style"), "elapsed_s": metrics.get("elapsed_s"),
+                     "failure": tags.get(store.TAG_FAILURE, "")})
+    return pd.DataFrame(rows)
+
+
+def _download(client, run_id: str, artifact: str, folder: Path) -> Image.Image | None:
+    try:
+        local = client.download_artifacts(run_id, artifact, str(folder))
+        return Image.open(local).convert("RGB")
+    except Exception:  # noqa: BLE001 - a failed or killed run may have no image
+        return None
+
+
+def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
+    """Download each job's result (and the inputs of the first) and lay out the grid."""
+    keys = table.attrs.get("swept", [])
+    tiles = []
+    for _, row in table.iterrows():
+        folder = scratch / str(row["run_id"])
+        result = _download(client, row["run_id"], "result/result.png", folder)
+        if result is None:
+            result = _download(client, row["run_id"], "last_finite.png", folder)
+        tiles.append((f"{row['label']}" + ("" if row["status"] == "FINISHED" else f" [{row['status']}]"),
+                      result))
+    box = tile_box([result for _, result in tiles])
+    heading = table.attrs.get("title")
+    if any(k.split(".")[-1].lstrip("+") in ("content", "style", "pair") for k in keys):
+        # the inputs change from job to job: one row per job, content | style | result (Figures 6-9)
+        rows = []
+        for (_, row), (caption, result) in zip(table.iterrows(), tiles, strict=True):
+            folder = scratch / str(row["run_id"])
+            rows.append([tile(_download(client, row["run_id"], f"inputs/{name}.png", folder), name, box)
+                         for name in ("content", "style")] + [tile(result, caption, box)])
+        return layout(rows, heading)
+    first = table.iloc[0]["run_id"] if len(table) else None
+    content = _download(client, first, "inputs/content.png", scratch / "inputs") if first else None
+    style = _download(client, first, "inputs/style.png", scratch / "inputs") if first else None
+    if len(keys) == 2:
+        rows = _sorted_unique(table[keys[0]])
+        columns = _sorted_unique(table[keys[1]])
+        cell = {(str(r), str(c)): i for i, (r, c) in enumerate(zip(table[keys[0]], table[keys[1]], strict=True))}
+        return comparison_grid(content, style, tiles, [str(r) for r in rows], [str(c) for c in columns], cell,
+                               box, heading)
+    return comparison_grid(content, style, tiles, box=box, title=heading)
+
+
+def tile_box(results: list[Image.Image | None]) -> tuple[int, int]:
+    """The tiles' (width, height): the results' own resolution when the sweep is small (a 256 px result
+    was cut to 192), else ``TILE``, never below it, so that labels fit; as high as the results' shape
+    needs (square tiles left 32 px of white above and below a 4:3 result)."""
+    shown = [result for result in results if result is not None]
+    if len(results) > SMALL_SWEEP or not shown:
+        side = TILE
+    else:
+        side = max(TILE, min(max(max(result.size) for result in shown), LARGEST_TILE))
+    tallest = max((result.height / result.width for result in shown), default=1.0)
+    return side, min(side, max(1, round(side * tallest)))
+
+
+def _sorted_unique(values) -> list:
+    unique = list(dict.fromkeys(values))
+    if all(finite_number(v) is not None for v in unique):
+        return sorted(unique, key=lambda v: finite_number(v))
+    return unique
+
+
+def artifact_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
+    """An artifact's bytes, downloaded into ``folder`` once: MLflow puts a file it downloads at
+    ``folder/<its name>``, where the grid's download of the same picture already is (the cache looked
+    at ``folder/<its path>`` before, so the report downloaded every result and input a second time)."""
+    local = folder / Path(artifact).name
+    if local.is_file():
+        return local.read_bytes()
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(folder))).read_bytes()
+    except Exception:  # noqa: BLE001 - a failed or killed run may have no image
+        return None
+
+
+def page_title(client, parent_id: str, table: pd.DataFrame) -> tuple[str, str]:
+    """The page's title line (the grid's, and what was swept) and the parent's description."""
+    keys = table.attrs.get("swept", [])
+    swept = ", ".join(f"{labels.name(key)} ({key.lstrip('+~')})" for key in keys) or "nothing"
+    heading = labels.SEPARATOR.join(part for part in (table.attrs.get("title"), f"{len(table)} jobs varying {swept}")
+                                    if part)
+    description = client.get_run(parent_id).data.tags.get(store.TAG_DESCRIPTION, "")
+    return heading, description.split("\n\n")[0]  # not its link to this very page
+
+
+def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path) -> str:
+    """report.html: each job's final image, inputs and progress images (thinned out to the slider's
+    positions, re-encoded lossy) gathered from the store and laid out by ``nst.sweep_page``."""
+    keys = table.attrs.get("swept", [])
+    rows = table.to_dict("records")
+    available = {int(row["job"]): store.step_images(client, row["run_id"]) for row in rows}
+    wanted = sweep_page.positions([step for found in available.values() for step in found],
+                                  sweep_page.most_positions(len(rows)))
+    images = {}
+    for row in rows:
+        job, run_id = int(row["job"]), str(row["run_id"])
+        folder = scratch / run_id
+        found = sweep_page.JobImages(result=artifact_bytes(client, run_id, "result/result.png", folder)
+                                     or artifact_bytes(client, run_id, "last_finite.png", folder))
+        if sweep_page.varies_inputs(keys) or job == int(rows[0]["job"]):
+            found.content = artifact_bytes(client, run_id, "inputs/content.png", folder)
+            found.style = artifact_bytes(client, run_id, "inputs/style.png", folder)
+        for position in wanted:
+            step = sweep_page.frame_at(list(available[job]), position)
+            if step is not None and step not in found.progress:
+                data = artifact_bytes(client, run_id, available[job][step], folder)
+                if data is not None:
+                    found.progress[step] = sweep_page.encode_frame(Image.open(io.BytesIO(data)))
+        images[job] = found
+    title, description = page_title(client, parent_id, table)
+    shared = images[int(rows[0]["job"])] if rows else None
+    return sweep_page.render(rows, keys, images, title, description, shared, wanted)
+
+
+def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = True) -> SweepSummary:
+    """Write grid.png, summary.csv, losses_vs_<key>.png and report.html to ``folder`` (and log them to the
+    parent under ``sweep/``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = sweep_table(client, parent_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        grid = build_sweep_grid(client, table, Path(scratch))
+        page = build_sweep_page(client, parent_id, table, Path(scratch))
+    plot = loss_plot(table)
+    grid.save(folder / "grid.png")
+    table.to_csv(folder / "summary.csv", index=False)
+    (folder / REPORT_HTML).write_text(page, encoding="utf-8")
+    written = [folder / "grid.png", folder / "summary.csv", folder / REPORT_HTML]
+    if plot is not None:
+        written.append(folder / f"losses_vs_{table.attrs['swept'][0].replace('.', '_')}.png")
+        plot.save(written[-1])
+    if log_to_parent:
+        for path in written:
+            client.log_artifact(parent_id, str(path), "sweep")
+        client.log_table(parent_id, table.astype(str), "sweep/summary.json")
+    return SweepSummary(table, grid, plot, folder, folder / REPORT_HTML)

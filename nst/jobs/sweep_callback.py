@@ -1,0 +1,179 @@
+"""Hydra multirun sweeps as MLflow parent runs.
+
+``SweepCallback`` (registered in ``conf/hydra/default.yaml``) runs in the
+launching process: before the first job it creates the store, the experiment
+and one parent run; after the last job it logs the sweep's comparison grid,
+summary table, loss plot and report page to that parent and ends it. Jobs, in this process
+or in launcher workers, find their parent by the sweep id, a hash of Hydra's
+sweep directory, which every job of one multirun shares.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from nst.errors import NSTError
+from nst.figures import labels
+from nst.jobs.config import check_launch, tracking_spec
+from nst.jobs.hydra_state import sweep_id
+from nst.tracking import ownership, store
+from nst.tracking.recorder import align_steps
+
+log = logging.getLogger(__name__)
+
+# Set by SweepCallback when a sweep ends with failed jobs; the CLI turns it into exit status 1.
+failed_jobs: list[str] = []
+# The callback whose parent run is open in this process (closed by abort_open_sweep on a crash).
+_open: SweepCallback | None = None
+
+
+class SweepCallback(Callback):
+    """Opens an MLflow parent run for a multirun and summarises its jobs when it ends."""
+
+    def __init__(self) -> None:
+        self.parent: str | None = None
+        self.client = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_launch(config)  # values from conf/local or a sweep file, which the CLI's pre-flight cannot see
+            tracking = tracking_spec(config)
+            if tracking.enabled:
+                self.open_parent(config, tracking)
+        except NSTError as exc:
+            # Hydra turns an exception raised by a callback into a warning and runs every job anyway
+            # (measured: three jobs failed, their errors only in their logs, exit status 0): stop here
+            print(f"nst: error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from exc
+        if self.parent is not None:
+            log.info("sweep %s: MLflow parent run %s", self.sweep_dir, self.parent)
+
+    def open_parent(self, config: DictConfig, tracking) -> None:
+        """The store, the experiment and the sweep's parent run, kept alive by this process's heartbeat."""
+        self.client, experiment_id = store.connect(tracking)
+        sweep_dir = str(config.hydra.sweep.dir)
+        params = OmegaConf.select(config, "hydra.sweeper.params")
+        params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        overrides = list(config.hydra.overrides.task)
+        values = swept_values(overrides, params)
+        swept = {key: labels.log_spaced(found) for key, found in values.items()}
+        run = self.client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}", tags={
+            store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id(sweep_dir),
+            "nst.sweep_dir": str(Path(sweep_dir).resolve()),
+            store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
+            store.TAG_SWEPT: json.dumps(swept), **store.environment_tags()})
+        self.parent, self.experiment_id = run.info.run_id, experiment_id
+        report = store.run_address(None, experiment_id, self.parent, store.SWEEP_REPORT)
+        self.client.set_tag(self.parent, store.TAG_DESCRIPTION,
+                            f"{describe(config, values)}\n\nCompare the results: [the sweep's report]({report}).")
+        self.sweep_dir = Path(sweep_dir)
+        store.keep_alive(self.client, self.parent)
+        store.log_params(self.client, self.parent, {
+            f"sweep.{key.lstrip('+~')}": ", ".join(labels.short(value) for value in found)
+            for key, found in values.items()})
+        global _open
+        _open = self
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.parent is None:
+            return
+        from nst.compare import sweep_report  # pandas takes 0.7 s to import: only in a sweep
+
+        status = "FINISHED"
+        try:
+            # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
+            # such as Ray may have run that job again; the summary keeps each job's latest run)
+            self.end_orphans("FAILED", "its worker process died before the run ended")
+            align_steps(self.client, store.child_runs(self.client, self.parent))
+            summary = sweep_report.summarise_sweep(self.client, self.parent, self.sweep_dir)
+            failed = [f"job {job} {state}" for job, state in zip(summary.table["job"], summary.table["status"],
+                                                                   strict=True) if state != "FINISHED"]
+            recorded = {int(job) for job in summary.table["job"]}
+            failed += [f"job {job} left no run" for job in job_numbers(self.sweep_dir) if job not in recorded]
+            failed_jobs.extend(failed)
+            self.client.log_batch(self.parent, metrics=sweep_report.summary_metrics(summary.table))
+            if failed:
+                print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
+                      f"finish: {', '.join(failed)}", file=sys.stderr)
+            address = store.run_address(self.client.tracking_uri, self.experiment_id, self.parent)
+            print(f"nst: sweep report {summary.page}")
+            print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}  (make ui serves it)")
+        except Exception as exc:
+            status = "FAILED"
+            failed_jobs.append(f"the sweep's summary: {exc}")
+            print(f"nst: error: could not summarise the sweep: {exc}", file=sys.stderr)
+            log.exception("could not summarise the sweep")
+            raise
+        finally:
+            self.client.set_terminated(self.parent, status)
+            self.close()
+
+    def end_orphans(self, status: str, reason: str) -> None:
+        """End the children left RUNNING with ``status`` and ``reason`` (a child whose worker process is gone:
+        "process died ...", naming it)."""
+        for run in store.child_runs(self.client, self.parent):
+            if run.info.status == "RUNNING":
+                why = ownership.owner_gone(run.data.tags, run.info.start_time) or reason
+                self.client.set_tag(run.info.run_id, store.TAG_FAILURE, why)
+                self.client.set_terminated(run.info.run_id, status)
+
+    def close(self) -> None:
+        store.let_go(self.parent)
+        global _open
+        if _open is self:
+            _open = None
+
+    def abort(self, status: str, reason: str) -> None:
+        """The multirun died (interrupt, a killed worker): end runs left RUNNING, keep what finished."""
+        from nst.compare import sweep_report  # imports pandas: only in a sweep
+
+        try:
+            self.end_orphans(status, reason)
+            if store.sweep_runs(self.client, self.parent):
+                sweep_report.summarise_sweep(self.client, self.parent, self.sweep_dir)
+        except Exception:  # noqa: BLE001 - closing the parent matters more than its summary
+            log.exception("could not summarise the aborted sweep")
+        self.client.set_tag(self.parent, store.TAG_FAILURE, reason)
+        self.client.set_terminated(self.parent, status)
+        self.close()
+
+
+def swept_values(overrides: list[str], sweeper_params: dict) -> dict[str, list]:
+    """Each swept key with its values, in the order given: the command line's sweeps
+    (``loss.style_weight=1,100``) and a sweep file's ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    texts = [*overrides, *(f"{key}={value}" for key, value in sweeper_params.items())]
+    found: dict[str, list] = {}
+    for override in OverridesParser.create().parse_overrides(texts):
+        if override.is_discrete_sweep():
+            found[override.key_or_group] = list(override.sweep_iterator())
+    return found
+
+
+def describe(config: DictConfig, values: dict[str, list]) -> str:
+    """The parent run's description (MLflow shows it on the run's page): pair, backbone, size, epochs,
+    and what the sweep varies."""
+    pair = " + ".join(str(OmegaConf.select(config, key, default="?")) for key in ("content", "style"))
+    varied = "; ".join(f"{labels.name(key)} ({key.lstrip('+~')}) in {', '.join(labels.short(v) for v in found)}"
+                       for key, found in values.items())
+    return (f"Sweep of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
+            f"{OmegaConf.select(config, 'image.size')} px, {OmegaConf.select(config, 'epochs')} epochs. "
+            f"Varied: {varied or 'nothing'}.")
+
+
+def job_numbers(sweep_dir: Path) -> list[int]:
+    """The jobs Hydra set up in ``sweep_dir``: its numbered folders holding a ``.hydra`` folder."""
+    return sorted(int(path.parent.name) for path in sweep_dir.glob("*/.hydra") if path.parent.name.isdigit())
+
+
+def abort_open_sweep(status: str, reason: str) -> None:
+    """Close this process's open sweep, if any, with ``status`` (KILLED or FAILED)."""
+    if _open is not None and _open.parent is not None:
+        _open.abort(status, reason)

@@ -1,0 +1,436 @@
+"""The MLflow store: where it is, how to open it, the tags nst writes, and every query nst makes.
+
+Runs (``nst.recorder``), sweeps (``nst.sweeps``), reports (``nst.reports``,
+``nst-report``) and the job driver all reach MLflow through this module, so the
+store's address comes from one function (``store_uri``) and a tag has one name.
+
+Default store: an SQLite database and an artifact folder under the output root,
+both absolute (MLflow >= 3.13 refuses a bare ``./mlruns``, and with SQLite the
+artifacts would otherwise land relative to whatever the working directory is).
+``tracking.uri`` points at a tracking server instead.
+
+All calls go through ``MlflowClient`` with explicit run ids rather than the
+fluent API's process-global "active run", because a multirun executes several
+runs in one process and a joblib sweep in several. The client is wrapped in
+``StoreClient``: a write that meets another process's lock waits (with back-off,
+``NST_STORE_WAIT`` seconds at most) instead of failing, and a store that cannot
+be used (locked beyond the wait, disk full, read-only, damaged) is one
+``TrackingError`` line naming it. Opening the store (``connect``, ``open_store``)
+creates it safely (``nst.database``) and ends the runs whose process died
+(``nst.ownership``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nst.downloads import sha256_file
+from nst.engine.spec import TrackingSpec
+from nst.errors import ConfigError, TrackingError
+from nst.tracking import database, ownership
+
+log = logging.getLogger(__name__)
+
+# Tag names shared by runs, sweeps and reports.
+TAG_ROLE = "nst.role"  # "run" | "sweep"
+TAG_SWEEP = "nst.sweep_id"
+TAG_JOB = "nst.job_num"
+TAG_HASH = "nst.config_hash"
+TAG_OVERRIDES = "nst.overrides"
+TAG_FAILURE = "nst.failure"
+TAG_DESCRIPTION = "mlflow.note.content"  # the description MLflow shows on a run's page
+# marks an experiment as model training, so MLflow 3's UI opens it on the runs table, not its GenAI pages.
+# MLflow 3.17's UI reads the view from the address instead (measured: with the tag set, the experiment
+# still opened on the GenAI overview and its "Detect Issues" popover), hence WORKFLOW in every address nst
+# prints; the tag serves the MLflow 3 releases that read it.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+WORKFLOW = "workflowType=machine_learning"
+TAG_SWEPT = "nst.swept"  # on a sweep's parent: {swept key: log-spaced?}, in the order given
+TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
+TAG_REUSED = "nst.reused."  # + job number, on a sweep's parent: a FINISHED run reused by resume
+SWEEP_REPORT = "sweep/report.html"  # on a sweep's parent: the report (nst.reports writes it)
+HUMAN_METRICS = "human."  # + score, rank, ...: what nst-review logs on each judged run (nst.review)
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+# Keys that do not change what a run computes: left out of its fingerprint.
+NON_SEMANTIC_KEYS = ("hydra", "paths", "tracking", "progress")
+DEFAULT_EXPERIMENT = "nst"
+
+
+def default_output_dir() -> Path:
+    """The output root when no config says otherwise (``paths.output_dir``'s default)."""
+    return Path(os.environ.get("NST_OUTPUT_DIR", "outputs"))
+
+
+def store_uri(uri: str | None = None, output_dir: str | os.PathLike | None = None) -> str:
+    """The tracking URI: ``uri`` when given (a server, or a path: a ``.db`` file or the folder holding
+    ``mlflow.db``), else the SQLite file under the output root."""
+    if uri and "://" in str(uri):
+        return str(uri)
+    if uri:  # MLflow reads a bare path as its retired file store and fails with a traceback
+        path = Path(uri).expanduser().resolve()
+        return f"sqlite:///{path if path.suffix == '.db' else path / 'mlflow.db'}"
+    root = Path(output_dir if output_dir is not None else default_output_dir()).expanduser().resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_location(tracking: TrackingSpec) -> str | None:
+    """Where new experiments keep artifacts: as configured, else ``<output root>/mlartifacts`` for the
+    local store (a server decides for itself)."""
+    if tracking.uri:
+        return tracking.artifact_location
+    if tracking.artifact_location:
+        return Path(tracking.artifact_location).expanduser().resolve().as_uri()
+    return (Path(tracking.output_dir).expanduser().resolve() / "mlartifacts").as_uri()
+
+
+class StoreClient:
+    """An ``MlflowClient`` whose calls wait out another process's lock and fail as one ``TrackingError``.
+
+    Measured before: a ``sqlite3`` shell holding the write lock for 30 s killed a running
+    optimisation with ``database is locked`` and threw its result away. A call that meets
+    the lock is retried with back-off for ``NST_STORE_WAIT`` seconds (each attempt also
+    waits MLflow's own 20 s busy timeout); an SQLite write that fails leaves nothing
+    behind, so trying it again records it once.
+    """
+
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient  # MLflow takes seconds to import: only when a store is used
+
+        database.quiet_mlflow()
+        self.tracking_uri = uri
+        self._client = guarded(uri, MlflowClient, tracking_uri=uri)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not MLflow's: unpickling (joblib workers) asks before _client exists
+            raise AttributeError(name)
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: guarded(self.tracking_uri, attribute, *args, **kwargs)
+
+
+def guarded(uri: str, function, *args, **kwargs):
+    """``function(*args, **kwargs)``, retried while the store is locked; store failures as ``TrackingError``."""
+    wait, started, pause = database.store_wait_s(), time.monotonic(), 0.05
+    while True:
+        try:
+            return function(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            problem = database.store_problem(exc)
+            if problem is None:
+                raise
+            if problem == "locked" and time.monotonic() - started + pause <= wait:
+                log.info("the MLflow store is locked by another process; trying again in %.2f s", pause)
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                continue
+            raise TrackingError(database.describe_problem(problem, uri.removeprefix("sqlite:///"), exc,
+                                                          time.monotonic() - started)) from exc
+
+
+def connect(tracking: TrackingSpec):
+    """Open the store and return ``(client, experiment_id)``; create both on first use.
+
+    Fails fast, with the URI in the message, when the store cannot be reached or used.
+    """
+    uri = store_uri(tracking.uri, tracking.output_dir)
+    mlflow_client = open_store(uri, create=True, artifact_root=artifact_location(tracking))
+    experiment_id = _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
+    _check_artifacts(mlflow_client.get_experiment(experiment_id), tracking)
+    return mlflow_client, experiment_id
+
+
+def _check_artifacts(experiment, tracking: TrackingSpec) -> None:
+    """The experiment's artifact folder is the one asked for, and can be written, before any run exists.
+
+    MLflow fixes an experiment's artifact location when the experiment is created, so a
+    later ``tracking.artifact_location`` would be silently ignored.
+    """
+    location = experiment.artifact_location
+    if tracking.artifact_location and location.rstrip("/") != str(artifact_location(tracking)).rstrip("/"):
+        raise ConfigError("tracking.artifact_location", tracking.artifact_location,
+                          f"{location}, where experiment {experiment.name!r} has kept its artifacts since it was "
+                          f"created (MLflow fixes it then); or name a new experiment with tracking.experiment=...")
+    if location.startswith("file:"):
+        database.make_folder(Path(urllib.parse.urlparse(location).path), "the artifact folder")
+
+
+def open_store(uri: str, create: bool = False, artifact_root: str | None = None) -> StoreClient:
+    """A client for the store at ``uri`` once it is usable; runs whose process died are ended FAILED.
+
+    A local SQLite store is created (``create``) or checked first (``nst.database``); a server must answer.
+    """
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if create:
+            database.prepare(db, artifact_root or (db.parent / "mlartifacts").as_uri())
+        elif not db.exists():
+            raise TrackingError(f"no MLflow store at {db}: run nst first, or pass --uri")
+        else:
+            database.inspect(db)
+    mlflow_client = StoreClient(uri)
+    end_dead_runs(mlflow_client)
+    return mlflow_client
+
+
+def run_address(uri: str | None, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """Where the MLflow UI shows a run (or one of its artifacts): the tracking server's own page, or for
+    the local store the address of ``make ui`` (port ``NST_UI_PORT``, default 5000); None for ``uri``:
+    the address within the UI (``#/experiments/...``), for links on its own pages."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    if uri is None:
+        return f"{page}?{WORKFLOW}"
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
+        f"http://127.0.0.1:{os.environ.get('NST_UI_PORT', '5000')}")
+    return f"{base}/{page}?{WORKFLOW}"
+
+
+def end_dead_runs(mlflow_client) -> list[str]:
+    """End FAILED, with the reason, nst's RUNNING runs whose process died; their ids.
+
+    A sweep's parent is a run of the process that launched the sweep, so it is ended by the same rule.
+    """
+    experiments = [experiment.experiment_id for experiment in mlflow_client.search_experiments()]
+    running = mlflow_client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'",
+                                        max_results=5000) if experiments else []
+    ended = []
+    for run in running:
+        reason = ownership.owner_gone(run.data.tags, run.info.start_time) if TAG_ROLE in run.data.tags else None
+        if reason:
+            mlflow_client.set_tag(run.info.run_id, TAG_FAILURE, reason)
+            mlflow_client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    if ended:
+        print(f"nst: {len(ended)} run(s) left RUNNING by a process that died are now FAILED: {', '.join(ended)}",
+              file=sys.stderr)
+    return ended
+
+
+def ended_as_dead(run) -> bool:
+    """Whether ``run`` was ended FAILED by ``end_dead_runs`` (its process was gone), not by itself."""
+    return run.info.status == "FAILED" and run.data.tags.get(TAG_FAILURE, "").startswith(ownership.DIED)
+
+
+def keep_alive(mlflow_client, run_id: str) -> None:
+    """Refresh the run's heartbeat tag from this process until ``let_go``."""
+    ownership.HEARTBEAT.add(run_id, lambda: mlflow_client.set_tag(run_id, ownership.TAG_HEARTBEAT,
+                                                                  ownership.now_iso()))
+
+
+def let_go(run_id: str) -> None:
+    ownership.HEARTBEAT.remove(run_id)
+
+
+def _experiment_id(mlflow_client, name: str, artifacts: str | None) -> str:
+    """The experiment's id, created on first use; an experiment of an older nst gets the model-training tag."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # noqa: BLE001 - another process created it first
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    key, kind = EXPERIMENT_KIND
+    if experiment.tags.get(key) != kind:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, key, kind)
+    return experiment.experiment_id
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer /health within seconds (MLflow's own client retries for minutes)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({problem}); start it "
+                        f"(`make server` for a local one) or choose another tracking.uri")
+
+
+# --- what a run is: params, fingerprint, environment ----------------------------------------
+
+
+def flatten(container: object, prefix: str = "") -> dict[str, str]:
+    """``{"loss": {"style_weight": 100}}`` -> ``{"loss.style_weight": "100"}``; lists stay JSON."""
+    if isinstance(container, dict):
+        out: dict[str, str] = {}
+        for key, value in container.items():
+            out.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+        return out
+    return {prefix.rstrip("."): json.dumps(container) if isinstance(container, list) else str(container)}
+
+
+# The settings a reader of the seed compares runs by; MLflow params besides the keys a job overrides.
+CORE_PARAMS = ("content", "style", "model.name", "model.calibration", "image.size", "epochs", "init", "seed",
+               "optimizer.name", "optimizer.lr", "optimizer.max_iter", "loss.content_weight", "loss.style_weight",
+               "loss.tv_weight", "loss.content_layers", "loss.style_layers")
+# what of the run record (run.json) is a param: the backbone actually used, the device, the batch
+CORE_RECORD = ("backbone", "device", "batch_size")
+
+
+def job_params(config: Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, str]:
+    """The core settings and every key the job overrides, from the resolved config, flattened.
+
+    Not the whole config: MLflow's image chart shows each run's params above its images, and
+    the 67 of the whole config pushed every image about 1,460 px down. The whole config is the
+    run's ``config.yaml`` artifact.
+    """
+    everything = flatten({key: value for key, value in config.items() if key != "hydra"})
+    changed = {override.partition("=")[0].lstrip("+~") for override in overrides}
+    return {key: value for key, value in everything.items()
+            if key in CORE_PARAMS or key in changed or any(key.startswith(f"{group}.") for group in changed)}
+
+
+def fingerprint(config: Mapping[str, Any], files: Iterable[Path] = ()) -> str:
+    """sha256 of what determines a run's result: the semantic config and the input files' bytes."""
+    semantic = {key: value for key, value in config.items() if key not in NON_SEMANTIC_KEYS}
+    payload = {"config": semantic, "files": [sha256_file(p) for p in files]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    """Where and by what a run is made, and its owner (``nst.ownership``): tags of every run nst creates."""
+    return {"nst.git_commit": git_commit(), "nst.torch_version": torch.__version__,
+            "nst.host": os.uname().nodename, "nst.pid": str(os.getpid()),
+            ownership.TAG_OWNER: ownership.owner(), ownership.TAG_HEARTBEAT: ownership.now_iso()}
+
+
+def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param  # MLflow takes seconds to import: only when a store is used
+
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def find_finished(mlflow_client, experiment_id: str, config_hash: str) -> str | None:
+    """The id of a FINISHED run with this fingerprint, if any (resume)."""
+    runs = mlflow_client.search_runs([experiment_id],
+                                     filter_string=f"tags.`{TAG_HASH}` = '{config_hash}' and "
+                                                   "attributes.status = 'FINISHED'",
+                                     max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def sweep_parent(mlflow_client, experiment_id: str, sweep_id: str | None):
+    """The parent run of the multirun ``sweep_id``, if there is one."""
+    if sweep_id is None:
+        return None
+    runs = mlflow_client.search_runs([experiment_id], filter_string=(
+        f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'sweep'"), max_results=1)
+    return runs[0] if runs else None
+
+
+def swept(parent) -> dict[str, bool]:
+    """What a sweep's parent says it varies: swept key -> whether its values are log-spaced."""
+    return json.loads(parent.data.tags.get(TAG_SWEPT, "{}"))
+
+
+def child_runs(mlflow_client, parent_id: str) -> list:
+    """Every run started under the sweep ``parent_id``, retried attempts included."""
+    parent = mlflow_client.get_run(parent_id)
+    return mlflow_client.search_runs([parent.info.experiment_id],
+                                     filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10000)
+
+
+def sweep_runs(mlflow_client, parent_id: str) -> list:
+    """The runs of a sweep in job order, as (job, run): its children plus FINISHED runs reused by resume."""
+    parent = mlflow_client.get_run(parent_id)
+    by_job = {}
+    for run in child_runs(mlflow_client, parent_id):
+        job = int(run.data.tags.get(TAG_JOB, len(by_job)))
+        # a job that ran twice in one sweep (Ray runs again a job whose worker died) keeps its latest run
+        if job not in by_job or run.info.start_time > by_job[job][1].info.start_time:
+            by_job[job] = (job, run)
+    for key, run_id in parent.data.tags.items():
+        if key.startswith(TAG_REUSED):
+            job = int(key.removeprefix(TAG_REUSED))
+            by_job.setdefault(job, (job, mlflow_client.get_run(run_id)))
+    return [pair for _, pair in sorted(by_job.items())]
+
+
+def check_sweep_parent(mlflow_client, run_id: str) -> None:
+    """``run_id`` must be a sweep's parent run (a single run's id would give an empty table)."""
+    role = mlflow_client.get_run(run_id).data.tags.get(TAG_ROLE)
+    if role != "sweep":
+        raise TrackingError(f"run {run_id} is not a sweep's parent run (nst.role={role}): pass --sweep latest, "
+                            f"or a run id of role 'sweep' from nst-report")
+
+
+def latest_sweep(mlflow_client, experiment: str) -> str:
+    """The parent run id of the newest sweep of ``experiment``."""
+    found = mlflow_client.get_experiment_by_name(experiment)
+    runs = mlflow_client.search_runs([found.experiment_id] if found else [],
+                                     filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"no sweep in experiment {experiment!r}")
+    return runs[0].info.run_id
+
+
+def experiment_runs(mlflow_client, experiment: str) -> list:
+    """Every run of ``experiment``, newest first."""
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no experiment named {experiment!r} in {mlflow_client.tracking_uri}")
+    return mlflow_client.search_runs([found.experiment_id], max_results=10000,
+                                     order_by=["attributes.start_time DESC"])
+
+
+# the file names of client.log_image(key=, step=): images/<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].png|.webp
+# (MLflow before 3.x separated them with %; '/' in a key is written '~')
+_LOGGED_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<time>\d+)[+%][0-9a-fA-F-]+"
+                           r"(?P<compressed>[+%]compressed)?\.(?:png|webp|jpe?g)$")
+
+
+def step_images(mlflow_client, run_id: str, key: str = "progress") -> dict[int, str]:
+    """The artifact paths of a run's images logged with ``log_image(key=key, step=...)``, by step: the
+    full-size PNG (not MLflow's compressed copy), the latest one where a step was logged twice."""
+    try:
+        items = mlflow_client.list_artifacts(run_id, "images")
+    except Exception:  # noqa: BLE001 - a run that logged no image has no images/ folder
+        return {}
+    found: dict[int, tuple[int, str]] = {}
+    for item in items:
+        match = _LOGGED_IMAGE.match(item.path.rsplit("/", 1)[-1])
+        if match is None or match["compressed"] or match["key"].replace("~", "/") != key:
+            continue
+        step, time = int(match["step"]), int(match["time"])
+        if step not in found or time > found[step][0]:
+            found[step] = (time, item.path)
+    return {step: path for step, (_, path) in sorted(found.items())}
