@@ -3,7 +3,7 @@
 from PIL import Image
 
 from nst.compare import sweep_report
-from nst.figures import pictures
+from nst.figures import grid as pictures
 
 
 def _results(count, side):

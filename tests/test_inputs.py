@@ -22,7 +22,7 @@ from nst.engine.devices import resolve_device
 from nst.errors import ConfigError, ImageError, OverrideError, UnknownKeyError, UnknownOptionError
 from nst.images.files import check_image_file, header_size, load_image
 from nst.jobs import schema
-from nst.jobs.config import check_launch, tracking_spec, validate
+from nst.jobs.config import check_launch, parse, tracking_spec, validate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=random", "image.size=32", "epochs=1", "optimizer.max_iter=2", "progress=false"]
@@ -165,34 +165,44 @@ def test_chmod_000_through_the_cli(tmp_path, nst):
 
 
 @pytest.mark.parametrize("value, shown", [("abc", "'abc'"), ("0", "0"), ("-1", "-1")])
-def test_log_every_must_be_an_integer_from_1(tmp_path, value, shown, nst):
-    done = nst(tmp_path / "outputs", *BASE, *TINY, f"tracking.log_every={value}")
-    refused(done, f"nst: error: tracking.log_every={shown} is not allowed: an integer >= 1")
+def test_frame_every_must_be_an_integer_from_1(tmp_path, value, shown, nst):
+    done = nst(tmp_path / "outputs", *BASE, *TINY, f"frame_every={value}")
+    refused(done, f"nst: error: frame_every={shown} is not allowed: an integer >= 1")
 
 
 @pytest.mark.parametrize("override, line", [
-    ("tracking.log_every=2.5", "tracking.log_every=2.5 is not allowed: an integer >= 1"),
-    ("tracking.video=maybe", "tracking.video='maybe' is not allowed: true or false"),
+    ("frame_every=2.5", "frame_every=2.5 is not allowed: an integer >= 1"),
+    ("video=maybe", "video='maybe' is not allowed: true or false"),
     ("tracking.resume=1", "tracking.resume=1 is not allowed: true or false"),
     ("tracking.enabled=yes please", "tracking.enabled='yes please' is not allowed: true or false"),
 ])
-def test_tracking_spec_refuses_untyped_values(override, line):
+def test_launch_checks_refuse_untyped_values(override, line):
     # the composed config, as a job or the sweep callback reads it (no CLI pre-flight)
     with pytest.raises(ConfigError) as caught:
-        tracking_spec(compose_cfg(override))
+        check_launch(compose_cfg(override))
     assert str(caught.value) == line
 
 
 def test_good_tracking_values_pass():
-    spec = tracking_spec(compose_cfg("tracking.log_every=1", "tracking.video=false"))
-    assert spec.log_every == 1 and spec.video is False and spec.resume is True
-    assert tracking_spec(compose_cfg("tracking=none")).log_every == 10
+    assert tracking_spec(compose_cfg("tracking.resume=false")).resume is False
+    member = parse(compose_cfg(*TINY, "frame_every=1", "video=false")).member
+    assert member.frame_every == 1 and member.video is False
+    # the video and its frames do not depend on MLflow
+    member = parse(compose_cfg(*TINY, "tracking=none")).member
+    assert member.frame_every == 10 and member.video is True
+
+
+@pytest.mark.parametrize("old, new", [("tracking.log_every", "frame_every"), ("tracking.video", "video")])
+def test_a_moved_key_is_refused_with_its_new_name(old, new):
+    with pytest.raises(UnknownKeyError) as caught:
+        schema.check_override_keys(schema.parse_overrides([f"{old}=1"]))
+    assert f"(did you mean {new}?)" in str(caught.value)
 
 
 def test_a_bad_tracking_value_stops_a_multirun_before_any_job(tmp_path, nst):
     out = tmp_path / "outputs"
-    done = nst(out, "-m", *BASE, *TINY, "loss.style_weight=1,10", "tracking.log_every=0")
-    refused(done, "nst: error: tracking.log_every=0 is not allowed: an integer >= 1")
+    done = nst(out, "-m", *BASE, *TINY, "loss.style_weight=1,10", "frame_every=0")
+    refused(done, "nst: error: frame_every=0 is not allowed: an integer >= 1")
     assert not (out / "multiruns").exists()
 
 
@@ -277,7 +287,7 @@ def test_unknown_key_is_refused_with_a_suggestion(tmp_path, override, key, sugge
 
 
 @pytest.mark.parametrize("key, suggestion", [
-    ("tracking.logevery", "tracking.log_every"), ("style_weight", "loss.style_weight"),
+    ("tracking.experimnt", "tracking.experiment"), ("style_weight", "loss.style_weight"),
     ("optimizer.beta", "optimizer.betas"), ("image.szie", "image.size"), ("zzzzzz", None),
 ])
 def test_suggestions_come_from_the_schema(key, suggestion):
@@ -293,7 +303,7 @@ def test_the_schema_holds_every_key_of_every_option_and_is_fast():
     known = schema.schema()
     assert time.perf_counter() - start < 0.5
     # keys that only some option files define are known, whichever option is picked
-    assert {"optimizer.betas", "optimizer.line_search", "model.precision", "tracking.log_every",
+    assert {"optimizer.betas", "optimizer.line_search", "model.precision", "frame_every",
             "image.scale_epochs", "style_masks", "paths.output_dir"} <= known.keys
     assert {"model", "optimizer", "experiment", "sweep", "pair", "local"} <= known.groups
     assert not any(k.startswith("hydra") or k.endswith("defaults") for k in known.keys)
@@ -307,7 +317,7 @@ def test_the_schema_holds_every_key_of_every_option_and_is_fast():
     ["--cfg", "job", *BASE, "model=random", "loss.style_layers=[conv1_1]", "loss.style_layers.0=conv2_1"],
     ["+experiment=quick", "optimizer=adam", "optimizer.betas=[0.8,0.9]", "style=[wave,the_scream]"],
     ["--help"], ["--info", "defaults"], ["--version"], ["-cn", "other", "anything.at_all=1"],
-    [*BASE, 'content="/tmp/été (1).jpg"', "tracking.log_every=5", "tracking.video=false", "device=cuda:1"],
+    [*BASE, 'content="/tmp/été (1).jpg"', "frame_every=5", "video=false", "device=cuda:1"],
     [*BASE, "sweep=ratio", "loss.style_weight=1,10"], [*BASE, "experiment=null", "sweep=null", "model=random"],
     ["-m", *BASE, "model=random,vgg19", "optimizer=choice(adam,lbfgs)"], ["-m", *BASE, "hydra/launcher=joblib"],
     [*BASE, "hydra.mode=MULTIRUN", "loss.style_weight=1,10"], [*BASE, 'content="/tmp/a,b.jpg"', "~experiment"],

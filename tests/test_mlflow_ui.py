@@ -44,7 +44,7 @@ def store(tmp_path_factory):
     out.mkdir()
     env = {**os.environ, "NST_OUTPUT_DIR": str(out)}
     done = subprocess.run([sys.executable, "-m", "nst.cli", "-m", "content=tubingen", "style=starry_night",
-                           "model=random", "image.size=64", "epochs=2", "optimizer.max_iter=4", "tracking.log_every=3",
+                           "model=random", "image.size=64", "epochs=2", "optimizer.max_iter=4", "frame_every=3",
                            "progress=false", "loss.style_weight=1e-2,1,1e4"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

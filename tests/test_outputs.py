@@ -58,7 +58,7 @@ def test_save_every_writes_numbered_progress_images_and_output_names_the_result(
 
 
 def test_video_is_written_without_tracking(tmp_path, nst):
-    done = run(nst, tmp_path, "progress=false", "tracking.log_every=3")
+    done = run(nst, tmp_path, "progress=false", "frame_every=3")
     assert done.returncode == 0, done.stderr[-3000:]
     videos = [p.name for p in (tmp_path / "run").iterdir() if p.stem == "optimisation"]
     assert videos in (["optimisation.mp4"], ["optimisation.gif"])
@@ -98,7 +98,7 @@ def _frame(size, shade):
 
 def test_the_video_holds_every_frame_fitted_to_the_results_size(tmp_path):
     av = pytest.importorskip("av")
-    from nst.figures.pictures import Video
+    from nst.figures.video import Video
 
     video = Video(tmp_path / "optimisation", (33, 24), depth=2)  # an odd width: padded to 34
     sizes = [(16, 12), (23, 17), (33, 24)] * 4  # coarse-to-fine frames, then full size
@@ -114,7 +114,7 @@ def test_the_video_holds_every_frame_fitted_to_the_results_size(tmp_path):
 
 
 def test_one_frame_makes_no_video_and_no_encoder_makes_a_gif(tmp_path, monkeypatch):
-    from nst.figures.pictures import Video
+    from nst.figures.video import Video
 
     single = Video(tmp_path / "one", (16, 12))
     single.add(_frame((16, 12), 0))

@@ -210,7 +210,7 @@ def _running_with_metrics(out, min_step: int = 1):
 
 
 SLOW_SWEEP = ["-m", "content=tubingen", "style=starry_night", "model=random", "image.size=48",
-              "epochs=60", "optimizer.max_iter=5", "progress=false", "tracking.log_every=5",
+              "epochs=60", "optimizer.max_iter=5", "progress=false", "frame_every=5",
               "loss.style_weight=10,1000"]
 
 

@@ -18,7 +18,7 @@ TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32
         "optimizer.max_iter=3", "progress=false"]
 # long enough to be killed or locked mid-optimisation (about 20 s on 2 cores)
 LONG = ["content=tubingen", "style=starry_night", "model=random", "image.size=64", "epochs=40",
-        "progress=false", "tracking.log_every=5"]
+        "progress=false", "frame_every=5"]
 
 
 def client_for(out):
@@ -407,7 +407,7 @@ def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_pa
 
     out = tmp_path / "outputs"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", [*TINY, "epochs=3", f"paths.output_dir={out}", "tracking.log_every=2"])
+        cfg = compose("config", [*TINY, "epochs=3", f"paths.output_dir={out}", "frame_every=2"])
     real_log_batch = MlflowClient.log_batch
 
     def full(self, run_id, metrics=(), **kwargs):

@@ -12,11 +12,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from nst.compare import sweep_report
-from nst.figures import pictures
+from nst.figures import grid as pictures
 from nst.tracking import store
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
-        "optimizer.max_iter=4", "progress=false", "tracking.log_every=3"]
+        "optimizer.max_iter=4", "progress=false", "frame_every=3"]
 
 
 def client_for(out):
@@ -67,7 +67,7 @@ def test_multirun_creates_parent_and_children_with_everything(sweep, tmp_path):
         # the core settings, what the job overrides, and the backbone used: few, since the UI's image chart
         # shows them above every image; the whole config and run record are artifacts
         assert params["model.name"] == "random" and params["run.backbone"] == "random"
-        assert params["run.device"] == "cpu" and params["tracking.log_every"] == "3"  # overridden: a param
+        assert params["run.device"] == "cpu" and params["frame_every"] == "3"  # overridden: a param
         assert params["optimizer.max_iter"] == "4" and "optimizer.history_size" not in params
         assert len(params) < 30, sorted(params)
         assert child.data.tags["nst.git_commit"] and child.data.tags["hydra.choice.model"] == "random"
@@ -79,7 +79,7 @@ def test_multirun_creates_parent_and_children_with_everything(sweep, tmp_path):
             assert sorted(m.step for m in history) == list(range(1, evaluations + 1)), key
         paths = artifact_paths(client, run_id)
         # the UI's slider: one image at each step of a grid every run of the sweep shares, 0 to the last
-        # (2 epochs of at most 9 evaluations and the final one, 19, rounded up to log_every's 3)
+        # (2 epochs of at most 9 evaluations and the final one, 19, rounded up to frame_every's 3)
         assert progress_steps(paths) == list(range(0, 22, 3))
         for expected in ("result/result.png", "result/triptych.png", "result/loss_curve.png", "result.png",
                          "optimisation.mp4", "config.yaml", "losses.csv", "run.json",

@@ -53,7 +53,7 @@ from nst.engine.devices import native_bf16, tune
 from nst.engine.losses import StyleTransferLoss, gram, paper_style_layer_weights
 from nst.engine.optimization import OptimizerSettings, initial_image, optimize
 from nst.errors import NSTError
-from nst.figures.pictures import comparison_grid
+from nst.figures.grid import comparison_grid
 from nst.images.files import load_tensor, tensor_to_pil, upsample
 from nst.images.samples import resolve_image
 

@@ -150,7 +150,7 @@ def preflight(argv: list[str]) -> None:
     if not (args.config_dir or args.config_name or args.config_path):  # another conf/, another schema
         schema.check_override_keys(overrides)
         schema.check_override_values(overrides, multirun=args.multirun)
-    for key, value in schema.values_of(overrides, ("tracking.", "hydra.launcher.")):
+    for key, value in schema.values_of(overrides, ("tracking.", "hydra.launcher.", "frame_every", "video")):
         launch = OmegaConf.create()
         OmegaConf.update(launch, key, value, force_add=True)
         check_launch(launch)

@@ -4,7 +4,7 @@ Everything is inline: images as base64 data URIs, CSS, a little vanilla JS and
 the loss plot as SVG, so the page works offline and inside MLflow's artifact
 viewer (a sandboxed iframe: scripts only, no same-origin storage, and links are
 followed by script rather than by URL). Gathering the images from the store is
-``nst.reports``' job; this module only lays them out.
+``nst.compare.sweep_report``' job; this module only lays them out.
 
 The page shows every job's final image large, in grid.png's order and labelled
 with its swept values; a step slider that moves every run's progress images
@@ -19,13 +19,12 @@ import html
 import io
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from nst.figures import labels
+from nst.figures import labels, plots
 
 # the largest size a result is shown at (its own resolution below that)
 SHOW_MAX = 384
@@ -125,7 +124,7 @@ def _shown(size: tuple[int, int] | None, largest: int = SHOW_MAX) -> tuple[int, 
 def _text(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    found = labels.number(value)
+    found = labels.finite_number(value)
     if found is not None and not isinstance(value, str | bool):
         return f"{found:.4g}"
     return str(value)
@@ -137,7 +136,7 @@ def _e(value) -> str:
 
 def _caption(row: Mapping) -> str:
     status = row.get("status") or ""
-    rank = labels.number(row.get("human_rank"))
+    rank = labels.finite_number(row.get("human_rank"))
     return (str(row.get("label") or f"job {row['job']}") + ("" if status == "FINISHED" else f" [{status}]")
             + ("" if rank is None else f" · human #{int(rank)}"))
 
@@ -176,7 +175,7 @@ def _grid(rows: Sequence[Mapping], keys: Sequence[str], images: Mapping[int, Job
     if varies_inputs(keys):
         return f'<div class="pairs">{"".join(figure[int(row["job"])] for row in rows)}</div>'
     if len(keys) == 2:
-        down, across = (_sorted_unique([row.get(key) for row in rows]) for key in keys)
+        down, across = (labels.sorted_unique([row.get(key) for row in rows]) for key in keys)
         cell = {(str(row.get(keys[0])), str(row.get(keys[1]))): int(row["job"]) for row in rows}
         head = "".join(f'<th>{html.escape(labels.name(keys[1]))}={_e(value)}</th>' for value in across)
         body = []
@@ -190,17 +189,10 @@ def _grid(rows: Sequence[Mapping], keys: Sequence[str], images: Mapping[int, Job
 def grid_order(rows: Sequence[Mapping], keys: Sequence[str]) -> list[int]:
     """The jobs in the order the page (and grid.png) shows them."""
     if len(keys) == 2 and not varies_inputs(keys):
-        down, across = (_sorted_unique([row.get(key) for row in rows]) for key in keys)
+        down, across = (labels.sorted_unique([row.get(key) for row in rows]) for key in keys)
         cell = {(str(row.get(keys[0])), str(row.get(keys[1]))): int(row["job"]) for row in rows}
         return [cell[(str(a), str(b))] for a in down for b in across if (str(a), str(b)) in cell]
     return [int(row["job"]) for row in rows]
-
-
-def _sorted_unique(values) -> list:
-    unique = list(dict.fromkeys(values))
-    if all(labels.number(v) is not None for v in unique):
-        return sorted(unique, key=labels.number)
-    return unique
 
 
 def _inputs(shared: JobImages | None) -> str:
@@ -244,7 +236,7 @@ def frames_data(rows: Sequence[Mapping], images: Mapping[int, JobImages], steps:
 def _slider(frames: dict) -> str:
     steps = frames["steps"]
     if not steps:
-        return '<p class="note">No progress images were logged (tracking.log_every): the slider is left out.</p>'
+        return '<p class="note">No progress images were logged (frame_every): the slider is left out.</p>'
     last = len(steps)
     return (f'<div id="controls"><label for="step">step</label> <input type="range" id="step" min="0" '
             f'max="{last}" value="{last}" step="1"> <output id="step-value">final result</output>'
@@ -253,71 +245,24 @@ def _slider(frames: dict) -> str:
 
 
 def loss_plot_svg(rows: Sequence[Mapping], keys: Sequence[str]) -> tuple[str | None, str]:
-    """Final content and style loss against the first swept value, as inline SVG whose points link to
-    their jobs; ``(None, why)`` when there is nothing to plot on a numeric axis."""
+    """Final content and style loss against the first swept value (``nst.figures.plots``), as inline SVG
+    whose points link to their jobs; ``(None, why)`` when there is nothing to plot on a numeric axis."""
     if not keys:
         return None, "Nothing was swept."
     if varies_inputs(keys):
         return None, "The swept values are image pairs, not numbers: no loss plot (see the table)."
     key = keys[0]
-    if any(labels.number(row.get(key)) is None for row in rows):
+    if any(labels.finite_number(row.get(key)) is None for row in rows):
         return None, f"The swept values of {key} are not numbers: no loss plot (see the table)."
-    done = [row for row in rows if row.get("status") == "FINISHED"
-            and labels.number(row.get("final_content")) is not None and labels.number(row.get("final_style")) is not None]
-    if not done:
+    plot = plots.final_losses(rows, keys)
+    if plot is None:
         return None, "No job finished with finite losses: nothing to plot."
-    import matplotlib  # matplotlib takes a second to import: only when a plot is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after choosing the Agg backend
-
-    series_key = keys[1] if len(keys) > 1 else None
-    groups: dict[str, list[Mapping]] = {}
-    for row in done:
-        groups.setdefault("" if series_key is None else str(row.get(series_key)), []).append(row)
-    log_x = labels.log_spaced([row.get(key) for row in rows])
-    tips = {}
-    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nst", "font.size": 9}):
-        figure, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
-        for axis, column, name in ((axes[0], "final_content", "content"), (axes[1], "final_style", "style")):
-            for group in _sorted_unique(list(groups)):
-                members = sorted(groups[group], key=lambda row: labels.number(row.get(key)))
-                xs = [labels.number(row.get(key)) for row in members]
-                ys = [labels.number(row.get(column)) for row in members]
-                name_ = f"{labels.name(series_key)}={labels.short(group)}" if series_key else None
-                (line,) = axis.plot(xs, ys, alpha=0.5, label=name_)
-                points = axis.scatter(xs, ys, s=36, color=line.get_color(), zorder=3)
-                points.set_urls([f"#job-{int(row['job'])}" for row in members])
-                for row in members:
-                    tips[int(row["job"])] = (f"{row.get('label')}: {key}={_text(row.get(key))}, final content loss "
-                                             f"{_text(row.get('final_content'))}, final style loss "
-                                             f"{_text(row.get('final_style'))} (job {int(row['job'])})")
-            values = [labels.number(row.get(column)) for row in done]
-            if all(value > 0 for value in values):
-                axis.set_yscale("log")
-            if log_x:
-                axis.set_xscale("log")
-            axis.set_xlabel(f"{labels.name(key)} ({key.lstrip('+~')})")
-            axis.set_title(f"final {name} loss")
-            axis.grid(alpha=0.3)
-            if series_key:
-                axis.legend(fontsize=8)
-        figure.tight_layout()
-        buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
-        plt.close(figure)
-    svg = buffer.getvalue()
-    svg = svg[svg.index("<svg"):]
-    # a tooltip per point: the label and the values (SVG's <title>)
-    svg = re.sub(r'<a xlink:href="#job-(\d+)"(?: target="_blank")?>',
-                 lambda m: f'<a xlink:href="#job-{m[1]}" href="#job-{m[1]}" class="point" data-job="{m[1]}">'
-                           f'<title>{html.escape(tips.get(int(m[1]), ""))}</title>', svg)
-    axis_kind = ("log" if log_x else "linear") + " x"
-    return svg, f"Each point is a job: hover for its values, click to see its image ({axis_kind}, log y where all losses are positive)."
+    axis_kind = ("log" if plot.log_x else "linear") + " x"
+    return plot.svg(), f"Each point is a job: hover for its values, click to see its image ({axis_kind}, log y where all losses are positive)."
 
 
 def _table(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
-    judged = [c for c in HUMAN_COLUMNS if any(labels.number(row.get(c)) is not None for row in rows)]
+    judged = [c for c in HUMAN_COLUMNS if any(labels.finite_number(row.get(c)) is not None for row in rows)]
     columns = list(dict.fromkeys([*TABLE_COLUMNS[:3], *judged, *keys, *TABLE_COLUMNS[3:]]))
     head = "".join(f'<th data-col="{i}" title="click to sort">{html.escape(str(c))}</th>' for i, c in enumerate(columns))
     body = []
@@ -326,7 +271,7 @@ def _table(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
         cells = []
         for column in columns:
             value = row.get(column)
-            number = labels.number(value)
+            number = labels.finite_number(value)
             sort = f' data-sort="{number!r}"' if number is not None else ""
             text = _e(value)
             if column == "job":

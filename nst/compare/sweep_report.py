@@ -2,11 +2,11 @@
 
 The same code serves the end of a multirun (``SweepCallback``) and the
 ``nst-report`` command, so a grid can always be rebuilt from the store. The
-store's queries are in ``nst.store``, the drawing in ``nst.pictures``, the
-HTML page (``report.html``) in ``nst.sweep_page``; the images it shows are
+store's queries are in ``nst.tracking.store``, the drawing in ``nst.figures``, the
+HTML page (``report.html``) in ``nst.compare.sweep_page``; the images it shows are
 gathered from the store here.
 
-The ``nst-report`` command that prints them is ``nst.report_cli``.
+The ``nst-report`` command that prints them is ``nst.cli.nst_report``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pandas as pd
 from PIL import Image
 
 from nst.compare import sweep_page
-from nst.figures import labels
-from nst.figures.pictures import TILE, comparison_grid, finite_number, layout, loss_plot, tile
+from nst.figures import labels, plots
+from nst.figures.grid import TILE, comparison_grid, layout, tile
 from nst.tracking import store
 
 # a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
@@ -173,8 +173,8 @@ def build_sweep_grid(client, table: pd.DataFrame, scratch: Path) -> Image.Image:
     content = _download(client, first, "inputs/content.png", scratch / "inputs") if first else None
     style = _download(client, first, "inputs/style.png", scratch / "inputs") if first else None
     if len(keys) == 2:
-        rows = _sorted_unique(table[keys[0]])
-        columns = _sorted_unique(table[keys[1]])
+        rows = labels.sorted_unique(table[keys[0]])
+        columns = labels.sorted_unique(table[keys[1]])
         cell = {(str(r), str(c)): i for i, (r, c) in enumerate(zip(table[keys[0]], table[keys[1]], strict=True))}
         return comparison_grid(content, style, tiles, [str(r) for r in rows], [str(c) for c in columns], cell,
                                box, heading)
@@ -192,13 +192,6 @@ def tile_box(results: list[Image.Image | None]) -> tuple[int, int]:
         side = max(TILE, min(max(max(result.size) for result in shown), LARGEST_TILE))
     tallest = max((result.height / result.width for result in shown), default=1.0)
     return side, min(side, max(1, round(side * tallest)))
-
-
-def _sorted_unique(values) -> list:
-    unique = list(dict.fromkeys(values))
-    if all(finite_number(v) is not None for v in unique):
-        return sorted(unique, key=lambda v: finite_number(v))
-    return unique
 
 
 def artifact_bytes(client, run_id: str, artifact: str, folder: Path) -> bytes | None:
@@ -226,7 +219,7 @@ def page_title(client, parent_id: str, table: pd.DataFrame) -> tuple[str, str]:
 
 def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path) -> str:
     """report.html: each job's final image, inputs and progress images (thinned out to the slider's
-    positions, re-encoded lossy) gathered from the store and laid out by ``nst.sweep_page``."""
+    positions, re-encoded lossy) gathered from the store and laid out by ``nst.compare.sweep_page``."""
     keys = table.attrs.get("swept", [])
     rows = table.to_dict("records")
     available = {int(row["job"]): store.step_images(client, row["run_id"]) for row in rows}
@@ -261,7 +254,8 @@ def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = 
     with tempfile.TemporaryDirectory() as scratch:
         grid = build_sweep_grid(client, table, Path(scratch))
         page = build_sweep_page(client, parent_id, table, Path(scratch))
-    plot = loss_plot(table)
+    drawn = plots.final_losses(table.to_dict("records"), table.attrs.get("swept", []))
+    plot = drawn.png() if drawn else None
     grid.save(folder / "grid.png")
     table.to_csv(folder / "summary.csv", index=False)
     (folder / REPORT_HTML).write_text(page, encoding="utf-8")

@@ -25,7 +25,7 @@ from nst.engine.optimization import OptimizerSettings
 # exactly the config keys that ``MemberSpec`` is built from.
 MEMBER_KEYS = ("loss.content_weight", "loss.style_weight", "loss.tv_weight", "loss.content_layer_weights",
                "loss.style_layer_weights", "optimizer", "epochs", "init", "seed", "progress",
-               "print_every", "save_every", "output")
+               "print_every", "save_every", "frame_every", "video", "output")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class MemberSpec:
     progress: bool
     print_every: int = 0  # a line of per-layer losses every N evaluations; 0: none
     save_every: int = 0  # progress/<evaluation>.png in the run's folder every N evaluations; 0: none
+    frame_every: int = 10  # a frame of the video and of MLflow's step slider every N evaluations
+    video: bool = True  # optimisation.mp4 of those frames in the run's folder
     output: str = "result.png"  # the result image: a file name in the run's folder (or a path from it)
 
     @property
@@ -84,8 +86,6 @@ class TrackingSpec:
     uri: str | None
     artifact_location: str | None
     experiment: str
-    log_every: int
-    video: bool
     resume: bool
     output_dir: str
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 ALPHA, BETA = "loss.content_weight", "loss.style_weight"
 SYMBOLS = {BETA: "β", ALPHA: "α"}
@@ -48,7 +48,8 @@ def _decoded(value):
     return value
 
 
-def number(value) -> float | None:
+def finite_number(value) -> float | None:
+    """``value`` as a finite float (MLflow keeps swept values as text), else None; a bool is not a number."""
     if isinstance(value, bool):
         return None
     try:
@@ -58,6 +59,15 @@ def number(value) -> float | None:
     return result if math.isfinite(result) else None
 
 
+def sorted_unique(values: Iterable) -> list:
+    """Each value once: in numeric order when every one is a finite number (``100`` before ``1e4``),
+    else in the order first seen."""
+    unique = list(dict.fromkeys(values))
+    if all(finite_number(value) is not None for value in unique):
+        return sorted(unique, key=finite_number)
+    return unique
+
+
 def short(value) -> str:
     """``1e-2``, ``0.2``, ``conv1_1..conv3_1`` (a run of consecutive layers), ``a,b``, ``tubingen``."""
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -65,7 +75,7 @@ def short(value) -> str:
         if len(items) > 2 and all(item.startswith("conv") for item in items):
             return f"{items[0]}..{items[-1]}"
         return ",".join(items)
-    found = number(value)
+    found = finite_number(value)
     if found is not None:
         return compact(found)
     return str(value)
@@ -95,7 +105,7 @@ def label(keys: Sequence[str], source: Mapping, choices: Mapping | None = None) 
             value = lookup(choices, f"hydra.choice.{key.lstrip('+~')}")
         parts.append(f"{name(key)}={short(value)}")
     if any(key.lstrip("+~") in SYMBOLS for key in keys):
-        alpha, beta = number(lookup(source, ALPHA)), number(lookup(source, BETA))
+        alpha, beta = finite_number(lookup(source, ALPHA)), finite_number(lookup(source, BETA))
         if alpha is not None and beta:
             parts.append(f"α/β={compact(alpha / beta)}")
     return SEPARATOR.join(parts)
@@ -103,7 +113,7 @@ def label(keys: Sequence[str], source: Mapping, choices: Mapping | None = None) 
 
 def log_spaced(values: Sequence) -> bool:
     """Positive numbers spanning a factor of ``LOG_SPAN`` or more: plotted and compared on log axes."""
-    numbers = [number(value) for value in values]
+    numbers = [finite_number(value) for value in values]
     return (len(numbers) > 1 and all(n is not None and n > 0 for n in numbers)
             and max(numbers) / min(numbers) >= LOG_SPAN)
 
@@ -118,7 +128,7 @@ def sweep_params(swept: Mapping[str, bool], source: Mapping, choices: Mapping | 
         if value is None and choices is not None:
             value = lookup(choices, f"hydra.choice.{bare}")
         params[f"sweep.{bare}"] = short(value)
-        found = number(value)
+        found = finite_number(value)
         if logarithmic and found is not None and found > 0:
             params[f"sweep.log10_{bare}"] = f"{math.log10(found):.4g}"
     return params

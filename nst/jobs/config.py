@@ -218,9 +218,18 @@ def validate(cfg: DictConfig) -> None:
     for key in ("print_every", "save_every"):
         if OmegaConf.select(cfg, key) is not None:
             _number(cfg, key, minimum=0, integer=True)
+    frame_every(cfg)
+    _flag(cfg, "video", True)
     output_name(cfg)
     scale_schedule(cfg)
     optimizer_settings(cfg)
+
+
+def frame_every(cfg: DictConfig) -> int:
+    """``frame_every``: a frame of the video and of MLflow's step slider every N evaluations (10 if unset)."""
+    if OmegaConf.select(cfg, "frame_every") is None:
+        return 10
+    return int(_number(cfg, "frame_every", minimum=1, integer=True))
 
 
 def output_name(cfg: DictConfig) -> str:
@@ -271,7 +280,8 @@ def parse(cfg: DictConfig) -> RunSpec:
         optimizer=optimizer_settings(cfg), scale_epochs=tuple(epochs for _, epochs in schedule),
         init=str(cfg.init), seed=int(cfg.seed), progress=bool(OmegaConf.select(cfg, "progress", default=True)),
         print_every=int(OmegaConf.select(cfg, "print_every") or 0),
-        save_every=int(OmegaConf.select(cfg, "save_every") or 0), output=output_name(cfg))
+        save_every=int(OmegaConf.select(cfg, "save_every") or 0), frame_every=frame_every(cfg),
+        video=_flag(cfg, "video", True), output=output_name(cfg))
     return RunSpec(shared, member, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -291,23 +301,24 @@ def tracking_spec(cfg: DictConfig) -> TrackingSpec:
         return OmegaConf.select(cfg, f"tracking.{key}", default=default)
 
     uri, artifacts = get("uri"), get("artifact_location")
-    log_every = 10 if get("log_every") is None else _number(cfg, "tracking.log_every", minimum=1, integer=True)
     return TrackingSpec(
         enabled=_flag(cfg, "tracking.enabled", False), uri=str(uri) if uri else None,
         artifact_location=str(artifacts) if artifacts else None, experiment=str(get("experiment") or "nst"),
-        log_every=log_every, video=_flag(cfg, "tracking.video", True), resume=_flag(cfg, "tracking.resume", True),
+        resume=_flag(cfg, "tracking.resume", True),
         output_dir=str(OmegaConf.select(cfg, "paths.output_dir") or "outputs"))
 
 
 def check_launch(cfg: DictConfig) -> None:
-    """Check what the launching process reads before the first job: the tracking values and the
-    launcher's worker and batch counts; raises ``ConfigError``.
+    """Check what the launching process reads before the first job: the tracking values, the frame and
+    video settings, and the launcher's worker and batch counts; raises ``ConfigError``.
 
     The CLI calls it on the command line's values before Hydra starts; a multirun's
     ``on_multirun_start`` can call it on the composed config (Hydra only warns about a
     callback's exception, so that caller must exit itself).
     """
     tracking_spec(cfg)
+    frame_every(cfg)
+    _flag(cfg, "video", True)
     n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs")
     if n_jobs is not None and n_jobs != -1:
         # joblib's own refusal of 0 is a traceback from inside the launcher

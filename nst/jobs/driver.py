@@ -114,7 +114,7 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
                 continue
             recorder = recording.begin(job, job.tracking, inputs)
             if recorder is not None:
-                folder = RunFolder.of(job.output_dir, inputs, job.tracking)
+                folder = RunFolder.of(job.output_dir, inputs)
                 members.append(_Member(position, inputs, recorder, folder))
         if members:
             for member, outcome in zip(members, _execute(members, jobs), strict=True):
@@ -173,7 +173,8 @@ def relog(folder: Path) -> tuple[str, bool]:
     config = folder / CONFIG_YAML
     if not config.is_file():
         raise TrackingError(f"{folder} holds no {CONFIG_YAML}: not the folder of an nst run")
-    tracking = tracking_spec(OmegaConf.load(config))
+    cfg = OmegaConf.load(config)
+    tracking = tracking_spec(cfg)
     if not tracking.enabled:
         raise TrackingError(f"{folder} was run with tracking=none: there is no store to record it in")
     output_dir = Path(tracking.output_dir)
@@ -181,7 +182,9 @@ def relog(folder: Path) -> tuple[str, bool]:
         output_dir = next((parent for parent in folder.resolve().parents
                            if parent.as_posix().endswith("/" + output_dir.as_posix().strip("./"))), output_dir)
     tracking = replace(tracking, output_dir=str(output_dir))
-    return relog_folder(*store.connect(tracking), folder, tracking)
+    # frame_every, or the tracking.log_every of a run recorded before the key moved
+    every = OmegaConf.select(cfg, "frame_every") or OmegaConf.select(cfg, "tracking.log_every") or 10
+    return relog_folder(*store.connect(tracking), folder, int(every))
 
 
 # --- outcomes as Hydra wants them ------------------------------------------------------------

@@ -31,6 +31,8 @@ from nst.errors import OverrideError, UnknownKeyError, UnknownOptionError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)")
+# keys that moved: the old name is refused with the new one as its suggestion
+MOVED = {"tracking.log_every": "frame_every", "tracking.video": "video"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Schema:
 
     def suggestion(self, key: str) -> str | None:
         """The closest known key: ``loss.styleweight`` -> ``loss.style_weight``, ``modle`` -> ``model``."""
+        if key in MOVED:
+            return MOVED[key]
         close = difflib.get_close_matches(key, sorted(self.keys | self.groups), n=1, cutoff=0.6)
         return close[0] if close else None
 

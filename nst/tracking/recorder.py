@@ -38,7 +38,8 @@ from nst.engine.run import (
 from nst.engine.spec import TrackingSpec
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.figures import labels
-from nst.figures.pictures import loss_curve, triptych
+from nst.figures.grid import triptych
+from nst.figures.plots import loss_curve
 from nst.images import measures
 from nst.images.files import load_image, pil_to_tensor, save_png, tensor_to_pil
 from nst.messages import say
@@ -304,7 +305,8 @@ class Recording:
         A sweep's child is named by its swept values (``β=1e4 · α/β=1e-4``) and has them as ``sweep.*``
         params. From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
         """
-        grid = StepGrid.planned(tracking.log_every, inputs.spec.member.planned_evaluations if inputs else 1)
+        member = inputs.spec.member if inputs else None
+        grid = StepGrid.planned(member.frame_every if member else 1, member.planned_evaluations if member else 1)
         tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
                 store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), TAG_IMAGE_STEPS: grid.tag(), **extra}
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
@@ -414,7 +416,7 @@ def align_steps(client, runs: list) -> None:
         client.set_tag(run.info.run_id, TAG_IMAGE_STEPS, StepGrid(grid.every, terminal).tag())
 
 
-def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpec) -> tuple[str, bool]:
+def relog_folder(client, experiment_id: str, folder: Path, frame_every: int) -> tuple[str, bool]:
     """Record in the store a run whose folder holds its files (``nst-report --relog``); the run's id,
     and whether anything was recorded now.
 
@@ -441,7 +443,7 @@ def relog_folder(client, experiment_id: str, folder: Path, tracking: TrackingSpe
         if store.TAG_FAILURE in run.data.tags:
             client.delete_tag(run_id, store.TAG_FAILURE)
     grid = StepGrid.of(run.data.tags) if run is not None else None
-    grid = grid or StepGrid.planned(tracking.log_every, max(1, len(history)))
+    grid = grid or StepGrid.planned(frame_every, max(1, len(history)))
     recorder = RunRecorder(client, run_id, folder, grid)
     recorder.last_step = max(store.step_images(client, run_id, PROGRESS), default=None)
     logged = {metric.step for metric in client.get_metric_history(run_id, "total")}

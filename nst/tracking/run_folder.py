@@ -3,7 +3,7 @@
 ``RunFolder.on_evaluation`` sees every function evaluation (as the MLflow recorder
 does) and, in the run's folder and on the terminal:
 
-- every ``tracking.log_every`` evaluations adds a frame to ``optimisation.mp4``
+- every ``frame_every`` evaluations adds a frame to ``optimisation.mp4``
   (encoded meanwhile by ``nst.pictures.Video``'s thread; ``finish`` adds the
   result and closes it, before the recorder logs the folder to MLflow);
 - every ``save_every`` evaluations writes ``progress/<evaluation>.png``;
@@ -23,8 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nst.engine.run import Inputs, writing
-from nst.engine.spec import TrackingSpec
-from nst.figures.pictures import Video
+from nst.figures.video import Video
 from nst.images.files import save_png, tensor_to_pil
 
 PROGRESS_DIR = "progress"
@@ -46,17 +45,17 @@ def loss_line(record: dict) -> str:
 class RunFolder:
     """The run's own files beyond the engine's (video, numbered progress images) and its printed lines."""
 
-    def __init__(self, output_dir: Path, size: tuple[int, int], log_every: int = 10, video: bool = True,
+    def __init__(self, output_dir: Path, size: tuple[int, int], frame_every: int = 10, video: bool = True,
                  print_every: int = 0, save_every: int = 0):
         self.output_dir = Path(output_dir)
-        self.log_every, self.print_every, self.save_every = log_every, print_every, save_every
+        self.frame_every, self.print_every, self.save_every = frame_every, print_every, save_every
         self.video = Video(self.output_dir / VIDEO_STEM, size) if video else None  # size: the result's (w, h)
 
     @classmethod
-    def of(cls, output_dir: Path, inputs: Inputs, tracking: TrackingSpec) -> RunFolder:
+    def of(cls, output_dir: Path, inputs: Inputs) -> RunFolder:
         member = inputs.spec.member
-        return cls(output_dir, (inputs.content.shape[-1], inputs.content.shape[-2]), tracking.log_every,
-                   tracking.video, member.print_every, member.save_every)
+        return cls(output_dir, (inputs.content.shape[-1], inputs.content.shape[-2]), member.frame_every,
+                   member.video, member.print_every, member.save_every)
 
     @property
     def callbacks(self) -> list:
@@ -64,7 +63,7 @@ class RunFolder:
 
     def on_evaluation(self, record: dict, image: torch.Tensor) -> None:
         step = int(record["evaluation"])
-        if self.video is not None and (step == 1 or step % self.log_every == 0):
+        if self.video is not None and (step == 1 or step % self.frame_every == 0):
             self.video.add(tensor_to_pil(image))
         if self.save_every and step % self.save_every == 0:
             with writing(self.output_dir):
@@ -82,7 +81,7 @@ class RunFolder:
         frame already; None when there are fewer than two frames or no video is wanted."""
         if self.video is None:
             return None
-        if final is not None and step is not None and not (self.video.count and step % self.log_every == 0):
+        if final is not None and step is not None and not (self.video.count and step % self.frame_every == 0):
             self.video.add(tensor_to_pil(final))
         with writing(self.output_dir):
             return self.video.close()

@@ -68,7 +68,7 @@ HUMAN_METRICS = "human."  # + score, rank, ...: what nst-review logs on each jud
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 # Keys that do not change what a run computes: left out of its fingerprint.
-NON_SEMANTIC_KEYS = ("hydra", "paths", "tracking", "progress")
+NON_SEMANTIC_KEYS = ("hydra", "paths", "tracking", "progress", "frame_every", "video")
 DEFAULT_EXPERIMENT = "nst"
 
 
