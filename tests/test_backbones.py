@@ -5,17 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
-from nst.engine import backbones
-from nst.engine.backbones import (
-    SPECS,
-    FeatureExtractor,
-    Preprocess,
-    convert_hed_h5,
-    layer_table,
-    load_backbone,
-    resolve_name,
-    validate_layers,
-)
+from nst.engine import backbones, weights
+from nst.engine.backbones import SPECS, FeatureExtractor, Preprocess, layer_table, validate_layers
+from nst.engine.weights import convert_hed_h5, load_backbone, resolve_name
 from nst.errors import ConfigError, WeightsError
 
 
@@ -148,12 +140,12 @@ def test_vgg19_offline_without_cache_says_how_to_get_weights(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(WeightsError) as info:
         load_backbone("vgg19", ["conv1_1"])
-    assert "vgg19" in str(info.value) and backbones.VGG19_URL in str(info.value)
+    assert "vgg19" in str(info.value) and weights.VGG19_URL in str(info.value)
 
 
 def test_corrupt_cached_weights_are_not_used(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    bad = backbones.torchvision_vgg19_path()
+    bad = weights.torchvision_vgg19_path()
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not the weights")
     with pytest.raises(WeightsError):
@@ -171,8 +163,8 @@ def test_auto_falls_back_to_hed_offline_and_says_so(monkeypatch, tmp_path, caplo
 
 def test_auto_prefers_cached_vgg19(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    backbones.torchvision_vgg19_path().parent.mkdir(parents=True)
-    backbones.torchvision_vgg19_path().write_bytes(b"x")
+    weights.torchvision_vgg19_path().parent.mkdir(parents=True)
+    weights.torchvision_vgg19_path().write_bytes(b"x")
     assert resolve_name("auto")[0] == "vgg19"
 
 
@@ -181,13 +173,13 @@ def test_cached_weights_load_with_weights_only_and_record_sha(monkeypatch, tmp_p
     state = {f"features.{k}": v for k, v in backbones.random_state("vgg19", 0).items()}
     state["classifier.0.weight"] = torch.zeros(2, 2)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    path = backbones.torchvision_vgg19_path()
+    path = weights.torchvision_vgg19_path()
     path.parent.mkdir(parents=True)
     torch.save(state, path)
-    digest = backbones.sha256_file(path)
-    monkeypatch.setattr(backbones, "_vgg19_weights",
-                        lambda: backbones._cached_download("vgg19", backbones.VGG19_URL, path, digest))
-    monkeypatch.setitem(backbones._WEIGHT_FILES, "vgg19", backbones._vgg19_weights)
+    digest = weights.sha256_file(path)
+    monkeypatch.setattr(weights, "_vgg19_weights",
+                        lambda: weights._cached_download("vgg19", weights.VGG19_URL, path, digest))
+    monkeypatch.setitem(weights._WEIGHT_FILES, "vgg19", weights._vgg19_weights)
     backbone = load_backbone("vgg19", ["conv2_1"])
     assert backbone.record()["weights_sha256"] == digest
     torch.testing.assert_close(backbone.extractor.features[0].weight, state["features.0.weight"])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nst.engine.backbones import load_backbone
 from nst.engine.losses import LossWeights, StyleTransferLoss
 from nst.engine.optimization import OptimizerSettings, optimize, optimize_batch
 from nst.engine.spec import batch_key
+from nst.engine.weights import load_backbone
 from nst.errors import NonFiniteLossError
 from nst.jobs.launcher import group_jobs
 
@@ -261,7 +261,7 @@ def test_an_interrupt_inside_one_members_step_unwinds_the_others(setup, monkeypa
     from nst.engine import optimization
 
     backbone, content, loss = setup
-    accept, run, ended = optimization._Member.accept, optimization._Member.run, []
+    accept, run, ended = optimization._Trajectory.accept, optimization._Trajectory.run, []
 
     def interrupted_accept(member):
         if member.index == 1:
@@ -274,8 +274,8 @@ def test_an_interrupt_inside_one_members_step_unwinds_the_others(setup, monkeypa
         finally:
             ended.append(member.index)
 
-    monkeypatch.setattr(optimization._Member, "accept", interrupted_accept)
-    monkeypatch.setattr(optimization._Member, "run", recorded_run)
+    monkeypatch.setattr(optimization._Trajectory, "accept", interrupted_accept)
+    monkeypatch.setattr(optimization._Trajectory, "run", recorded_run)
     with pytest.raises(KeyboardInterrupt):
         batched(loss, content, backbone, [1.0, 100.0, 1e4],
                 [OptimizerSettings(name="adam", lr=0.02, max_iter=3, space="pixel")] * 3, [2] * 3)

@@ -8,14 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nst.bench.races import (
-    CONTENT_LAYERS,
-    QUALITY_VARIANTS,
-    STYLE_LAYERS,
-    ReferenceLoss,
-    evaluation_flops,
-    main,
-)
+from nst.bench import races
+from nst.bench.cli import main
+from nst.bench.races import QUALITY_VARIANTS, bench_inputs, time_to_quality
+from nst.bench.reference import CONTENT_LAYERS, STYLE_LAYERS, ReferenceLoss, evaluation_flops
+from nst.engine import schedule
 from nst.engine.backbones import SPECS, FeatureExtractor, layer_table, random_state
 from nst.engine.losses import StyleTransferLoss, paper_style_layer_weights
 
@@ -54,7 +51,7 @@ def test_evaluation_flops_by_hand():
 @pytest.mark.timeout(600)
 @pytest.mark.slow  # 20-60 s: make test stays under 10 minutes on 2 cores
 def test_bench_prints_every_table(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "nst.bench.races", "--sizes", "64", "--evals", "1",
+    done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
                            "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",
                            "--quality-images", str(tmp_path),
                            "--run-size", "64", "--run-evals", "6", "--sweep-size", "64", "--sweep-evals", "4", "--bf16", "always"],
@@ -107,6 +104,33 @@ def test_quality_variants_pick_nsts_rows_and_their_traces_are_saved(capsys, tmp_
         if cells[2].strip() != "not reached":
             reached = own[own["evaluation"] == int(cells[2])]
             assert float(reached["total"].iloc[0]) == pytest.approx(float(cells[5]), rel=1e-5)
+            if cells[1].strip() != rows[0]:  # nst's rows stop where they reach it
+                assert int(own["evaluation"].iloc[-1]) == int(cells[2])
     assert len(trace[trace["impl"] == rows[0]]) == 10
     nst_rows = trace[trace["impl"] != rows[0]]
     assert nst_rows["style/conv5_1"].notna().all() and nst_rows["content/conv4_2"].notna().all()
+
+
+def test_coarse_to_fine_row_is_a_users_auto_scales_run_through_the_engines_loop():
+    variant = QUALITY_VARIANTS["coarse_to_fine"]
+    inputs = bench_inputs("random", 181, "cpu", variant, 10)
+    # image.scales=auto with conf's L-BFGS epoch (20 iterations): ceil(10 / 20) = 1 epoch at 181 px
+    assert inputs.spec.schedule == schedule.coarse_to_fine(181, 1) == [(128, 1), (181, 1)]
+    assert inputs.spec.member.optimizer.max_iter == 20
+    (reference, row) = time_to_quality("random", 181, 10, "cpu", variants=["coarse_to_fine"])
+    trace = row["trace"]
+    # every record numbered and timed across the scales, each with its scale, coarse first
+    assert [record["evaluation"] for record in trace] == list(range(1, len(trace) + 1))
+    assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(trace, trace[1:], strict=False))
+    scales = [record["scale"] for record in trace]
+    coarse = scales.count(128)
+    assert coarse > 0 and scales == [128] * coarse + [181] * (len(trace) - coarse)
+    if row["evals"] is not None:  # the row's evaluations count the coarse scale's
+        assert row["evals"] == trace[-1]["evaluation"] > coarse
+        assert row["loss"] <= reference["target"]
+
+
+def test_a_failed_subprocess_raises_with_its_stderr():
+    with pytest.raises(RuntimeError, match="boom"):
+        races._run([sys.executable, "-c", "import sys; sys.exit('boom')"], 60)
+    assert races._run([sys.executable, "-c", "print('ok')"], 60) == "ok\n"

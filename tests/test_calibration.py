@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from nst.engine.backbones import load_backbone
 from nst.engine.calibration import CALIBRATION_SIZE, SILENT_FLOOR, calibrate, filter_statistics
+from nst.engine.weights import load_backbone
 from nst.images.samples import ASSETS
 
 from .conftest import smooth_image

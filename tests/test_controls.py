@@ -5,7 +5,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from nst.engine.backbones import load_backbone
 from nst.engine.color import (
     HISTOGRAM_MODES,
     color_statistics,
@@ -14,13 +13,19 @@ from nst.engine.color import (
     match_luminance,
     rgb_to_yiq,
 )
+from nst.engine.inputs import load_inputs
 from nst.engine.losses import StyleTransferLoss, gram, guided_gram
 from nst.engine.run import execute
+from nst.engine.weights import load_backbone
 from nst.errors import ConfigError, ImageError, NSTError
-from nst.jobs.driver import prepare
+from nst.jobs.config import parse
 
 from .conftest import smooth_image
 from .test_config import CONFIG_DIR, make  # importing nst.cli there registers ${nst_root:}
+
+
+def prepare(cfg):
+    return load_inputs(parse(cfg))
 
 TINY = ["model=random", "tracking=none", "progress=false", "optimizer.max_iter=4", "image.size=48", "epochs=1"]
 STYLE = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
@@ -36,11 +41,11 @@ def test_luminance_only_transfer_keeps_the_content_chroma(tmp_path):
     torch.testing.assert_close(seen[0][:, 0], seen[0][:, 1], atol=1e-5, rtol=0)
     torch.testing.assert_close(seen[0][:, 1], seen[0][:, 2], atol=1e-5, rtol=0)
     # ... and the result carries the content's chroma (I, Q of YIQ) exactly, with a new luminance
-    result = outcome.result.image
+    result = outcome.optimization.image
     torch.testing.assert_close(rgb_to_yiq(result)[:, 1:], rgb_to_yiq(inputs.content)[:, 1:], atol=1e-5, rtol=0)
     assert (luminance(result) - luminance(inputs.content)).abs().max() > 1e-3
     # without it the chroma moves
-    plain = execute(prepare(make(*TINY)), tmp_path / "plain").result.image
+    plain = execute(prepare(make(*TINY)), tmp_path / "plain").optimization.image
     assert (rgb_to_yiq(plain)[:, 1:] - rgb_to_yiq(inputs.content)[:, 1:]).abs().max() > 1e-2
 
 
@@ -110,7 +115,7 @@ def test_blend_weights_move_each_style_loss_as_expected(tmp_path):
     for blend in ("[0.9,0.1]", "[0.1,0.9]"):
         cfg = make(*TINY, "style=[starry_night,the_scream]", f"style_blend={blend}", "loss.style_weight=1e4",
                    "optimizer.max_iter=10")
-        finals[blend] = execute(prepare(cfg), tmp_path / blend).result.final
+        finals[blend] = execute(prepare(cfg), tmp_path / blend).optimization.final
     towards_first, towards_second = finals["[0.9,0.1]"], finals["[0.1,0.9]"]
     assert towards_first["style_image/1"] < towards_second["style_image/1"]
     assert towards_second["style_image/2"] < towards_first["style_image/2"]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nst.engine import devices
-from nst.jobs.driver import prepare
+from nst.engine.inputs import load_inputs
+from nst.jobs.config import parse
 
 from .test_config import make
 
@@ -16,9 +17,9 @@ TINY = ["model=random", "tracking=none", "progress=false", "optimizer.max_iter=2
 
 @pytest.mark.parametrize("native, warned", [(False, True), (True, False), (None, False)])
 def test_bf16_without_bf16_hardware_is_warned_about(monkeypatch, caplog, native, warned):
-    monkeypatch.setattr("nst.engine.run.native_bf16", lambda device: native)
-    with caplog.at_level(logging.WARNING, logger="nst.engine.run"):
-        prepare(make(*TINY))
+    monkeypatch.setattr("nst.engine.inputs.native_bf16", lambda device: native)
+    with caplog.at_level(logging.WARNING, logger="nst.engine.inputs"):
+        load_inputs(parse(make(*TINY)))
     assert any("no bfloat16 hardware" in r.getMessage() for r in caplog.records) is warned
 
 

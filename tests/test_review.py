@@ -20,7 +20,7 @@ from PIL import Image
 from nst.cli import nst_report, nst_review
 from nst.compare import ranking, review, review_app, sweep_report
 from nst.images import measures
-from nst.tracking import store
+from nst.tracking import store, tags
 
 BETAS = ("0.01", "1", "100", "10000")
 
@@ -34,13 +34,13 @@ def _sweep(client, experiment_id: str, betas=BETAS, measured: bool = True, seeds
     """A finished sweep as nst records one: a parent and a FINISHED child per β with its images."""
     sweep_id = uuid.uuid4().hex[:8]
     parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags={
-        store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id,
-        store.TAG_SWEPT: json.dumps({"loss.style_weight": True})}).info.run_id
+        tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id,
+        tags.TAG_SWEPT: json.dumps({"loss.style_weight": True})}).info.run_id
     children, seeds = [], seeds or range(len(betas))
     for job, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
         run = client.create_run(experiment_id, tags={
-            store.TAG_ROLE: "run", store.PARENT_TAG: parent, store.TAG_JOB: str(job),
-            store.TAG_OVERRIDES: json.dumps([f"loss.style_weight={beta}"])}).info.run_id
+            tags.TAG_ROLE: "run", tags.PARENT_TAG: parent, tags.TAG_JOB: str(job),
+            tags.TAG_OVERRIDES: json.dumps([f"loss.style_weight={beta}"])}).info.run_id
         for key, value in {"content": "tubingen", "style": "starry_night", "loss.style_weight": beta,
                            "loss.content_weight": "1", "image.size": "24"}.items():
             client.log_param(run, key, value)
@@ -88,7 +88,7 @@ def _snapshot(world, chosen) -> dict:
                  for run in chosen.ids}
     parent = [item.path for item in client.list_artifacts(chosen.home, review.HUMAN)]
     return {"ids": review.recorded_ids(client, chosen.home), "histories": histories, "parent": parent,
-            "count": client.get_run(chosen.home).data.tags.get(review.TAG_COUNT)}
+            "count": client.get_run(chosen.home).data.tags.get(tags.TAG_JUDGEMENTS)}
 
 
 def test_the_latest_sweep_is_reviewed_on_its_parent(world):
@@ -122,7 +122,7 @@ def test_a_judgement_is_one_file_and_publishes_every_runs_human_metrics(world, a
     assert mlflow_client.get_run(pair["right"]).data.metrics["human.wins"] == 1
     files = {item.path for item in mlflow_client.list_artifacts(chosen.home, review.HUMAN)}
     assert files == {"human/ranking.csv", "human/ranking.md", "human/judgements.jsonl"}
-    assert mlflow_client.get_run(chosen.home).data.tags[review.TAG_COUNT] == "1"
+    assert mlflow_client.get_run(chosen.home).data.tags[tags.TAG_JUDGEMENTS] == "1"
 
 
 def test_bad_requests_are_refused_and_change_nothing(world, app):
@@ -256,7 +256,7 @@ def test_runs_picked_by_a_filter_keep_their_judgements_on_one_review_run(world):
     first = review.select(client, "nst", filter_string=filter_string)
     assert len(first.runs) == 3 and first.home not in world["children"] + [world["parent"]]
     home = client.get_run(first.home)
-    assert home.data.tags[store.TAG_ROLE] == review.ROLE and home.info.status == "FINISHED"
+    assert home.data.tags[tags.TAG_ROLE] == review.ROLE and home.info.status == "FINISHED"
     assert review.select(client, "nst", filter_string=filter_string).home == first.home  # found again
     both = review.select(client, "nst", sweeps=[world["parent"]], filter_string=filter_string)
     assert len(both.runs) == 4 and both.home != first.home

@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from nst.compare import review
-from nst.tracking import store
+from nst.tracking import store, tags
 from tests.test_mlflow_ui import CHROMIUM_FLAGS, KEEP, _chromium, _free_port
 
 pytestmark = pytest.mark.slow
@@ -146,7 +146,7 @@ def _check_published(client, home: str, judgements) -> None:
     """The home run's human/judgements.jsonl and judgement count tag hold every judgement."""
     with open(client.download_artifacts(home, f"{review.HUMAN}/judgements.jsonl"), encoding="utf-8") as f:
         assert sorted(f.read().splitlines()) == sorted(j.to_json() for j in judgements)
-    assert client.get_run(home).data.tags[review.TAG_COUNT] == str(len(judgements))
+    assert client.get_run(home).data.tags[tags.TAG_JUDGEMENTS] == str(len(judgements))
 
 
 def _ranking(page, url: str, client, runs: list[str]) -> list[str]:

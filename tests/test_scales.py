@@ -6,13 +6,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nst.engine.inputs import load_inputs
 from nst.engine.run import execute
 from nst.engine.schedule import COARSE_SHARE, auto_scales, coarse_to_fine
 from nst.errors import ConfigError
 from nst.jobs.config import parse, scale_schedule, validate
-from nst.jobs.driver import prepare
 
 from .test_config import make
+
+
+def prepare(cfg):
+    return load_inputs(parse(cfg))
 
 TINY = ["model=random", "tracking=none", "progress=false", "optimizer.max_iter=3", "image.size=64"]
 
@@ -35,7 +39,7 @@ def test_each_scale_starts_from_the_upsampled_previous_result(tmp_path):
     epochs = history.groupby("scale")["epoch"].max().to_dict()
     assert epochs == {32: 2, 48: 1, 64: 1}
     assert Image.open(tmp_path / "result.png").size == (64, 48)
-    assert outcome.result.image.shape[-2:] == (48, 64)
+    assert outcome.optimization.image.shape[-2:] == (48, 64)
 
 
 def test_without_scales_there_is_one_scale_and_no_scale_column(tmp_path):

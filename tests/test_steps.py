@@ -7,7 +7,8 @@ from PIL import Image
 
 from nst.engine.optimization import OptimizerSettings
 from nst.tracking import database
-from nst.tracking.recorder import PROGRESS, TAG_IMAGE_STEPS, StepGrid, align_steps
+from nst.tracking.steps import PROGRESS, StepGrid, align_steps
+from nst.tracking.tags import TAG_IMAGE_STEPS
 
 
 def test_the_grid_ends_at_the_schedules_planned_evaluations_rounded_up():
@@ -35,7 +36,7 @@ def _steps(client, run_id):
 
 
 def test_a_sweep_whose_schedules_differ_shows_every_result_to_the_longest(tmp_path):
-    database.prepare(tmp_path / "mlflow.db", (tmp_path / "artifacts").as_uri())
+    database.ensure_store(tmp_path / "mlflow.db", (tmp_path / "artifacts").as_uri())
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("steps")
     runs = {}

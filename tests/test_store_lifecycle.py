@@ -12,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from nst.errors import TrackingError
-from nst.tracking import database, ownership, store
+from nst.tracking import database, ownership, store, tags
+from nst.tracking.relog import relog
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
         "optimizer.max_iter=3", "progress=false"]
@@ -29,7 +30,7 @@ def all_runs(out, role=None):
     client = client_for(out)
     experiments = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(experiments, max_results=1000)
-    return [r for r in found if role is None or r.data.tags.get("nst.role") == role]
+    return [r for r in found if role is None or r.data.tags.get(tags.TAG_ROLE) == role]
 
 
 def wait_for(predicate, timeout=120):
@@ -91,7 +92,7 @@ def one_line_error(stderr: str) -> str:
 def test_two_runs_two_sweeps_and_make_ui_started_together_share_one_new_store(tmp_path):
     out = tmp_path / "outputs"
     started = time.time()
-    ui = subprocess.Popen([sys.executable, "-m", "nst.tracking.database", str(out / "mlflow.db")],  # what `make ui` runs first
+    ui = subprocess.Popen([sys.executable, "-m", "nst.cli.create_store", str(out / "mlflow.db")],  # what `make ui` runs first
                           stderr=subprocess.PIPE, text=True)
     processes = [start_nst(out, *TINY), start_nst(out, *TINY, "seed=1"), start_nst(out, "-m", *TINY, "seed=2,3"),
                  start_nst(out, "-m", *TINY, "seed=4,5")]
@@ -110,7 +111,8 @@ def test_two_runs_two_sweeps_and_make_ui_started_together_share_one_new_store(tm
 def test_a_process_killed_while_creating_the_store_leaves_no_store(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
-    code = f"from nst import database; from pathlib import Path; database.prepare(Path({str(out / 'mlflow.db')!r}), 'file:///tmp/a')"
+    code = (f"from nst.tracking import database; from pathlib import Path; "
+            f"database.ensure_store(Path({str(out / 'mlflow.db')!r}), 'file:///tmp/a')")
     creator = subprocess.Popen([sys.executable, "-c", code])
     wait_for(lambda: list(out.glob(".mlflow.db.creating-*")), timeout=60)
     creator.kill()
@@ -160,7 +162,7 @@ def test_disk_full_while_creating_the_store_writes_nothing_and_says_so(small_dis
 def test_a_disk_that_fills_up_during_a_run_gives_one_line_and_leaves_nothing_running(small_disk, nst):
     out = small_disk(2048) / "outputs"
     out.mkdir()
-    database.prepare(out / "mlflow.db", (out / "mlartifacts").as_uri())  # about 950 KiB
+    database.ensure_store(out / "mlflow.db", (out / "mlartifacts").as_uri())  # about 950 KiB
     filler = out / "filler"
     with open(filler, "wb", buffering=0) as handle:
         try:
@@ -246,7 +248,7 @@ def test_a_store_with_an_older_schema_is_upgraded_and_keeps_its_runs(tmp_path):
     from mlflow.store.db.utils import _get_alembic_config
 
     db = tmp_path / "mlflow.db"
-    database.prepare(db, (tmp_path / "mlartifacts").as_uri())
+    database.ensure_store(db, (tmp_path / "mlartifacts").as_uri())
     kept = client_for(tmp_path).create_run("0", run_name="recorded before the upgrade").info.run_id
     engine = sqlalchemy.create_engine(f"sqlite:///{db}")
     config = _get_alembic_config(str(engine.url))
@@ -256,7 +258,7 @@ def test_a_store_with_an_older_schema_is_upgraded_and_keeps_its_runs(tmp_path):
         command.downgrade(config, script.get_revision(script.get_current_head()).down_revision)
     engine.dispose()
     assert database.inspect(db) == "outdated"
-    database.prepare(db, (tmp_path / "mlartifacts").as_uri())
+    database.ensure_store(db, (tmp_path / "mlartifacts").as_uri())
     assert database.inspect(db) == "complete"
     assert client_for(tmp_path).get_run(kept).info.run_name == "recorded before the upgrade"
 
@@ -290,24 +292,24 @@ def test_kill_9_mid_optimisation_leaves_nothing_running(tmp_path, mode, nst):
     runs = all_runs(out)
     assert runs and {r.info.status for r in runs} == {"FAILED"}, [(r.info.status, r.data.tags) for r in runs]
     for run in runs:
-        assert run.data.tags[store.TAG_FAILURE].startswith("process died (no heartbeat since ")
+        assert run.data.tags[tags.TAG_FAILURE].startswith("process died (no heartbeat since ")
     assert len(all_runs(out, "sweep")) == (1 if mode == "sequential sweep" else 0)
     assert "RUNNING" not in listed.stdout and "FAILED" in listed.stdout
     assert "left RUNNING by a process that died are now FAILED" in listed.stderr
 
 
 def test_owner_liveness_tells_dead_pids_reused_pids_and_stale_heartbeats():
-    alive = {ownership.TAG_OWNER: ownership.owner(), ownership.TAG_HEARTBEAT: ownership.now_iso()}
+    alive = {tags.TAG_OWNER: ownership.owner(), tags.TAG_HEARTBEAT: ownership.now_iso()}
     assert ownership.owner_gone(alive, 0) is None
     host, pid, start = ownership.owner().split(":")
-    reused = {ownership.TAG_OWNER: f"{host}:{pid}:{int(start) + 1}"}  # this pid, another process's start time
+    reused = {tags.TAG_OWNER: f"{host}:{pid}:{int(start) + 1}"}  # this pid, another process's start time
     assert ownership.owner_gone(reused, 0).startswith("process died")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    gone = {ownership.TAG_OWNER: f"{host}:{dead.pid}:", ownership.TAG_HEARTBEAT: "2026-01-01T00:00:00+00:00"}
+    gone = {tags.TAG_OWNER: f"{host}:{dead.pid}:", tags.TAG_HEARTBEAT: "2026-01-01T00:00:00+00:00"}
     assert ownership.owner_gone(gone, 0) == (f"process died (no heartbeat since 2026-01-01T00:00:00+00:00; "
                                             f"owner {host} pid {dead.pid})")
-    elsewhere = {ownership.TAG_OWNER: "another-node:12:34", ownership.TAG_HEARTBEAT: "2026-01-01T00:00:00+00:00"}
+    elsewhere = {tags.TAG_OWNER: "another-node:12:34", tags.TAG_HEARTBEAT: "2026-01-01T00:00:00+00:00"}
     beat = time.mktime((2026, 1, 1, 0, 0, 0, 0, 0, 0)) - time.timezone
     assert ownership.owner_gone(elsewhere, 0, now=beat + 60) is None
     assert ownership.owner_gone(elsewhere, 0, now=beat + ownership.STALE_AFTER_S + 1).startswith("process died")
@@ -361,7 +363,7 @@ def test_a_lock_held_30_s_during_a_run_is_waited_out_and_the_run_recorded(tmp_pa
     assert run.returncode == 0, stderr[-3000:]
     (recorded,) = all_runs(out)
     assert recorded.info.status == "FINISHED"
-    folder = Path(recorded.data.tags[store.TAG_OUTPUT_DIR])
+    folder = Path(recorded.data.tags[tags.TAG_OUTPUT_DIR])
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert len(client_for(out).get_metric_history(recorded.info.run_id, "total")) == len(rows)
     # the records waited, the optimisation did not: no pause between evaluations near the lock's 30 s
@@ -388,7 +390,7 @@ def test_a_lock_held_beyond_the_wait_keeps_the_files_and_relog_records_them(tmp_
                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert relogged.returncode == 0, relogged.stderr[-3000:]
     (recorded,) = all_runs(out)
-    assert recorded.info.status == "FINISHED" and store.TAG_FAILURE not in recorded.data.tags
+    assert recorded.info.status == "FINISHED" and tags.TAG_FAILURE not in recorded.data.tags
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert len(client_for(out).get_metric_history(recorded.info.run_id, "total")) == len(rows)
     artifacts = [a.path for a in client_for(out).list_artifacts(recorded.info.run_id, "result")]
@@ -425,14 +427,14 @@ def test_a_store_that_fills_up_mid_run_loses_nothing_and_relog_records_it(tmp_pa
     assert {"result.png", "losses.csv", "run.json"} <= {p.name for p in folder.iterdir()}
     monkeypatch.setattr(MlflowClient, "log_batch", real_log_batch)
 
-    run_id, recorded = driver.relog(folder)
+    run_id, recorded = relog(folder)
     assert recorded
     run = client_for(out).get_run(run_id)
     rows = (folder / "losses.csv").read_text().splitlines()[1:]
     assert run.info.status == "FINISHED"
     assert len(client_for(out).get_metric_history(run_id, "total")) == len(rows)
     assert {"auto.ssim_content", "auto.color_distance_style"} <= set(run.data.metrics)  # from the logged inputs
-    assert driver.relog(folder) == (run_id, False)  # a second relog changes nothing
+    assert relog(folder) == (run_id, False)  # a second relog changes nothing
 
 
 @pytest.mark.parametrize("where", ["under /proc", pytest.param("below a file", marks=pytest.mark.slow)])
@@ -477,7 +479,7 @@ def test_a_store_failure_while_a_run_is_set_up_ends_it_failed(tmp_path, monkeypa
     with pytest.raises(TrackingError, match="the artifact folder is full"):
         driver.run(cfg, tmp_path / "run")
     (run,) = all_runs(out)
-    assert run.info.status == "FAILED" and "the artifact folder is full" in run.data.tags[store.TAG_FAILURE]
+    assert run.info.status == "FAILED" and "the artifact folder is full" in run.data.tags[tags.TAG_FAILURE]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from nst.compare import sweep_page, sweep_report
-from nst.tracking import store
+from nst.tracking import store, tags
 from tests.test_tracking import TINY, artifact_paths, client_for, runs
 
 
@@ -205,7 +205,7 @@ def test_a_sweep_logs_its_report_page_to_the_parent_and_says_where_it_is(sweep_1
     out, done = sweep_1d
     client = client_for(out)
     parent, page = report_of(client, tmp_path)
-    folder = runs(client, "sweep")[0].data.tags["nst.sweep_dir"]
+    folder = runs(client, "sweep")[0].data.tags[tags.TAG_SWEEP_DIR]
     assert f"nst: sweep report {folder}/report.html" in done.stdout.splitlines()
     assert (Path(folder) / "report.html").read_text() == page.text
     table = sweep_report.sweep_table(client, parent)
@@ -227,7 +227,7 @@ def test_a_sweeps_slider_covers_every_logged_step_of_every_run(sweep_1d, tmp_pat
     assert page.frames["steps"] == sweep_page.positions(sorted(logged), sweep_page.most_positions(2))
     assert int(page.slider["max"]) == len(page.frames["steps"])
     for child in runs(client, "run"):
-        job = child.data.tags["nst.job_num"]
+        job = child.data.tags[tags.TAG_JOB]
         assert len(page.frames["jobs"][job]) == len(page.frames["steps"])
         first = min(store.step_images(client, child.info.run_id))
         assert all(index is not None for step, index in zip(page.frames["steps"], page.frames["jobs"][job],

@@ -13,7 +13,7 @@ from PIL import Image
 
 from nst.compare import sweep_report
 from nst.figures import grid as pictures
-from nst.tracking import store
+from nst.tracking import store, tags
 
 TINY = ["content=tubingen", "style=starry_night", "model=random", "image.size=32", "epochs=2",
         "optimizer.max_iter=4", "progress=false", "frame_every=3"]
@@ -25,7 +25,7 @@ def client_for(out):
 
 def runs(client, role, status=None):
     experiment = client.get_experiment_by_name("nst")
-    found = client.search_runs([experiment.experiment_id], f"tags.`nst.role` = '{role}'", max_results=1000)
+    found = client.search_runs([experiment.experiment_id], f"tags.`{tags.TAG_ROLE}` = '{role}'", max_results=1000)
     return [r for r in found if status is None or r.info.status == status]
 
 
@@ -58,7 +58,7 @@ def test_multirun_creates_parent_and_children_with_everything(sweep, tmp_path):
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags[tags.PARENT_TAG] for c in children} == {parent.info.run_id}
     assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1.0, 100.0, 1e4]
     for child in children:
         run_id = child.info.run_id
@@ -70,7 +70,7 @@ def test_multirun_creates_parent_and_children_with_everything(sweep, tmp_path):
         assert params["run.device"] == "cpu" and params["frame_every"] == "3"  # overridden: a param
         assert params["optimizer.max_iter"] == "4" and "optimizer.history_size" not in params
         assert len(params) < 30, sorted(params)
-        assert child.data.tags["nst.git_commit"] and child.data.tags["hydra.choice.model"] == "random"
+        assert child.data.tags[tags.TAG_GIT_COMMIT] and child.data.tags[f"{tags.TAG_HYDRA_CHOICE}model"] == "random"
         evaluations = int(child.data.metrics["evaluations"])
         assert evaluations >= 8  # 2 epochs of 4 L-BFGS iterations, line-search evaluations on top
         assert evaluations == len(client.get_metric_history(run_id, "total"))
@@ -108,14 +108,14 @@ def test_the_last_step_shows_each_runs_result_and_the_first_its_start(sweep, tmp
         after = [step for step in images if step > evaluations // 3 * 3]
         assert after and all(pixels(images[step], str(step)) == result for step in after)
         assert pixels(images[0], "0") == pixels("inputs/content.png", "content")  # init=content: the start
-        assert json.loads(child.data.tags["nst.image_steps"]) == {"every": 3, "terminal": 21}
+        assert json.loads(child.data.tags[tags.TAG_IMAGE_STEPS]) == {"every": 3, "terminal": 21}
 
 
 def test_a_sweep_says_where_its_grid_and_parent_are(sweep):
     out, done = sweep
     (parent,) = runs(client_for(out), "sweep")
     lines = done.stdout.strip().splitlines()[-2:]
-    assert lines[0] == f"nst: sweep grid {parent.data.tags['nst.sweep_dir']}/grid.png"
+    assert lines[0] == f"nst: sweep grid {parent.data.tags[tags.TAG_SWEEP_DIR]}/grid.png"
     assert lines[1] == (f"nst: MLflow sweep http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/"
                         f"{parent.info.run_id}?workflowType=machine_learning  (make ui serves it)")
 
@@ -132,7 +132,7 @@ def test_runs_are_named_by_their_swept_values_with_sweep_params(sweep):
     assert [c.data.params["sweep.log10_loss.style_weight"] for c in children] == ["0", "2", "4"]
     (parent,) = runs(client, "sweep")
     assert parent.data.params["sweep.loss.style_weight"] == "1, 100, 1e4"
-    description = parent.data.tags["mlflow.note.content"]
+    description = parent.data.tags[tags.TAG_DESCRIPTION]
     assert "tubingen + starry_night" in description and "backbone random, 32 px, 2 epochs" in description
     assert "β (loss.style_weight) in 1, 100, 1e4" in description
     # a link on the parent's page to its report, within the UI's model-training view
@@ -151,11 +151,12 @@ def test_an_older_experiment_gets_the_model_training_tag_on_first_use(tmp_path, 
     out.mkdir()
     from nst.tracking import database
 
-    database.prepare(out / "mlflow.db", (out / "mlartifacts").as_uri())
+    database.ensure_store(out / "mlflow.db", (out / "mlartifacts").as_uri())
     client_for(out).create_experiment("nst")  # as an nst before this tag made it
-    assert "mlflow.experimentKind" not in client_for(out).get_experiment_by_name("nst").tags
+    key, kind = tags.EXPERIMENT_KIND
+    assert key not in client_for(out).get_experiment_by_name("nst").tags
     assert nst(out, *TINY).returncode == 0
-    assert client_for(out).get_experiment_by_name("nst").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client_for(out).get_experiment_by_name("nst").tags[key] == kind
 
 
 def test_parent_holds_grid_table_and_plot(sweep, tmp_path):
@@ -226,7 +227,7 @@ def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
     assert "1 of 2 jobs did not finish" in first.stderr
     client = client_for(out)
     failed = runs(client, "run", "FAILED")
-    assert len(failed) == 1 and "non-finite" in failed[0].data.tags[store.TAG_FAILURE]
+    assert len(failed) == 1 and "non-finite" in failed[0].data.tags[tags.TAG_FAILURE]
     assert "last_finite.png" in artifact_paths(client, failed[0].info.run_id)
     assert runs(client, "sweep")[0].info.status == "FINISHED"
 
@@ -247,7 +248,7 @@ def test_joblib_workers_lose_no_run(tmp_path, nst):
     children = runs(client, "run")
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     parent = runs(client, "sweep")[0].info.run_id
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent}
+    assert {c.data.tags[tags.PARENT_TAG] for c in children} == {parent}
     assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1, 2, 3, 4]
     assert "database is locked" not in done.stderr
 
@@ -261,14 +262,14 @@ def test_single_run_is_tracked_without_parent(tmp_path, nst):
     first, second = runs(client_for(out), "run")
     assert first.info.status == second.info.status == "FINISHED"
     run = first
-    assert "mlflow.parentRunId" not in run.data.tags
+    assert tags.PARENT_TAG not in run.data.tags
     assert run.info.run_name.startswith("tubingen + starry_night · model=random image.size=32")  # images first
     # the store's paths are absolute, under the output root, whatever the working directory
     assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
     # the last lines say where the result is and where the MLflow UI (make ui) shows the run
     latest = first  # newest first: the run of the last command, `done`
     lines = done.stdout.strip().splitlines()[-2:]
-    result = f"{latest.data.tags['nst.output_dir']}/result.png"
+    result = f"{latest.data.tags[tags.TAG_OUTPUT_DIR]}/result.png"
     evaluations = int(latest.data.metrics["evaluations"])
     assert lines[0].startswith(f"nst: result {result} ({evaluations} evaluations, ")
     assert (done.stdout + done.stderr).count(result) == 1  # said once (the engine's own line is a debug one)
@@ -282,7 +283,7 @@ def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
     done = nst(out, *TINY, "content=" + str(tmp_path / "nope.png"))
     assert done.returncode == 2 and "nope.png" in done.stderr
     (run,) = runs(client_for(out), "run")
-    assert run.info.status == "FAILED" and "nope.png" in run.data.tags[store.TAG_FAILURE]
+    assert run.info.status == "FAILED" and "nope.png" in run.data.tags[tags.TAG_FAILURE]
 
 
 def test_sweep_files_compose_and_stay_overridable():
@@ -317,7 +318,7 @@ def test_sweep_file_values_overridable_from_shell(tmp_path, nst):
     assert done.returncode == 0, done.stderr[-3000:]
     children = runs(client_for(out), "run")
     assert sorted(float(c.data.params["loss.style_weight"]) for c in children) == [1.0, 2.0]
-    assert json.loads(children[0].data.tags[store.TAG_OVERRIDES])
+    assert json.loads(children[0].data.tags[tags.TAG_OVERRIDES])
 
 
 @pytest.mark.slow  # 14-21 s: make test stays under 10 minutes
@@ -342,7 +343,7 @@ def test_a_sweep_with_no_recorded_run_still_summarises(tmp_path):
     """Every job failed before reaching MLflow (an unreachable server): an empty table, not a crash."""
     client = client_for(tmp_path)
     experiment = client.create_experiment("empty")
-    parent = client.create_run(experiment, tags={"nst.role": "sweep"}).info.run_id
+    parent = client.create_run(experiment, tags={tags.TAG_ROLE: "sweep"}).info.run_id
     summary = sweep_report.summarise_sweep(client, parent, tmp_path / "summary", log_to_parent=False)
     assert summary.table.empty and "status" in summary.table.columns
     assert (tmp_path / "summary" / "summary.csv").read_text().startswith("job,run_id,status")

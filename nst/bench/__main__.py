@@ -1,7 +1,7 @@
-"""``python -m nst.bench``: see ``nst.bench.races``."""
+"""``python -m nst.bench``: see ``nst.bench.cli``."""
 
 import sys
 
-from nst.bench.races import main
+from nst.bench.cli import main
 
 sys.exit(main())

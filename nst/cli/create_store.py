@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     db = Path(args[0]).expanduser().resolve()
     try:
-        database.prepare(db, (db.parent / "mlartifacts").as_uri())
+        database.ensure_store(db, (db.parent / "mlartifacts").as_uri())
     except TrackingError as exc:
         print(f"nst: error: {exc}", file=sys.stderr)
         return exc.exit_code

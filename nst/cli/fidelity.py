@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
-from nst.engine.run import result_png
+from nst.engine.run_files import result_png
 from nst.images import measures
 
 PAIRS = ("tubingen:starry_night", "mona_lisa:composition_vii")

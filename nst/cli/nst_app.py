@@ -192,7 +192,7 @@ def main() -> None:
         if exc.code not in (0, None):
             sweep_callback.abort_open_sweep("FAILED", f"the multirun stopped with status {exc.code}")
         raise
-    if sweep_callback.failed_jobs or driver.failed_jobs:
+    if driver.failed_jobs:
         sys.exit(1)
 
 

@@ -6,7 +6,7 @@
     nst-report --relog outputs/runs/2026-11-26_14-59-14   # a run the store could not record when it ended
     nst-report --human --sweep latest  # the human ranking of nst-review's judgements; the report marks it
 
-Opening the store ends FAILED the runs whose process died (``nst.store.open_store``),
+Opening the store ends FAILED the runs whose process died (``nst.tracking.store.open_store``),
 so the table never shows a run RUNNING that nothing runs.
 """
 
@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from nst.compare import ranking, review
 from nst.compare.sweep_report import runs_table, summarise_sweep, sweep_table
 from nst.errors import NSTError, TrackingError
-from nst.jobs import driver
-from nst.tracking import store
+from nst.tracking import store, tags
+from nst.tracking.relog import relog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.human:
             return human(store.open_store(store.store_uri(args.uri)), args)
         if args.relog:
-            run_id, recorded = driver.relog(args.relog)
+            run_id, recorded = relog(args.relog)
             print(f"nst-report: {args.relog} is recorded as MLflow run {run_id}" if recorded else
                   f"nst-report: {args.relog} was already recorded as MLflow run {run_id}; nothing to do")
             return 0
@@ -92,7 +92,7 @@ def human(client, args) -> int:
         if reviewers > 1:
             print(ranking.agreement_table(judgements).to_markdown(index=False, floatfmt=".3g") + "\n")
         print(review.correlations(chosen, table).to_markdown(index=False, floatfmt=".2g"))
-    if client.get_run(chosen.home).data.tags.get(store.TAG_ROLE) == "sweep":
+    if client.get_run(chosen.home).data.tags.get(tags.TAG_ROLE) == "sweep":
         with tempfile.TemporaryDirectory() as folder:
             summarise_sweep(client, chosen.home, Path(args.rebuild or folder))
         page = store.run_address(client.tracking_uri, chosen.experiment_id, chosen.home, "sweep/report.html")

@@ -40,13 +40,11 @@ from nst.compare import ranking, sweep_report
 from nst.errors import TrackingError
 from nst.figures import labels
 from nst.images import measures
-from nst.tracking import store
+from nst.tracking import store, tags
 
 JUDGEMENTS = "judgements"  # the folder of one <id>.json per judgement, on the home run
 HUMAN = "human"  # ranking.csv, ranking.md, judgements.jsonl on the home run
 ROLE = "review"
-TAG_KEY = "nst.review_key"
-TAG_COUNT = "nst.human_judgements"
 IMAGES = {"result": "result/result.png", "content": "inputs/content.png", "style": "inputs/style.png"}
 MEASURE_NAMES = tuple(m.name for m in measures.MEASURES)
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -119,7 +117,7 @@ def select(client, experiment: str, sweeps: Sequence[str] = (), filter_string: s
         if found is None:
             raise TrackingError(f"no experiment named {experiment!r} in {client.tracking_uri}")
         matched = client.search_runs([found.experiment_id], filter_string=filter_string, max_results=10000)
-        runs += [run for run in matched if run.data.tags.get(store.TAG_ROLE) == "run"
+        runs += [run for run in matched if run.data.tags.get(tags.TAG_ROLE) == "run"
                  and run.info.status == "FINISHED"]
     runs = list({run.info.run_id: run for run in runs}.values())
     if len(runs) < 2:
@@ -153,8 +151,8 @@ def _settings(run, keys: list[str]) -> dict[str, str]:
 def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_string, create: bool) -> str:
     """The run keeping the judgements of this set of runs: found by the set's key, else created FINISHED."""
     key = hashlib.sha1(" ".join(sorted(run_ids)).encode()).hexdigest()[:16]
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{store.TAG_ROLE}` = '{ROLE}' and "
-                                                               f"tags.`{TAG_KEY}` = '{key}'", max_results=1)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{tags.TAG_ROLE}` = '{ROLE}' and "
+                                                               f"tags.`{tags.TAG_REVIEW_KEY}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
     if not create:
@@ -162,8 +160,8 @@ def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_s
     what = "; ".join(filter(None, [f"sweeps {', '.join(sweeps)}" if sweeps else "",
                                    f"filter {filter_string}" if filter_string else ""]))
     run = client.create_run(experiment_id, run_name=f"human review · {len(run_ids)} runs", tags={
-        store.TAG_ROLE: ROLE, TAG_KEY: key,
-        store.TAG_DESCRIPTION: f"Human judgements of {len(run_ids)} runs ({what}), made with nst-review."})
+        tags.TAG_ROLE: ROLE, tags.TAG_REVIEW_KEY: key,
+        tags.TAG_DESCRIPTION: f"Human judgements of {len(run_ids)} runs ({what}), made with nst-review."})
     client.set_terminated(run.info.run_id, "FINISHED")  # it holds records; nothing runs in it
     return run.info.run_id
 
@@ -293,12 +291,12 @@ def publish(client, review: Review, judgements: Sequence[ranking.Judgement]) -> 
         values = {"score": row["score"], "score_low": row["low"], "score_high": row["high"], "rank": row["rank"],
                   "wins": row["wins"], "losses": row["losses"], "ties": row["ties"],
                   "comparisons": row["comparisons"]}
-        client.log_batch(row["run_id"], metrics=[Metric(store.HUMAN_METRICS + key, float(value), now, step)
+        client.log_batch(row["run_id"], metrics=[Metric(tags.HUMAN_METRICS + key, float(value), now, step)
                                                  for key, value in values.items()])
     client.log_text(review.home, table.to_csv(index=False), f"{HUMAN}/ranking.csv")
     client.log_text(review.home, table.to_markdown(index=False, floatfmt=".3g") + "\n", f"{HUMAN}/ranking.md")
     client.log_text(review.home, "".join(j.to_json() + "\n" for j in judgements), f"{HUMAN}/judgements.jsonl")
-    client.set_tag(review.home, TAG_COUNT, str(len(judgements)))
+    client.set_tag(review.home, tags.TAG_JUDGEMENTS, str(len(judgements)))
     return table
 
 

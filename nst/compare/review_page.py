@@ -17,7 +17,11 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
+from nst.compare.static import asset
 from nst.figures import labels
+
+CSS = asset("review.css")
+COMPARE_JS = asset("review_compare.js")
 
 
 def _text(value) -> str:
@@ -130,76 +134,3 @@ def _measures(rows: Sequence[Mapping]) -> str:
 not tell what people preferred. Each measures one side of the trade-off only (content kept, or the style's
 colours taken): neither says whether a result is a good picture, and the unchanged photograph has the best
 similarity to the content of all.</p></section>"""
-
-
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
-header{display:flex;justify-content:space-between;align-items:baseline;flex-wrap:wrap;gap:8px}
-h1{font-size:18px;margin:0}h2{font-size:16px;margin:24px 0 8px}nav{color:#555}
-#name-form{margin:12px 0;padding:10px;background:#fff4e0;border:1px solid #f90;border-radius:6px}
-#name-form[hidden]{display:none}
-#inputs{display:flex;gap:12px;align-items:flex-end;margin:12px 0}#inputs figure{margin:0;text-align:center;color:#555}
-#inputs img{max-height:120px;max-width:200px;display:block}.question{font-weight:600;margin:0 0 0 12px}
-#pair{display:flex;gap:16px;align-items:flex-start}
-.pane{margin:0;display:flex;flex-direction:column;align-items:center;gap:6px;flex:1 1 0;min-width:0}
-.frame{overflow:hidden;width:100%;max-width:520px;aspect-ratio:4/3;background:#f2f2f2;cursor:grab;border-radius:4px}
-.frame img{width:100%;height:100%;object-fit:contain;transform-origin:0 0;user-select:none;display:block}
-.middle{display:flex;flex-direction:column;gap:8px;align-self:center}
-button{font:inherit;padding:4px 14px;cursor:pointer}button:disabled{opacity:.5}
-#status{min-height:1.4em;color:#333}.hint,.note{color:#555;font-size:13px}
-table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;vertical-align:middle}
-th{background:#f4f4f4}td.num{text-align:right;white-space:nowrap}.thumb{display:block;max-width:160px;max-height:120px}
-.settings{color:#555;font-size:12px}code{font-size:11px;color:#888}
-"""
-
-COMPARE_JS = r"""
-(function(){
-var pair=null,busy=false,z={s:1,x:0,y:0},drag=null;
-var imgs=[document.querySelector('#left img'),document.querySelector('#right img')];
-var status=document.getElementById('status'),form=document.getElementById('name-form');
-function name(){return localStorage.getItem('nst-reviewer')||'';}
-function showName(){document.getElementById('who').textContent=name()?'reviewer: '+name():'';
- form.hidden=!!name();if(!name())document.getElementById('reviewer').focus();}
-form.addEventListener('submit',function(e){e.preventDefault();var v=document.getElementById('reviewer').value.trim();
- if(v){localStorage.setItem('nst-reviewer',v);showName();}});
-document.getElementById('rename').addEventListener('click',function(e){e.preventDefault();
- localStorage.removeItem('nst-reviewer');showName();});
-function apply(){imgs.forEach(function(i){i.style.transform='translate('+z.x+'px,'+z.y+'px) scale('+z.s+')';});}
-function zoom(f,px,py){var s=Math.min(8,Math.max(1,z.s*f));z.x=px-(px-z.x)*s/z.s;z.y=py-(py-z.y)*s/z.s;z.s=s;
- if(s===1){z.x=0;z.y=0;}apply();}
-function centre(){var r=imgs[0].parentNode.getBoundingClientRect();return [r.width/2,r.height/2];}
-document.querySelectorAll('.frame').forEach(function(f){
- f.addEventListener('wheel',function(e){e.preventDefault();var r=f.getBoundingClientRect();
-  zoom(e.deltaY<0?1.25:0.8,e.clientX-r.left,e.clientY-r.top);},{passive:false});
- f.addEventListener('mousedown',function(e){drag={x:e.clientX-z.x,y:e.clientY-z.y};});});
-window.addEventListener('mousemove',function(e){if(drag){z.x=e.clientX-drag.x;z.y=e.clientY-drag.y;apply();}});
-window.addEventListener('mouseup',function(){drag=null;});
-function setBusy(b){busy=b;document.querySelectorAll('button[data-answer]').forEach(function(x){x.disabled=b;});}
-function next(){setBusy(true);return fetch('api/pair').then(function(r){return r.json();}).then(function(p){
- pair=p;imgs[0].src='image/'+p.left+'/result';imgs[1].src='image/'+p.right+'/result';
- document.getElementById('content').src='image/'+p.left+'/content';document.getElementById('style').src='image/'+p.left+'/style';
- document.body.dataset.pair=p.id;z={s:1,x:0,y:0};apply();setBusy(false);});}
-function judge(answer){
- if(!pair||busy)return;if(!name()){showName();status.textContent='Enter your name first.';return;}
- setBusy(true);
- var body={id:pair.id,left:pair.left,right:pair.right,answer:answer,reviewer:name()};
- fetch('api/judgements',{method:'POST',headers:{'Content-Type':'application/json'},body:JSON.stringify(body)})
- .then(function(r){return r.json().then(function(d){return [r.ok,d];});}).then(function(res){
-  var d=res[1];if(!res[0]){status.textContent='Not recorded: '+d.error;
-   if(d.kept)return next();setBusy(false);return;}
-  document.body.dataset.count=d.count;document.getElementById('count').textContent=d.count+' judgements';
-  var said={left:'you preferred its left one',right:'you preferred its right one',tie:'a tie',skip:'skipped'}[answer];
-  status.textContent='Previous pair (judgement '+d.count+' kept, '+said+'): its left was '+d.left+', its right '+d.right+'. A new pair is shown above.';
-  return next();
- }).catch(function(e){status.textContent='Not recorded: '+e;setBusy(false);});}
-document.querySelectorAll('button[data-answer]').forEach(function(b){
- b.addEventListener('click',function(){judge(b.dataset.answer);});});
-document.addEventListener('keydown',function(e){
- if(e.target.tagName==='INPUT'||e.ctrlKey||e.metaKey||e.altKey)return;
- var a={ArrowLeft:'left',ArrowRight:'right','=':'tie',s:'skip',S:'skip'}[e.key];
- if(a){e.preventDefault();judge(a);return;}
- var c=centre();if(e.key==='+')zoom(1.25,c[0],c[1]);else if(e.key==='-')zoom(0.8,c[0],c[1]);
- else if(e.key==='0'){z={s:1,x:0,y:0};apply();}});
-showName();next();
-})();
-"""

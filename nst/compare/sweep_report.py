@@ -25,6 +25,14 @@ from nst.compare import sweep_page
 from nst.figures import labels, plots
 from nst.figures.grid import TILE, comparison_grid, layout, tile
 from nst.tracking import store
+from nst.tracking.tags import (
+    HUMAN_METRICS,
+    PARENT_TAG,
+    TAG_DESCRIPTION,
+    TAG_FAILURE,
+    TAG_OVERRIDES,
+    TAG_ROLE,
+)
 
 # a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
 SMALL_SWEEP = 8
@@ -55,7 +63,7 @@ def _parse_overrides(text: str) -> dict[str, str]:
 
 def swept_keys(runs: list) -> list[str]:
     """Override keys whose values differ between the runs, in the order they were given."""
-    overrides = [_parse_overrides(run.data.tags.get(store.TAG_OVERRIDES, "[]")) for _, run in runs]
+    overrides = [_parse_overrides(run.data.tags.get(TAG_OVERRIDES, "[]")) for _, run in runs]
     keys: list[str] = []
     for item in overrides:
         keys += [k for k in item if k not in keys]
@@ -86,20 +94,20 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
     keys = swept_keys(runs)
     rows = []
     for job, run in runs:
-        overrides = _parse_overrides(run.data.tags.get(store.TAG_OVERRIDES, "[]"))
+        overrides = _parse_overrides(run.data.tags.get(TAG_OVERRIDES, "[]"))
         metrics = run.data.metrics
         row = {"job": job, "run_id": run.info.run_id, "status": run.info.status,
-               "reused": run.data.tags.get(store.PARENT_TAG) != parent_id}
+               "reused": run.data.tags.get(PARENT_TAG) != parent_id}
         row.update({k: None if overrides.get(k) is None else labels.short(overrides[k])  # 1e4, not 10000.0
                     for k in keys})
         row.update({"label": label(run, keys),
                     "final_total": metrics.get("total"), "final_content": metrics.get("content"),
                     "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
                     "elapsed_s": metrics.get("elapsed_s"),
-                    "failure": run.data.tags.get(store.TAG_FAILURE, "")})
-        if f"{store.HUMAN_METRICS}rank" in metrics:  # judged with nst-review
-            row.update({"human_rank": int(metrics[f"{store.HUMAN_METRICS}rank"]),
-                        "human_score": metrics.get(f"{store.HUMAN_METRICS}score")})
+                    "failure": run.data.tags.get(TAG_FAILURE, "")})
+        if f"{HUMAN_METRICS}rank" in metrics:  # judged with nst-review
+            row.update({"human_rank": int(metrics[f"{HUMAN_METRICS}rank"]),
+                        "human_score": metrics.get(f"{HUMAN_METRICS}score")})
         rows.append(row)
     table = pd.DataFrame(rows, columns=None if rows else [
         "job", "run_id", "status", "reused", "label", "final_total", "final_content", "final_style",
@@ -128,15 +136,15 @@ def runs_table(client, experiment: str) -> pd.DataFrame:
     rows = []
     for run in store.experiment_runs(client, experiment):
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-        rows.append({"run_id": run.info.run_id, "name": run.info.run_name, "role": tags.get(store.TAG_ROLE),
-                     "status": run.info.status, "parent": tags.get(store.PARENT_TAG, ""),
+        rows.append({"run_id": run.info.run_id, "name": run.info.run_name, "role": tags.get(TAG_ROLE),
+                     "status": run.info.status, "parent": tags.get(PARENT_TAG, ""),
                      "content": params.get("content"), "style": params.get("style"),
                      "backbone": params.get("run.backbone"),
                      "content_weight": params.get("loss.content_weight"),
                      "style_weight": params.get("loss.style_weight"),
                      "final_total": metrics.get("total"), "final_content": metrics.get("content"),
                      "final_style": metrics.get("style"), "elapsed_s": metrics.get("elapsed_s"),
-                     "failure": tags.get(store.TAG_FAILURE, "")})
+                     "failure": tags.get(TAG_FAILURE, "")})
     return pd.DataFrame(rows)
 
 
@@ -213,7 +221,7 @@ def page_title(client, parent_id: str, table: pd.DataFrame) -> tuple[str, str]:
     swept = ", ".join(f"{labels.name(key)} ({key.lstrip('+~')})" for key in keys) or "nothing"
     heading = labels.SEPARATOR.join(part for part in (table.attrs.get("title"), f"{len(table)} jobs varying {swept}")
                                     if part)
-    description = client.get_run(parent_id).data.tags.get(store.TAG_DESCRIPTION, "")
+    description = client.get_run(parent_id).data.tags.get(TAG_DESCRIPTION, "")
     return heading, description.split("\n\n")[0]  # not its link to this very page
 
 

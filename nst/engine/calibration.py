@@ -7,26 +7,18 @@ code, the source of the seed's alpha = 1, beta = 1e-2 ... 1e4 and 1e3/n^2 layer
 weights, loads that normalised network. A ratio alpha/beta therefore only means
 what the seed says on features whose filters are on a common, unit scale.
 
-Raw backbones are far off that scale, and differently for each layer: the HED
-VGG-16 (Caffe input, 0-255) averages 18.7 at conv1_1 and 1.3 at conv5_1 over
-the sample images. A Gram loss grows with the fourth power of that scale and a
-content loss with the second, so on raw HED features the seed's whole beta grid
-lay past the photo-to-texture transition (measured, tubingen + starry_night,
-160 px: SSIM to the content 0.49-0.51 for every beta).
+Raw backbones are far off that scale, and differently for each layer; since a Gram
+loss grows with the fourth power of that scale and a content loss with the second,
+on raw features the seed's beta grid lands somewhere else on the photo-to-texture
+transition for every backbone (docs/pages/decisions.md has the measurements).
 
 Two calibrations, each a per-filter divisor computed on nst's nine sample images:
 
 ``rms_activation`` (default): the root mean square of each filter's activation,
     so each filter's Gram diagonal averages one and every filter weighs the same
     in a layer's style loss.
-``mean_activation``: the mean, Gatys' normalisation. On HED's sparse edge
-    filters a small mean with rare strong responses becomes a large factor: those
-    filters dominate the style loss (unweighted conv5_1 loss 403 against 1.4 at
-    conv1_1, 64 px), colour barely moves, and the seed's upper betas all give
-    the same image (SSIM 0.53-0.60 for beta 10 .. 1e4, mona_lisa +
-    composition_vii, 160 px; non-monotone). With ``rms_activation`` the same
-    sweep goes from the photo (SSIM 1.00) to a texture in the painting's colours
-    (0.28-0.31); README, Reproducing the seed presentation.
+``mean_activation``: the mean, Gatys' normalisation; on sparse filters (HED's edge
+    detectors) a few rarely firing filters then dominate the style loss.
 ``none``: the raw features.
 
 Dividing the outputs the losses read is what the normalised network computes

@@ -1,8 +1,7 @@
 """One evaluation (the loss's forward and backward) replayed from a CUDA graph instead of launched op by op.
 
-At 512 px on an H200 the VGG-19 pass is bound by kernel launches, not arithmetic: a probe
-outside nst measured 5.51 ms per evaluation eager and 3.30 ms with the forward and backward
-captured in a CUDA graph (TF32). ``CapturedLoss`` wraps the engine's ``loss_fn(images,
+On a fast GPU a VGG pass at 512 px is bound by kernel launches, not arithmetic, which a replayed
+graph avoids. ``CapturedLoss`` wraps the engine's ``loss_fn(images,
 members)`` with ``torch.cuda.make_graphed_callables`` (torch's own capture of a forward and
 its backward, with autograd kept: the optimiser's ``backward()`` replays the backward graph),
 one graph per batch shape and set of members, built the first time that batch is evaluated.
@@ -19,14 +18,8 @@ What capture needs, and where it falls back to the eager call:
   member, each a few hundred ms to capture), and sets seen only once stay eager (``REPEATS``).
 A capture that fails for any other reason is logged once and that batch stays eager.
 
-Measured in nst (H200, torch 2.11 + CUDA 13.0, random VGG-19 weights, 512x384, 2026-11-26,
-``python -m nst.bench --device cuda --backbones random --sizes 512 --run-size 512``): one
-evaluation 3.88-3.95 ms replayed against 5.17-5.48 ms eager (reference 4.98-6.23 ms); 500
-L-BFGS evaluations in a warm process 3.03 s against 3.71 s (strong Wolfe) and 2.73 s against
-3.59 s (fixed step). But the capture itself costs more than a short run saves: a 300-evaluation
-``nst`` run optimised in 4.7 s with graphs against 3.6 s without, and a batched ratio sweep,
-whose members finish at different times (a capture per remaining set), took 19.3 s. So
-``model.cuda_graphs`` is off by default; where the capture's cost goes is not yet measured.
+``model.cuda_graphs`` is off by default: a capture costs more than a short run saves
+(docs/pages/performance.md, the H200 measurements).
 """
 
 from __future__ import annotations

@@ -67,8 +67,8 @@ def tune(device: torch.device) -> None:
 def native_bf16(device: torch.device) -> bool | None:
     """Whether ``device`` computes bfloat16 in hardware; None where that cannot be told.
 
-    Without avx512_bf16 or AMX a CPU emulates bf16 and autocast makes each
-    evaluation slower, not faster (measured here: 3-4x slower on an avx512f CPU).
+    Without avx512_bf16 or AMX a CPU emulates bf16, and autocast then makes each
+    evaluation slower, not faster.
     """
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())

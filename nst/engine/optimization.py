@@ -1,22 +1,15 @@
-"""The optimisation loop: change the pixels of one image until the loss is low.
+"""The optimisation loop: change the pixels of one image (or of each image of a batch) until the loss is low.
 
 As in Gatys et al., the network is fixed and the image is the parameter. Pixels
 are *not* clamped inside the closure (clamping there makes L-BFGS's curvature
-estimates wrong and the loss explode); the saved image is clamped instead.
+estimates wrong); the saved image is clamped instead.
 
-Which coordinates the optimiser moves in matters for L-BFGS: its first step is
-``lr / |g|_1`` and every later curvature estimate builds on it. Gatys' and
-jcjohnson's code optimise the network's input (Caffe: BGR, 0-255, minus mean),
-and in [0, 1] pixels the same losses make L-BFGS overshoot by orders of
-magnitude and stall (measured: loss 2e7 -> 2e25 at the third evaluation).
-Even there, at 256 px and beta = 1e4 the fixed-step first iteration is so
-small that its curvature pair is noise; the next step overshoots (2e9 -> 1e16)
-and L-BFGS crawls (2.357e9 after 100 evaluations). A strong-Wolfe line search
-(the default; ``line_search=None`` restores the fixed step) reached 9.1e4 in
-the same budget, and matched the fixed step at 128 px for beta 1e-2..1e4.
-So ``space="input"`` (L-BFGS's default) optimises the backbone's input and
-``space="pixel"`` (Adam's default: its step is ``lr`` per pixel whatever the
-gradient's scale) the [0, 1] RGB image. Losses and records always see RGB.
+Which coordinates the optimiser moves in matters for L-BFGS, whose first step is
+``lr / |g|_1``: ``space="input"`` (L-BFGS's default, as in Gatys' and jcjohnson's
+code) optimises the backbone's input, where the seed's settings behave; ``space="pixel"``
+(Adam's default: its step is ``lr`` per pixel whatever the gradient's scale) the
+[0, 1] RGB image. Losses and records always see RGB. Why L-BFGS stalls in pixel space
+and why the strong-Wolfe line search is the default: docs/pages/decisions.md.
 """
 
 from __future__ import annotations
@@ -44,7 +37,7 @@ SPACES = ("input", "pixel")
 LINE_SEARCH_ROOM = 5
 
 # Called after every function evaluation with the evaluation's record and the best image evaluated so
-# far (the lowest total loss: never a line-search trial worse than it; see ``_Member``).
+# far (the lowest total loss: never a line-search trial worse than it; see ``_Trajectory``).
 EvaluationCallback = Callable[[dict, torch.Tensor], None]
 
 
@@ -52,17 +45,9 @@ def initial_image(mode: str, content: torch.Tensor, style: torch.Tensor, seed: i
     """The starting image: a copy of the content, the content recoloured, seeded white noise, or the style.
 
     ``recolored_content`` is the content with the style's colour mean and covariance
-    (``nst.color.match_histogram``, PCA map, clamped to [0, 1]): the photo's layout in
-    the painting's palette, which the style's Gram matrices ask for anyway. Measured
-    (vgg16_hed, calibrated features, beta = 100, tubingen + starry_night, torch's
-    L-BFGS with strong Wolfe on the bench's reference loss, 2-core CPU): the loss a
-    start from the content reached after 400 evaluations (+5 %) took 172 evaluations
-    from the recoloured content at 256 px instead of 348 (Cholesky map 207), and 155
-    instead of 233 at 128 px (300 evaluations). At 512 px in ``make bench`` (nst's own
-    L-BFGS) 394 evaluations instead of 510, 1.54x the reference's time instead of
-    1.09x (1.27x and 0.98x in a second run); at the same loss its picture keeps the
-    photo's facades cleaner under the same sky texture (README, Performance). Not the
-    default: it changes the picture.
+    (``nst.engine.color.match_histogram``, PCA map, clamped to [0, 1]): the photo's layout in
+    the painting's palette, which the style's Gram matrices ask for anyway, so a given loss
+    comes in fewer evaluations (docs/pages/performance.md). Not the default: it changes the picture.
     """
     if mode == "content":
         return content.detach().clone()
@@ -103,10 +88,9 @@ class OptimizerSettings:
         """Most evaluations in one L-BFGS step: ``max_eval``, else torch's 1.25 x ``max_iter``, but
         never fewer than ``max_iter + LINE_SEARCH_ROOM``.
 
-        torch's default leaves the strong-Wolfe search of ``max_iter=1`` no trial at all (1.25 x 1
-        = 1 evaluation, spent at the start of the step): it then keeps the old point, and a run
-        read as "200 epochs of one iteration" never moves (measured: loss stuck at 2.33e7 for 38
-        evaluations, vgg16_hed 64 px). For ``max_iter >= 20`` the floor changes nothing.
+        torch's default leaves the strong-Wolfe search of ``max_iter=1`` no trial at all, so a run
+        read as "200 epochs of one iteration" would never move; for ``max_iter >= 20`` the floor
+        changes nothing.
         """
         if self.max_eval is not None:
             return self.max_eval
@@ -149,33 +133,23 @@ class _Aborted(Exception):
     """Raised inside a member's closure to unwind its optimiser when the batch stops it."""
 
 
-class _Member:
-    """One image being optimised: its variable, optimiser, record, and closure state.
+class _Trajectory:
+    """One member's path through its optimiser: its variable, optimiser, record, and closure state.
 
     Its optimiser runs unchanged (``torch.optim.LBFGS`` with its own history and
     line search, or Adam) in a greenlet of its own: the closure computes nothing
     itself but switches back to the coordinator, which evaluates every waiting
     member in one batched pass, writes each gradient back and switches into each
-    member again. Greenlets, not threads: one OS thread runs everything, members
-    take turns only where their closure asks for an evaluation, so a batch needs
-    no locks, its evaluations are all on one thread (and one CUDA stream), and
-    the optimisers' vector updates use the process's intra-op threads (member
-    threads had to be held to one each: a second OpenMP team beside the
-    coordinator's cost 20 % per evaluation on 2 cores).
+    member again. Greenlets, not threads: one OS thread runs everything and members
+    take turns only where their closure asks for an evaluation, so a batch needs no
+    locks and its evaluations are all on one thread (and one CUDA stream).
 
-    Not every evaluation is at a point the optimiser keeps: a strong-Wolfe line
-    search evaluates trial steps and may reject the last one (measured: a trial
-    at 1.6e11 after an accepted 2.3e7, vgg16_hed 64 px). So the member's image is
-    ``accepted``, the variable as each ``optimizer.step`` leaves it, and the run
-    ends with one more evaluation there, so that the last record holds the losses
-    of the saved image. (Its last evaluation is often at that point already; one
-    evaluation in a few hundred buys the rule.)
-
-    The callbacks see ``best``, the lowest-loss image evaluated so far, not
-    ``accepted``: one L-BFGS step is a whole epoch of up to ``max_iter`` iterations,
-    so ``accepted`` lagged an epoch behind (measured: progress/0010.png and 0020.png
-    were both the starting image, while the losses printed at evaluations 10 and 20
-    were 0.735 and 0.455), and a trial the line search rejects is never the best.
+    Not every evaluation is at a point the optimiser keeps (a strong-Wolfe line search
+    may reject its last trial), so the member's image is ``accepted``, the variable as
+    each ``optimizer.step`` leaves it, and the run ends with one more evaluation there:
+    the last record holds the losses of the saved image. The callbacks see ``best``, the
+    lowest-loss image evaluated so far, since ``accepted`` changes once per L-BFGS step
+    (an epoch) and a rejected trial is never the best.
     """
 
     def __init__(self, index: int, init: torch.Tensor, settings: OptimizerSettings, epochs: int,
@@ -251,19 +225,19 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
     finishes early simply leaves the batch. Returns, per member, its result or the
     exception that stopped it (a ``NonFiniteLossError`` stops only that member).
     """
-    members = [_Member(i, init, s, e, cbs, preprocess) for i, (init, s, e, cbs) in enumerate(
+    trajectories = [_Trajectory(i, init, s, e, cbs, preprocess) for i, (init, s, e, cbs) in enumerate(
         zip(inits, settings, epochs, callbacks or [()] * len(inits), strict=True))]
     start = time.perf_counter()
-    # one bar over every member's evaluations: its total is their planned budget (L-BFGS may stop early)
+    # one bar over every trajectory's evaluations: its total is their planned budget (L-BFGS may stop early)
     bar = tqdm(total=sum(s.planned_evaluations(e) for s, e in zip(settings, epochs, strict=True)), desc="nst",
                unit="eval", disable=not progress, dynamic_ncols=True)
-    turns = [greenlet.greenlet(m.run) for m in members]  # children of this (the coordinating) greenlet
+    turns = [greenlet.greenlet(m.run) for m in trajectories]  # children of this (the coordinating) greenlet
     try:
         while True:
-            for member, turn in zip(members, turns, strict=True):
-                if member.state == "running":
-                    _switch(turn)  # back when the member waits for an evaluation or is done
-            waiting = [m for m in members if m.state == "waiting"]
+            for trajectory, turn in zip(trajectories, turns, strict=True):
+                if trajectory.state == "running":
+                    _switch(turn)  # back when the trajectory waits for an evaluation or is done
+            waiting = [m for m in trajectories if m.state == "waiting"]
             if not waiting:
                 break
             with torch.enable_grad():
@@ -271,14 +245,14 @@ def optimize_batch(loss_fn: Callable[[torch.Tensor, list[int]], LossTerms], init
             for m in waiting:
                 m.state = "running"
     finally:
-        for member, turn in zip(members, turns, strict=True):  # normally all done; after an interrupt, unwind
+        for trajectory, turn in zip(trajectories, turns, strict=True):  # normally all done; after an interrupt, unwind
             if not turn.dead:
-                member.stop = True
+                trajectory.stop = True
                 _switch(turn)
         _close(bar)
     elapsed = time.perf_counter() - start
     outcomes: list[OptimizationResult | BaseException] = []
-    for m in members:
+    for m in trajectories:
         m.result.elapsed_s = elapsed
         outcomes.append(m.error if m.error is not None else m.result)
     return outcomes
@@ -300,7 +274,7 @@ def _close(bar: tqdm) -> None:
     bar.close()
 
 
-def _evaluate(loss_fn, waiting: list[_Member], start: float, bar: tqdm | None = None) -> None:
+def _evaluate(loss_fn, waiting: list[_Trajectory], start: float, bar: tqdm | None = None) -> None:
     """One batched forward and backward for the waiting members; records, callbacks, gradients."""
     images = [m.decode(m.variable) for m in waiting]
     terms = loss_fn(torch.cat(images), [m.index for m in waiting])

@@ -9,17 +9,7 @@ How long each scale runs: the final scale keeps the whole budget (``epochs``)
 and the coarser ones together cost an eighth of it, split equally (an
 evaluation at half the side costs a quarter). This schedule is for what
 coarse-to-fine is known for (Gatys et al. 2017: large structures at high
-resolution), not for reaching a low loss sooner. Measured against the loss
-(``make bench``'s time to quality, vgg16_hed, 512 px, beta = 100, 2-core CPU
-with AMX, 2026-11-27): after the coarse scales' ~470 evaluations (the cost of
-about 62 at 512 px), 500 evaluations at 512 px did *not* reach the 5 % target
-that the plain run reached in 446 from the content photo. The loss's slow tail
-is a trade between content and style *at the final size*, and the coarse
-scales' textures, upsampled, are the wrong size for it. On the HED backbone
-(an edge detector) they are worse than that: a 256-px result (content loss
-0.13 there) upsampled to 512 px has a content loss of 23.6, against 0.30 for
-the recoloured photo itself: its deep layers read the blown-up brush strokes
-as strong edges (2026-11-27, README, Performance).
+resolution), not for reaching a low loss sooner (docs/pages/performance.md).
 """
 
 from __future__ import annotations

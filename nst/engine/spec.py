@@ -79,18 +79,6 @@ class MemberSpec:
 
 
 @dataclass(frozen=True)
-class TrackingSpec:
-    """Where and how runs are recorded; read by the job driver, the recorder and the store."""
-
-    enabled: bool
-    uri: str | None
-    artifact_location: str | None
-    experiment: str
-    resume: bool
-    output_dir: str
-
-
-@dataclass(frozen=True)
 class RunSpec:
     """One job, checked. ``config`` is the resolved config as a plain dict and ``config_yaml`` its
     text: what ``config.yaml``, the MLflow params and the resume fingerprint record."""

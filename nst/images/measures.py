@@ -7,7 +7,7 @@ approximates one side:
 - ``auto.ssim_content``: the structural similarity (SSIM, Wang et al. 2004) of the result to the content
   image, grayscale, Gaussian window of sigma 1.5, the content resized to the result's size. It measures how
   much of the photo's structure survives (edges, local contrast); higher is closer to the content. The same
-  SSIM ``make fidelity`` uses to check that it falls as the style weight grows (``nst.fidelity``).
+  SSIM ``make fidelity`` uses to check that it falls as the style weight grows (``nst.cli.fidelity``).
 - ``auto.color_distance_style``: the 2-Wasserstein (Frechet) distance between Gaussian fits (mean and 3x3
   covariance) of the result's and the style image's pixel colours in CIELAB, in Lab units (shifting every
   pixel's colour by a Delta-E of d moves it by d). It measures how far the result's palette is from the
@@ -17,24 +17,10 @@ What they are NOT: a judgement of quality. The unchanged photo has SSIM 1, and n
 transfer; a result recoloured with the painting's palette and nothing else scores well on colour. The colour
 statistics ignore texture and brush strokes (where the colours are, the strokes' shapes), and both measures
 are blind to artefacts such as the checkerboard noise of strided layers or a washed-out corner. They place a
-run on the trade-off; a person judges whether it is good (``nst.labels``, ``nst.ranking``).
+run on the trade-off; a person judges whether it is good (``nst-review``, ``nst.compare.ranking``).
 
-Cost, measured on the development machine (2 CPU cores shared with other work, OMP_NUM_THREADS=1; the
-median of 20 calls after a warm-up, result, content and style all about the given size on their long side,
-as the recorder passes them; the range over 4 timings):
-
-=========================  ==========  ==========
-measure                    256 px      512 px
-=========================  ==========  ==========
-``ssim_to_content``        6-7 ms      36-44 ms
-``color_distance_style``   13-18 ms    12-17 ms
-``measure`` (both)         19-26 ms    47-60 ms
-=========================  ==========  ==========
-
-A content image that must first be resized from 1024 px adds about 15-25 ms to the SSIM. The first call
-also imports scikit-image (about 0.3 s), which is why it is imported inside the functions.
-
-The colour distance first shrinks both images to at most 256 px on the long side (``COLOR_SIDE``, area
+Both are cheap beside a run (tens of milliseconds at 512 px: docs/pages/performance.md); scikit-image is
+imported inside the functions, only when a run is measured. The colour distance first shrinks both images to at most 256 px on the long side (``COLOR_SIDE``, area
 averaging: deterministic), so it costs the same for any size; SSIM is computed at the result's size.
 """
 

@@ -19,9 +19,10 @@ from nst.engine.color import COLOR_MODES, HISTOGRAM_MODES
 from nst.engine.devices import parse_device
 from nst.engine.losses import NORMALIZATIONS, PRECISIONS
 from nst.engine.optimization import INIT_MODES, OPTIMIZERS, SPACES, OptimizerSettings
-from nst.engine.spec import MemberSpec, RunSpec, SharedSpec, TrackingSpec, weighted
+from nst.engine.spec import MemberSpec, RunSpec, SharedSpec, weighted
 from nst.errors import ConfigError
 from nst.jobs.schema import check_config
+from nst.tracking.store import TrackingSpec
 
 
 def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, exclusive: bool = False,
@@ -92,7 +93,7 @@ def scale_schedule(cfg: DictConfig) -> list[tuple[int, int]]:
     if scales == "auto":
         if per_scale is not None:
             raise ConfigError("image.scale_epochs", per_scale, "null when image.scales is auto (derived from "
-                                                              "image.size and epochs: nst/schedule.py)")
+                                                              "image.size and epochs: nst/engine/schedule.py)")
         return schedule.coarse_to_fine(size, epochs)
     scales = list(scales) if isinstance(scales, ListConfig | list) else [scales]
     if (not scales or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in scales)
@@ -127,8 +128,8 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
             # each epoch starts with one evaluation; a line search left no more can never move
             settings.max_eval = _number(cfg, "optimizer.max_eval", minimum=2 if line_search else 1, integer=True)
         if line_search and OmegaConf.select(cfg, "model.precision") == "bf16":
-            # measured: bf16's rounding noise makes the strong-Wolfe search reject every step,
-            # and L-BFGS stops after ~10 evaluations with the loss unchanged
+            # bf16's rounding noise makes the strong-Wolfe search reject every step: L-BFGS would stop
+            # after a few evaluations with the loss unchanged
             raise ConfigError("optimizer.line_search", line_search,
                               "null with model.precision=bf16 (bfloat16's rounding noise defeats the "
                               "line search; pass optimizer.line_search=null, or optimizer=adam)")

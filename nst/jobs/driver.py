@@ -2,14 +2,17 @@
 
 For a group of jobs (one job, or jobs the batched launcher found compatible):
 
-1. parse each job's config once into a ``RunSpec`` (``nst.config.parse``) and
-   prepare its inputs (``nst.run.prepare``); a refused job is recorded FAILED;
-2. recording on or off: with tracking, open the store once, skip a sweep job
-   whose identical config already FINISHED (resume), start an MLflow run per job;
-3. execute them as one batch (``nst.run.execute_batch``) with each job's
-   recorder handed in as the engine's callback;
-4. end each run by its outcome (FINISHED, FAILED, KILLED), and turn outcomes
+1. spec: parse each job's config once into a ``RunSpec`` (``nst.jobs.config.parse``);
+2. inputs: check and load them (``nst.engine.inputs.load_inputs``); a refused job is recorded FAILED;
+3. record: with tracking, open the store once, skip a sweep job whose identical config
+   already FINISHED (resume), start an MLflow run per job;
+4. run: the jobs as the members of one batch (``nst.engine.run.execute_batch``), each
+   with its recorder and run folder handed in as the engine's callbacks;
+5. end each run by its outcome (FINISHED, FAILED, KILLED), and turn outcomes
    into what Hydra expects: the final loss, or an exit status for a single run.
+
+Failures are handled in one place per caller: ``run_hydra_job`` (a job of the ``nst``
+app) and ``run_group`` (the batched launcher's group).
 """
 
 from __future__ import annotations
@@ -17,29 +20,29 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nst.engine.run import CONFIG_YAML, BatchJob, Inputs, RunOutcome, execute_batch
-from nst.engine.run import prepare as prepare_spec
-from nst.engine.spec import TrackingSpec
-from nst.errors import NonFiniteLossError, NSTError, TrackingError, UnrecordedRunError
+from nst.engine.inputs import load_inputs
+from nst.engine.run import Member, RunOutcome, execute_batch
+from nst.errors import NonFiniteLossError, NSTError, UnrecordedRunError
 from nst.jobs import hydra_state
 from nst.jobs.config import parse, tracking_spec
 from nst.messages import say
-from nst.tracking import store
-from nst.tracking.recorder import NoRecording, Recording, RunRecorder, relog_folder
+from nst.tracking import tags
+from nst.tracking.recorder import NoRecording, Recording, RunRecorder
 from nst.tracking.run_folder import RunFolder
+from nst.tracking.store import TrackingSpec
 
 log = logging.getLogger(__name__)
 
-Outcome = RunOutcome | BaseException | None  # None: skipped by resume
-# Jobs of a multirun that failed in this process; the CLI exits 1 when there are any (with tracking, the
-# sweep callback also finds failed jobs in the store, those of other worker processes included)
+JobOutcome = RunOutcome | BaseException | None  # None: skipped by resume
+# What failed in this process: jobs of a multirun, and the sweep's summary (``nst.jobs.sweep_callback``,
+# which also finds in the store the failed jobs of other worker processes). The CLI exits 1 if any.
 failed_jobs: list[str] = []
 
 
@@ -71,16 +74,13 @@ class Job:
 
 
 @dataclass
-class _Member:
+class _Started:
+    """A job that will run: its place in the group, the engine's member, and what records it."""
+
     position: int
-    inputs: Inputs
+    member: Member
     recorder: RunRecorder
     folder: RunFolder  # the video, progress images and printed lines, with or without tracking
-
-
-def prepare(cfg: DictConfig) -> Inputs:
-    """Parse and check ``cfg``, and load its images; raises ``NSTError`` before any heavy work."""
-    return prepare_spec(parse(cfg))
 
 
 def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
@@ -95,19 +95,19 @@ def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
     return outcome
 
 
-def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
+def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
     """Run compatible jobs as one batch; per job its ``RunOutcome``, None (skipped) or its error.
 
     Only errors that stop the whole batch (an unusable store, an interrupt) are raised, and
     then every run this batch created has ended (FAILED or KILLED) first.
     """
     recording = Recording(jobs[0].tracking) if jobs[0].tracking.enabled else NoRecording()
-    outcomes: list[Outcome] = [None] * len(jobs)
-    members: list[_Member] = []
+    outcomes: list[JobOutcome] = [None] * len(jobs)
+    started: list[_Started] = []
     try:
         for position, job in enumerate(jobs):
             try:
-                inputs = prepare(job.cfg)
+                inputs = load_inputs(parse(job.cfg))
             except NSTError as exc:
                 recording.refused(job, job.tracking, exc)
                 outcomes[position] = exc
@@ -115,86 +115,72 @@ def run_jobs(jobs: Sequence[Job]) -> list[Outcome]:
             recorder = recording.begin(job, job.tracking, inputs)
             if recorder is not None:
                 folder = RunFolder.of(job.output_dir, inputs)
-                members.append(_Member(position, inputs, recorder, folder))
-        if members:
-            for member, outcome in zip(members, _execute(members, jobs), strict=True):
-                outcomes[member.position] = outcome
+                member = Member(inputs, job.output_dir, [*folder.callbacks, *recorder.callbacks], recorder.on_ready)
+                started.append(_Started(position, member, recorder, folder))
+        if started:
+            for entry, outcome in zip(started, _execute(started, jobs), strict=True):
+                outcomes[entry.position] = outcome
     except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        for member in members:
-            if not member.recorder.ended:
-                if interrupted:
-                    try:  # the video so far, before the recorder logs the folder
-                        member.folder.finish()
-                    except Exception as video_error:  # noqa: BLE001 - ending the run matters more
-                        log.warning("no video for %s: %s", member.folder.output_dir, video_error)
-                member.recorder.fail("interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
-                                     "KILLED" if interrupted else "FAILED", partial=interrupted)
+        _end_interrupted(started, exc)
         raise
     return outcomes
 
 
-def _execute(members: list[_Member], jobs: Sequence[Job]) -> list[RunOutcome | BaseException]:
-    """The batch through the engine, each member's recorder ended by its outcome."""
-    batch = [BatchJob(m.inputs, jobs[m.position].output_dir, [*m.folder.callbacks, *m.recorder.callbacks],
-                      m.recorder.on_ready) for m in members]
-    results: list[RunOutcome | BaseException] = execute_batch(batch)
-    for index, (member, result) in enumerate(zip(members, results, strict=True)):
+def _end_interrupted(started: list[_Started], exc: BaseException) -> None:
+    """Every run this batch started and did not end: KILLED with its video and partial image on Ctrl-C
+    or SIGTERM, else FAILED with the error."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    for entry in started:
+        if entry.recorder.ended:
+            continue
+        if interrupted:
+            try:  # the video so far, before the recorder logs the folder
+                entry.folder.finish()
+            except Exception as video_error:  # noqa: BLE001 - ending the run matters more
+                log.warning("no video for %s: %s", entry.folder.output_dir, video_error)
+        entry.recorder.fail("interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
+                            "KILLED" if interrupted else "FAILED", partial=interrupted)
+
+
+def _execute(started: list[_Started], jobs: Sequence[Job]) -> list[RunOutcome | BaseException]:
+    """The batch through the engine, each run's recorder ended by its outcome."""
+    outcomes: list[RunOutcome | BaseException] = execute_batch([entry.member for entry in started])
+    for index, (entry, outcome) in enumerate(zip(started, outcomes, strict=True)):
         # the video is on disk before the recorder logs the run's folder
-        if isinstance(result, NonFiniteLossError):
-            member.folder.finish(result.last_finite_image, result.evaluation - 1 if result.evaluation else None)
-            member.recorder.fail(str(result), final=result.last_finite_image)
-        elif isinstance(result, BaseException):
-            member.recorder.fail(f"{type(result).__name__}: {result}")
+        if isinstance(outcome, NonFiniteLossError):
+            entry.folder.finish(outcome.last_finite_image, outcome.evaluation - 1 if outcome.evaluation else None)
+            entry.recorder.fail(str(outcome), final=outcome.last_finite_image)
+        elif isinstance(outcome, BaseException):
+            entry.recorder.fail(f"{type(outcome).__name__}: {outcome}")
         else:
-            member.folder.finish(result.result.image, result.result.evaluations)
+            entry.folder.finish(outcome.optimization.image, outcome.optimization.evaluations)
             try:
-                member.recorder.finish(result, member.inputs)
+                entry.recorder.finish(outcome, entry.member.inputs)
             except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
-                results[index] = exc
+                outcomes[index] = exc
                 continue
             # a sweep says where its report is when it ends, a single run where its page is
-            say_where(result, None if jobs[member.position].sweep_id else member.recorder.address)
-    return results
+            say_where(outcome, None if jobs[entry.position].sweep_id else entry.recorder.address)
+    return outcomes
 
 
 def say_where(outcome: RunOutcome, address: str | None) -> None:
     """A run's last lines: its result image with its numbers and, when given, its page in the MLflow UI."""
-    result = outcome.result
-    say(f"nst: result {outcome.result_png} ({result.evaluations} evaluations, {result.elapsed_s:.1f} s, "
-        f"final loss {result.final.get('total', float('nan')):.4g})", log)
+    optimization = outcome.optimization
+    say(f"nst: result {outcome.result_png} ({optimization.evaluations} evaluations, "
+        f"{optimization.elapsed_s:.1f} s, final loss {optimization.final.get('total', float('nan')):.4g})", log)
     if address:
         say(f"nst: MLflow run {address}  (make ui serves it)", log)
-
-
-def relog(folder: Path) -> tuple[str, bool]:
-    """Record the run whose files are in ``folder`` in the store its config names (``nst-report --relog``);
-    its run id, and whether anything was recorded now (False: the run had ended by itself)."""
-    config = folder / CONFIG_YAML
-    if not config.is_file():
-        raise TrackingError(f"{folder} holds no {CONFIG_YAML}: not the folder of an nst run")
-    cfg = OmegaConf.load(config)
-    tracking = tracking_spec(cfg)
-    if not tracking.enabled:
-        raise TrackingError(f"{folder} was run with tracking=none: there is no store to record it in")
-    output_dir = Path(tracking.output_dir)
-    if not output_dir.is_absolute():  # relative to where the run was started: the folder's ancestor of that name
-        output_dir = next((parent for parent in folder.resolve().parents
-                           if parent.as_posix().endswith("/" + output_dir.as_posix().strip("./"))), output_dir)
-    tracking = replace(tracking, output_dir=str(output_dir))
-    # frame_every, or the tracking.log_every of a run recorded before the key moved
-    every = OmegaConf.select(cfg, "frame_every") or OmegaConf.select(cfg, "tracking.log_every") or 10
-    return relog_folder(*store.connect(tracking), folder, int(every))
 
 
 # --- outcomes as Hydra wants them ------------------------------------------------------------
 
 
-def final_loss(outcome: Outcome) -> float | None:
+def final_loss(outcome: JobOutcome) -> float | None:
     """What Hydra's sweepers read: the final total loss; None for a skipped or failed job."""
     if outcome is None or isinstance(outcome, BaseException):
         return None
-    return outcome.result.final.get("total")
+    return outcome.optimization.final.get("total")
 
 
 def report_error(error: BaseException) -> None:
@@ -232,7 +218,7 @@ def run_group(jobs: list[Job]) -> list[float | None]:
     Like the CLI in a multirun, a failing job is reported (and recorded FAILED in
     MLflow) without stopping the sweep.
     """
-    numbers = [f"job {job.tags.get(store.TAG_JOB)}" for job in jobs]
+    numbers = [f"job {job.tags.get(tags.TAG_JOB)}" for job in jobs]
     try:
         outcomes = run_jobs(jobs)
     except NSTError as exc:

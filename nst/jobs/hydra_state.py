@@ -14,7 +14,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from nst.tracking.store import TAG_JOB, TAG_OVERRIDES
+from nst.tracking.tags import TAG_HYDRA_CHOICE, TAG_JOB, TAG_OVERRIDES
 
 
 def _current():
@@ -56,7 +56,7 @@ def job_tags() -> dict[str, str]:
     hydra = _current()
     if hydra is None:
         return {}
-    tags = {f"hydra.choice.{k}": str(v) for k, v in hydra.runtime.choices.items()
+    tags = {f"{TAG_HYDRA_CHOICE}{k}": str(v) for k, v in hydra.runtime.choices.items()
             if not k.startswith("hydra/") and v is not None}
     tags[TAG_OVERRIDES] = json.dumps(list(hydra.overrides.task))
     if hydra.job.get("num") is not None and in_multirun():

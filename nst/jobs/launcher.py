@@ -27,6 +27,7 @@ from nst.engine.spec import batch_key
 from nst.errors import ConfigError
 from nst.jobs import hydra_state
 from nst.jobs.driver import Job, run_group
+from nst.tracking.tags import TAG_JOB
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class BatchedLauncher(Launcher):
             jobs.append(captured[0] if captured else None)
         for group in group_jobs([job.config if job else None for job in jobs], self.max_batch):
             if len(group) > 1:
-                log.info("batch of %d jobs: %s", len(group), [jobs[i].tags.get("nst.job_num") for i in group])
+                log.info("batch of %d jobs: %s", len(group), [jobs[i].tags.get(TAG_JOB) for i in group])
             for index, value in zip(group, run_group([jobs[i] for i in group]), strict=True):
                 returns[index].return_value = value
         return returns

@@ -20,15 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from nst.errors import NSTError
 from nst.figures import labels
+from nst.jobs import driver
 from nst.jobs.config import check_launch, tracking_spec
 from nst.jobs.hydra_state import sweep_id
-from nst.tracking import ownership, store
-from nst.tracking.recorder import align_steps
+from nst.tracking import ownership, store, tags
+from nst.tracking.steps import align_steps
 
 log = logging.getLogger(__name__)
 
-# Set by SweepCallback when a sweep ends with failed jobs; the CLI turns it into exit status 1.
-failed_jobs: list[str] = []
 # The callback whose parent run is open in this process (closed by abort_open_sweep on a crash).
 _open: SweepCallback | None = None
 
@@ -48,7 +47,7 @@ class SweepCallback(Callback):
                 self.open_parent(config, tracking)
         except NSTError as exc:
             # Hydra turns an exception raised by a callback into a warning and runs every job anyway
-            # (measured: three jobs failed, their errors only in their logs, exit status 0): stop here
+            # (each failing, its error only in its log, exit status 0): stop here
             print(f"nst: error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from exc
         if self.parent is not None:
@@ -64,13 +63,13 @@ class SweepCallback(Callback):
         values = swept_values(overrides, params)
         swept = {key: labels.log_spaced(found) for key, found in values.items()}
         run = self.client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}", tags={
-            store.TAG_ROLE: "sweep", store.TAG_SWEEP: sweep_id(sweep_dir),
-            "nst.sweep_dir": str(Path(sweep_dir).resolve()),
-            store.TAG_OVERRIDES: str(overrides), "nst.sweeper_params": str(params),
-            store.TAG_SWEPT: json.dumps(swept), **store.environment_tags()})
+            tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id(sweep_dir),
+            tags.TAG_SWEEP_DIR: str(Path(sweep_dir).resolve()),
+            tags.TAG_OVERRIDES: str(overrides), tags.TAG_SWEEPER_PARAMS: str(params),
+            tags.TAG_SWEPT: json.dumps(swept), **store.environment_tags()})
         self.parent, self.experiment_id = run.info.run_id, experiment_id
         report = store.run_address(None, experiment_id, self.parent, store.SWEEP_REPORT)
-        self.client.set_tag(self.parent, store.TAG_DESCRIPTION,
+        self.client.set_tag(self.parent, tags.TAG_DESCRIPTION,
                             f"{describe(config, values)}\n\nCompare the results: [the sweep's report]({report}).")
         self.sweep_dir = Path(sweep_dir)
         store.keep_alive(self.client, self.parent)
@@ -96,7 +95,7 @@ class SweepCallback(Callback):
                                                                    strict=True) if state != "FINISHED"]
             recorded = {int(job) for job in summary.table["job"]}
             failed += [f"job {job} left no run" for job in job_numbers(self.sweep_dir) if job not in recorded]
-            failed_jobs.extend(failed)
+            driver.failed_jobs.extend(failed)
             self.client.log_batch(self.parent, metrics=sweep_report.summary_metrics(summary.table))
             if failed:
                 print(f"nst: {len(failed)} of {len(recorded | set(job_numbers(self.sweep_dir)))} jobs did not "
@@ -106,7 +105,7 @@ class SweepCallback(Callback):
             print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}  (make ui serves it)")
         except Exception as exc:
             status = "FAILED"
-            failed_jobs.append(f"the sweep's summary: {exc}")
+            driver.failed_jobs.append(f"the sweep's summary: {exc}")
             print(f"nst: error: could not summarise the sweep: {exc}", file=sys.stderr)
             log.exception("could not summarise the sweep")
             raise
@@ -120,7 +119,7 @@ class SweepCallback(Callback):
         for run in store.child_runs(self.client, self.parent):
             if run.info.status == "RUNNING":
                 why = ownership.owner_gone(run.data.tags, run.info.start_time) or reason
-                self.client.set_tag(run.info.run_id, store.TAG_FAILURE, why)
+                self.client.set_tag(run.info.run_id, tags.TAG_FAILURE, why)
                 self.client.set_terminated(run.info.run_id, status)
 
     def close(self) -> None:
@@ -139,7 +138,7 @@ class SweepCallback(Callback):
                 sweep_report.summarise_sweep(self.client, self.parent, self.sweep_dir)
         except Exception:  # noqa: BLE001 - closing the parent matters more than its summary
             log.exception("could not summarise the aborted sweep")
-        self.client.set_tag(self.parent, store.TAG_FAILURE, reason)
+        self.client.set_tag(self.parent, tags.TAG_FAILURE, reason)
         self.client.set_terminated(self.parent, status)
         self.close()
 

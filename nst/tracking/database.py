@@ -1,13 +1,13 @@
 """The local store's SQLite file: created or upgraded once, atomically, under a file lock; checked before use.
 
 MLflow creates its schema the first time a client opens an empty database, with
-no lock and dozens of separate migrations. Two nst processes starting together on
-a fresh output folder (two runs, two sweeps, ``make ui`` and a run) raced there
-and left a half-migrated file (``duplicate column name: step``, ``table
-_alembic_tmp_latest_metrics already exists``) on which every later command
-failed; so did a ``kill -9`` or a full disk during those migrations. Here:
+no lock and dozens of separate migrations, so processes starting together on a
+fresh output folder, or one killed during the migrations, could leave a
+half-migrated file on which every later command fails (docs/pages/decisions.md).
+Here:
 
-- one process at a time prepares the file, under ``mlflow.db.lock`` (``filelock``);
+- one process at a time creates, upgrades or checks the file (``ensure_store``),
+  under ``mlflow.db.lock`` (``filelock``);
 - a new schema is built in ``.mlflow.db.creating-<pid>`` beside the target and
   renamed over it, so the target is either absent or complete (a rename within a
   folder is atomic); an older schema is upgraded the same way, on a copy;
@@ -55,7 +55,7 @@ def lock_path(db: Path) -> Path:
 
 def quiet_mlflow() -> None:
     """MLflow logs every database error with its traceback (and each migration) before raising; nst
-    retries what it raises or turns it into one line (``nst.store.guarded``), or re-raises what it
+    retries what it raises or turns it into one line (``nst.tracking.store.guarded``), or re-raises what it
     cannot name, so those logs only bury the one line. Its progress bar for each downloaded artifact
     (reports, nst-review) is switched off too."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -63,8 +63,9 @@ def quiet_mlflow() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def prepare(db: Path, artifact_root: str) -> None:
-    """Make ``db`` a complete MLflow store at the installed MLflow's schema, or raise ``TrackingError``.
+def ensure_store(db: Path, artifact_root: str) -> None:
+    """Make ``db`` a complete MLflow store at the installed MLflow's schema, under its lock: create it when
+    missing, upgrade it when older, check it otherwise; or raise ``TrackingError``.
 
     Cheap when the file is already complete (one read of its schema version under the lock).
     """
@@ -115,7 +116,7 @@ def inspect(db: Path) -> str:
     if not db.exists() or db.stat().st_size == 0:
         return "missing"
     # Only SQLite may open the file: closing any other descriptor of it drops the POSIX locks this
-    # process's open MLflow connections hold on it (measured: 'disk I/O error' in the next sweep job)
+    # process's open MLflow connections hold on it
     try:
         with closing(sqlite3.connect(db, timeout=store_wait_s())) as connection:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -143,8 +144,8 @@ def _schema_state(db: Path, tables: set[str], revision: str | None) -> str:
     head = _get_latest_schema_revision()
     leftovers = sorted(name for name in tables if name.startswith("_alembic_tmp"))
     if revision is None or leftovers or (revision == head and not set(Base.metadata.tables) <= tables):
-        # measured with the nst before this module: two runs and a sweep started together left
-        # _alembic_tmp_experiments beside a schema at head, or a schema half-way through its migrations
+        # what processes racing through MLflow's own creation leave: leftover _alembic_tmp tables, or a
+        # schema half-way through its migrations
         readable = revision == head  # MLflow opens any file whose schema version is its own
         rescue = (f"`mlflow ui --backend-store-uri sqlite:///{db}.broken` still shows the runs recorded in it"
                   if readable else f"`mlflow db upgrade sqlite:///{db}.broken` may recover the runs recorded in it")

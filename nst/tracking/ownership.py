@@ -5,7 +5,7 @@ A run ends FINISHED, FAILED or KILLED from its own process; a process killed wit
 stayed RUNNING forever. So each run records its owner (host, pid and the
 process's start time, which tells a live owner from a new process that reused
 the pid) and a heartbeat tag that a background thread refreshes. Any later
-command that opens the store (``nst.store.open_store``) ends the runs whose owner
+command that opens the store (``nst.tracking.store.open_store``) ends the runs whose owner
 is gone. On the owner's host that is certain (the pid is gone or belongs to
 another process); from another host (a cluster), a run whose heartbeat is older
 than ``STALE_AFTER_S`` counts as dead.
@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from nst.tracking.tags import TAG_HEARTBEAT, TAG_HOST, TAG_OWNER, TAG_PID
+
 log = logging.getLogger(__name__)
 
-TAG_OWNER = "nst.owner"  # host:pid:process start time (clock ticks since boot)
-TAG_HEARTBEAT = "nst.heartbeat"  # ISO time (UTC) of the owner's latest sign of life
 DIED = "process died"  # how the reason recorded for a run whose owner is gone starts
 HEARTBEAT_S = 30.0
 # ten missed heartbeats: long enough for a store locked by a slow writer, short enough to notice a dead node
@@ -70,8 +70,8 @@ def owner_gone(tags: dict[str, str], start_ms: int, now: float | None = None) ->
 def _parse_owner(tags: dict[str, str]) -> tuple[str, int | None, str]:
     host, _, rest = tags.get(TAG_OWNER, "").partition(":")
     pid_text, _, start = rest.partition(":")
-    host = host or tags.get("nst.host", "")
-    pid_text = pid_text or tags.get("nst.pid", "")
+    host = host or tags.get(TAG_HOST, "")
+    pid_text = pid_text or tags.get(TAG_PID, "")
     return host, int(pid_text) if pid_text.isdigit() else None, start
 
 

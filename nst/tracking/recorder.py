@@ -1,11 +1,13 @@
 """Recording runs in MLflow: the callback object the engine reports to, and the run's bookkeeping.
 
-The engine (``nst.run``) reports only through callbacks: ``RunRecorder.on_evaluation``
+The engine (``nst.engine.run``) reports only through callbacks: ``RunRecorder.on_evaluation``
 for every function evaluation and ``RunRecorder.on_ready`` with the run record.
 The job driver (``nst.jobs``) opens one ``Recording`` per batch of jobs (the store
 connection), asks it whether a job already finished (resume), starts a
 ``RunRecorder`` per job and hands it the outcome. ``NoRecording`` and
 ``NullRecorder`` are the same interfaces doing nothing, for ``tracking=none``.
+Where images sit on the step slider is ``nst.tracking.steps``, a run's name
+``nst.tracking.naming``, and recording a run's folder later ``nst.tracking.relog``.
 """
 
 from __future__ import annotations
@@ -15,35 +17,29 @@ import logging
 import math
 import queue
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
-from nst.engine.run import (
-    LOSSES_CSV,
-    PARTIAL_PNG,
-    RECORD_JSON,
-    RESULT_PNG,
-    Inputs,
-    RunOutcome,
-    result_png,
-)
-from nst.engine.spec import TrackingSpec
+from nst.engine.inputs import Inputs
+from nst.engine.run import RunOutcome
+from nst.engine.run_files import PARTIAL_PNG
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.figures import labels
 from nst.figures.grid import triptych
 from nst.figures.plots import loss_curve
 from nst.images import measures
-from nst.images.files import load_image, pil_to_tensor, save_png, tensor_to_pil
+from nst.images.files import save_png, tensor_to_pil
 from nst.messages import say
-from nst.tracking import ownership, store
+from nst.tracking import store, tags
+from nst.tracking.naming import run_name
+from nst.tracking.steps import PROGRESS, StepGrid
+from nst.tracking.store import TrackingSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,54 +62,6 @@ def metrics(record: dict, timestamp_ms: int) -> list:
             if key not in ("evaluation", "epoch") and isinstance(value, int | float) and math.isfinite(value)]
 
 
-PROGRESS = "progress"  # the key of the progress images, the MLflow UI's image chart and step slider
-TAG_IMAGE_STEPS = "nst.image_steps"  # {"every": N, "terminal": T}: the run's step grid
-
-
-@dataclass(frozen=True)
-class StepGrid:
-    """Where a run's progress images sit on the MLflow UI's step slider: 0, ``every``, 2 x ``every``, ...,
-    ``terminal``, a grid every member of a sweep shares.
-
-    The old images sat at evaluation 1, every multiple of ``log_every`` and the run's last evaluation, so
-    the slider showed a run only where its own evaluations fell: in a 6-job ratio sweep, 5 of 6 runs at
-    step 90 (one had stopped at 89), none at step 0. Now the starting image is step 0, an intermediate
-    image is logged only on the grid and below ``terminal`` (the schedule's most evaluations rounded up to
-    the grid), and the result fills every step from its run's last image to ``terminal``: a run that
-    converged early keeps showing its result, and every run has its result at the same last step.
-    """
-
-    every: int
-    terminal: int
-
-    @classmethod
-    def planned(cls, every: int, evaluations: int) -> StepGrid:
-        return cls(every, every * math.ceil(evaluations / every))
-
-    def steps(self, evaluation: int) -> list[int]:
-        """The steps that show ``evaluation``'s image: 0 for the starting image, a multiple of ``every``."""
-        found = [0] if evaluation == 1 else []
-        if evaluation % self.every == 0 and evaluation < self.terminal:
-            found.append(evaluation)
-        return found
-
-    def after(self, step: int | None) -> list[int]:
-        """The grid's steps after ``step`` (None: all of them), ``terminal`` included: where the result goes."""
-        return list(range(0 if step is None else step + self.every, self.terminal + 1, self.every))
-
-    def tag(self) -> str:
-        return json.dumps({"every": self.every, "terminal": self.terminal})
-
-    @classmethod
-    def of(cls, tags: Mapping[str, str]) -> StepGrid | None:
-        """A run's grid from its tag; None for a run recorded before the grid existed."""
-        try:
-            found = json.loads(tags[TAG_IMAGE_STEPS])
-            return cls(int(found["every"]), int(found["terminal"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
 class RunRecorder:
     """Logs one run: params, per-evaluation metrics, image steps, final artifacts, status.
 
@@ -126,15 +74,18 @@ class RunRecorder:
     and run.json in the run's folder.
     """
 
-    def __init__(self, client, run_id: str, output_dir: Path, grid: StepGrid):
+    def __init__(self, client, run_id: str, output_dir: Path, grid: StepGrid, *, address: str | None = None,
+                 last_step: int | None = None, pending: list | None = None):
+        """A new run has no image and no metric yet; a run recorded before (``nst.tracking.relog``) passes
+        the last step of the slider that has an image and the metrics the store still lacks."""
         self.client, self.run_id, self.output_dir = client, run_id, Path(output_dir)
         self.grid = grid
-        self.pending: list = []
+        self.pending: list = list(pending or [])
         self.writer: Writer | None = None
         self.last_image: torch.Tensor | None = None
-        self.last_step: int | None = None  # the last step of the slider that has an image
+        self.last_step = last_step  # the last step of the slider that has an image
         self.ended = False
-        self.address: str | None = None  # the run's page in the MLflow UI
+        self.address = address  # the run's page in the MLflow UI
 
     # --- the engine's callbacks ---
 
@@ -201,7 +152,7 @@ class RunRecorder:
 
     def keep_outputs(self, last: Image.Image | None, steps: list[int]) -> None:
         """The last image at the slider's remaining ``steps``, and the run's folder (its video, written by
-        ``nst.outputs``, included)."""
+        ``nst.tracking.run_folder``, included)."""
         if last is not None:
             self.log_step_picture(last, steps)
         for path in sorted(self.output_dir.iterdir()):
@@ -213,7 +164,7 @@ class RunRecorder:
                    overview: Image.Image | None = None, last: Image.Image | None = None,
                    measured: Mapping[str, float] | None = None) -> None:
         """The result, its loss curve (and the content-style-result overview), the folder, the evaluation
-        count and the automatic measures (``nst.measures``), those two at the last evaluation."""
+        count and the automatic measures (``nst.images.measures``), those two at the last evaluation."""
         from mlflow.entities import Metric
 
         self.log_picture(last or tensor_to_pil(image), "result/result.png")  # last: the same picture
@@ -231,7 +182,7 @@ class RunRecorder:
     def finish(self, outcome: RunOutcome, inputs: Inputs) -> None:
         """Record the result and end FINISHED; raises ``UnrecordedRunError`` (the files are kept) if the
         store still refuses."""
-        result = outcome.result
+        result = outcome.optimization
         overview = triptych(inputs.content, inputs.style, result.image)
         last = tensor_to_pil(result.image)
         measured = measures.measure(last, tensor_to_pil(inputs.content), tensor_to_pil(inputs.style))  # 1st style
@@ -259,7 +210,7 @@ class RunRecorder:
         last = tensor_to_pil(final) if final is not None else None
 
         def record() -> None:
-            self.client.set_tag(self.run_id, store.TAG_FAILURE, reason[:5000])
+            self.client.set_tag(self.run_id, tags.TAG_FAILURE, reason[:5000])
             if keep:
                 self.keep_outputs(last, self.grid.after(self.last_step)[:1])
 
@@ -302,24 +253,25 @@ class Recording:
               inputs: Inputs | None = None) -> RunRecorder:
         """Create the job's MLflow run (a child of its sweep's parent run, if any) with its params and inputs.
 
-        A sweep's child is named by its swept values (``β=1e4 · α/β=1e-4``) and has them as ``sweep.*``
+        A sweep's child is named by its swept values (``nst.tracking.naming``) and has them as ``sweep.*``
         params. From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
         """
         member = inputs.spec.member if inputs else None
         grid = StepGrid.planned(member.frame_every if member else 1, member.planned_evaluations if member else 1)
-        tags = {store.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
-                store.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), TAG_IMAGE_STEPS: grid.tag(), **extra}
+        run_tags = {tags.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
+                    tags.TAG_OUTPUT_DIR: str(Path(job.output_dir).resolve()), tags.TAG_IMAGE_STEPS: grid.tag(),
+                    **extra}
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
         swept = store.swept(parent) if parent is not None else {}
         if parent is not None:
-            tags.update({store.PARENT_TAG: parent.info.run_id, store.TAG_SWEEP: job.sweep_id or ""})
-        run_name = labels.label(list(swept), job.config, job.tags) if swept else _single_name(tags, job.config)
-        run = self.client.create_run(self.experiment_id, run_name=run_name[:250], tags=tags)
-        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid)
-        recorder.address = store.run_address(self.client.tracking_uri, self.experiment_id, recorder.run_id)
+            run_tags.update({tags.PARENT_TAG: parent.info.run_id, tags.TAG_SWEEP: job.sweep_id or ""})
+        run = self.client.create_run(self.experiment_id, run_name=run_name(job.config, job.tags, swept),
+                                     tags=run_tags)
+        recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid, address=store.run_address(
+            self.client.tracking_uri, self.experiment_id, run.info.run_id))
         try:
             store.keep_alive(self.client, recorder.run_id)
-            overrides = json.loads(job.tags.get(store.TAG_OVERRIDES, "[]"))
+            overrides = json.loads(job.tags.get(tags.TAG_OVERRIDES, "[]"))
             store.log_params(self.client, recorder.run_id, {**store.job_params(job.config, overrides),
                                                             **labels.sweep_params(swept, job.config, job.tags)})
             if inputs is not None:
@@ -331,7 +283,7 @@ class Recording:
 
     def refused(self, job: JobInfo, tracking: TrackingSpec, error: Exception) -> None:
         """A job whose values or files were refused: a FAILED run saying why."""
-        self.start(job, tracking, {store.TAG_FAILURE: str(error)[:5000]}).end_with(lambda: None, "FAILED")
+        self.start(job, tracking, {tags.TAG_FAILURE: str(error)[:5000]}).end_with(lambda: None, "FAILED")
 
     def reuse(self, job: JobInfo, tracking: TrackingSpec, config_hash: str) -> bool:
         """Resume: whether a sweep job with this fingerprint already FINISHED (then the parent notes it)."""
@@ -342,8 +294,8 @@ class Recording:
             return False
         say(f"nst: skipped, identical config already FINISHED as run {existing}", log)
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
-        if parent is not None and store.TAG_JOB in job.tags:
-            self.client.set_tag(parent.info.run_id, store.TAG_REUSED + job.tags[store.TAG_JOB], existing)
+        if parent is not None and tags.TAG_JOB in job.tags:
+            self.client.set_tag(parent.info.run_id, tags.TAG_REUSED + job.tags[tags.TAG_JOB], existing)
         return True
 
     def begin(self, job: JobInfo, tracking: TrackingSpec, inputs: Inputs) -> RunRecorder | None:
@@ -351,16 +303,15 @@ class Recording:
         config_hash = store.fingerprint(inputs.spec.config, inputs.input_files())
         if self.reuse(job, tracking, config_hash):
             return None
-        return self.start(job, tracking, {store.TAG_HASH: config_hash}, inputs)
+        return self.start(job, tracking, {tags.TAG_HASH: config_hash}, inputs)
 
 
 class Writer:
     """Store writes made in order by one background thread while the optimisation goes on.
 
-    Measured before: a ``sqlite3`` shell holding the store's lock for 30 s froze the
-    optimisation for those 30 s (MLflow waits inside each write), and its ``elapsed_s``
-    came out four times too long. The first write the store refuses is reported once;
-    it and every write after it are kept, in order, for ``close``'s caller to try again.
+    MLflow waits inside each write for a locked store, so a write made in the optimisation's own
+    thread would freeze it. The first write the store refuses is reported once; it and every write
+    after it are kept, in order, for ``close``'s caller to try again.
     """
 
     def __init__(self) -> None:
@@ -394,108 +345,6 @@ class Writer:
         if self.bug is not None:
             raise self.bug
         return self.refused
-
-
-def align_steps(client, runs: list) -> None:
-    """Every FINISHED member of a sweep shows its result up to the sweep's last step.
-
-    Members whose schedules differ (an epochs sweep) have different terminal steps; the
-    shorter ones get their result repeated at the steps up to the longest one's.
-    """
-    grids = {run.info.run_id: StepGrid.of(run.data.tags) for run in runs}
-    terminal = max((grid.terminal for grid in grids.values() if grid is not None), default=0)
-    for run in runs:
-        grid = grids[run.info.run_id]
-        if run.info.status != "FINISHED" or grid is None or grid.terminal >= terminal:
-            continue
-        with tempfile.TemporaryDirectory() as scratch:
-            picture = load_image(client.download_artifacts(run.info.run_id, "result/result.png", scratch))
-        steps = StepGrid(grid.every, terminal).after(grid.terminal)
-        for step in steps:
-            client.log_image(run.info.run_id, picture, key=PROGRESS, step=step, synchronous=True)
-        client.set_tag(run.info.run_id, TAG_IMAGE_STEPS, StepGrid(grid.every, terminal).tag())
-
-
-def relog_folder(client, experiment_id: str, folder: Path, frame_every: int) -> tuple[str, bool]:
-    """Record in the store a run whose folder holds its files (``nst-report --relog``); the run's id,
-    and whether anything was recorded now.
-
-    The run nst created for the folder is completed (the metrics the store lacks, the result,
-    the folder, its status); a folder with no run gets a new one. A run that ended by itself is
-    left as it is; one ended FAILED only because its process was gone is completed.
-    """
-    folder = folder.resolve()
-    if not (folder / RECORD_JSON).is_file():
-        raise TrackingError(f"{folder} holds no {RECORD_JSON}: not the folder of a run that ended "
-                            f"(nothing to record)")
-    record = json.loads((folder / RECORD_JSON).read_text())
-    import pandas as pd  # 0.7 s to import: only when a folder is recorded again
-
-    history = pd.read_csv(folder / LOSSES_CSV).to_dict("records") if (folder / LOSSES_CSV).is_file() else []
-    run = _folder_run(client, experiment_id, folder)
-    if run is not None and run.info.status != "RUNNING" and not store.ended_as_dead(run):
-        return run.info.run_id, False
-    if run is None:
-        run_id = client.create_run(experiment_id, run_name=folder.name, tags={
-            store.TAG_ROLE: "run", store.TAG_OUTPUT_DIR: str(folder), **store.environment_tags()}).info.run_id
-    else:
-        run_id = run.info.run_id
-        if store.TAG_FAILURE in run.data.tags:
-            client.delete_tag(run_id, store.TAG_FAILURE)
-    grid = StepGrid.of(run.data.tags) if run is not None else None
-    grid = grid or StepGrid.planned(frame_every, max(1, len(history)))
-    recorder = RunRecorder(client, run_id, folder, grid)
-    recorder.last_step = max(store.step_images(client, run_id, PROGRESS), default=None)
-    logged = {metric.step for metric in client.get_metric_history(run_id, "total")}
-    now = int(time.time() * 1000)
-    recorder.pending = [m for row in history if int(row["evaluation"]) not in logged for m in metrics(row, now)]
-    client.set_tag(run_id, "nst.relogged", ownership.now_iso())
-    if record.get("status") == "FINISHED" and result_png(folder, record).is_file():
-        image = pil_to_tensor(load_image(result_png(folder, record), "result"))
-        logged = _logged_inputs(client, run_id)
-        overview = triptych(*logged, image) if logged else None
-        measured = measures.measure(tensor_to_pil(image), *map(tensor_to_pil, logged)) if logged else None
-        recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview,
-                                                      measured=measured), "FINISHED")
-    else:
-        reason = record.get("failure") or f"the run did not finish (no {RESULT_PNG})"
-
-        def failed() -> None:
-            client.set_tag(run_id, store.TAG_FAILURE, reason[:5000])
-            recorder.keep_outputs(None, [])
-
-        recorder.end_with(failed, "FAILED")
-    return run_id, True
-
-
-def _logged_inputs(client, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The content and (first) style images the run logged when it started, if it did."""
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            content, style = (pil_to_tensor(load_image(client.download_artifacts(run_id, f"inputs/{name}.png", scratch)))
-                              for name in ("content", "style"))
-        except Exception:  # noqa: BLE001 - a run created by the relog itself has no inputs
-            return None
-    return content, style
-
-
-def _folder_run(client, experiment_id: str, folder: Path):
-    """The newest run nst created for ``folder``, or None."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{store.TAG_OUTPUT_DIR}` = '{folder}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0] if found else None
-
-
-def _single_name(tags: dict[str, str], config: Mapping[str, Any]) -> str:
-    """A single run's name: its images, then its other overrides (``tubingen + starry_night · epochs=3``)."""
-    def image(value) -> str:
-        names = value if isinstance(value, list) else [value]
-        return ",".join(Path(str(name)).stem for name in names)
-
-    overrides = json.loads(tags.get(store.TAG_OVERRIDES, "[]"))
-    rest = " ".join(o for o in overrides if not o.startswith(("content=", "style=")))
-    return labels.SEPARATOR.join(part for part in (f"{image(config.get('content'))} + {image(config.get('style'))}",
-                                                   rest) if part)
 
 
 class NullRecorder:

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nst.engine.run import Inputs, writing
+from nst.engine.inputs import Inputs
+from nst.engine.run_files import writing
 from nst.figures.video import Video
 from nst.images.files import save_png, tensor_to_pil
 

@@ -1,8 +1,9 @@
-"""The MLflow store: where it is, how to open it, the tags nst writes, and every query nst makes.
+"""The MLflow store: where it is, how to open it, what a run records about itself, and every query nst makes.
 
-Runs (``nst.recorder``), sweeps (``nst.sweeps``), reports (``nst.reports``,
-``nst-report``) and the job driver all reach MLflow through this module, so the
-store's address comes from one function (``store_uri``) and a tag has one name.
+Runs (``nst.tracking.recorder``), sweeps (``nst.jobs.sweep_callback``), reports
+(``nst.compare``, ``nst-report``) and the job driver all reach MLflow through this
+module, so the store's address comes from one function (``store_uri``); where to
+record is one ``TrackingSpec``, and a tag's name is in ``nst.tracking.tags``.
 
 Default store: an SQLite database and an artifact folder under the output root,
 both absolute (MLflow >= 3.13 refuses a bare ``./mlruns``, and with SQLite the
@@ -16,8 +17,8 @@ runs in one process and a joblib sweep in several. The client is wrapped in
 ``NST_STORE_WAIT`` seconds at most) instead of failing, and a store that cannot
 be used (locked beyond the wait, disk full, read-only, damaged) is one
 ``TrackingError`` line naming it. Opening the store (``connect``, ``open_store``)
-creates it safely (``nst.database``) and ends the runs whose process died
-(``nst.ownership``).
+creates it safely (``nst.tracking.database``) and ends the runs whose process died
+(``nst.tracking.ownership``).
 """
 
 from __future__ import annotations
@@ -34,42 +35,39 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nst.downloads import sha256_file
-from nst.engine.spec import TrackingSpec
 from nst.errors import ConfigError, TrackingError
-from nst.tracking import database, ownership
+from nst.tracking import database, ownership, tags
+from nst.tracking.steps import PROGRESS
 
 log = logging.getLogger(__name__)
 
-# Tag names shared by runs, sweeps and reports.
-TAG_ROLE = "nst.role"  # "run" | "sweep"
-TAG_SWEEP = "nst.sweep_id"
-TAG_JOB = "nst.job_num"
-TAG_HASH = "nst.config_hash"
-TAG_OVERRIDES = "nst.overrides"
-TAG_FAILURE = "nst.failure"
-TAG_DESCRIPTION = "mlflow.note.content"  # the description MLflow shows on a run's page
-# marks an experiment as model training, so MLflow 3's UI opens it on the runs table, not its GenAI pages.
-# MLflow 3.17's UI reads the view from the address instead (measured: with the tag set, the experiment
-# still opened on the GenAI overview and its "Detect Issues" popover), hence WORKFLOW in every address nst
-# prints; the tag serves the MLflow 3 releases that read it.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow 3.17's UI reads an experiment's view from the address, not from its experiment-kind tag
+# (tags.EXPERIMENT_KIND), so every address nst prints asks for the runs table.
 WORKFLOW = "workflowType=machine_learning"
-TAG_SWEPT = "nst.swept"  # on a sweep's parent: {swept key: log-spaced?}, in the order given
-TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
-TAG_REUSED = "nst.reused."  # + job number, on a sweep's parent: a FINISHED run reused by resume
-SWEEP_REPORT = "sweep/report.html"  # on a sweep's parent: the report (nst.reports writes it)
-HUMAN_METRICS = "human."  # + score, rank, ...: what nst-review logs on each judged run (nst.review)
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
+SWEEP_REPORT = "sweep/report.html"  # on a sweep's parent: the report (nst.compare.sweep_report writes it)
 # Keys that do not change what a run computes: left out of its fingerprint.
 NON_SEMANTIC_KEYS = ("hydra", "paths", "tracking", "progress", "frame_every", "video")
 DEFAULT_EXPERIMENT = "nst"
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Where and how runs are recorded (the ``tracking`` group and the output root); read by the job driver,
+    the recorder and the store, so the engine's ``RunSpec`` knows nothing of MLflow."""
+
+    enabled: bool
+    uri: str | None
+    artifact_location: str | None
+    experiment: str
+    resume: bool
+    output_dir: str
 
 
 def default_output_dir() -> Path:
@@ -102,11 +100,9 @@ def artifact_location(tracking: TrackingSpec) -> str | None:
 class StoreClient:
     """An ``MlflowClient`` whose calls wait out another process's lock and fail as one ``TrackingError``.
 
-    Measured before: a ``sqlite3`` shell holding the write lock for 30 s killed a running
-    optimisation with ``database is locked`` and threw its result away. A call that meets
-    the lock is retried with back-off for ``NST_STORE_WAIT`` seconds (each attempt also
-    waits MLflow's own 20 s busy timeout); an SQLite write that fails leaves nothing
-    behind, so trying it again records it once.
+    A call that meets the lock is retried with back-off for ``NST_STORE_WAIT`` seconds, so another
+    process's lock delays a run instead of killing it; a failed SQLite write leaves nothing behind,
+    so trying it again records it once.
     """
 
     def __init__(self, uri: str):
@@ -176,14 +172,15 @@ def _check_artifacts(experiment, tracking: TrackingSpec) -> None:
 def open_store(uri: str, create: bool = False, artifact_root: str | None = None) -> StoreClient:
     """A client for the store at ``uri`` once it is usable; runs whose process died are ended FAILED.
 
-    A local SQLite store is created (``create``) or checked first (``nst.database``); a server must answer.
+    A local SQLite store is created (``create``) or checked first (``nst.tracking.database``); a server must
+    answer.
     """
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if create:
-            database.prepare(db, artifact_root or (db.parent / "mlartifacts").as_uri())
+            database.ensure_store(db, artifact_root or (db.parent / "mlartifacts").as_uri())
         elif not db.exists():
             raise TrackingError(f"no MLflow store at {db}: run nst first, or pass --uri")
         else:
@@ -215,9 +212,9 @@ def end_dead_runs(mlflow_client) -> list[str]:
                                         max_results=5000) if experiments else []
     ended = []
     for run in running:
-        reason = ownership.owner_gone(run.data.tags, run.info.start_time) if TAG_ROLE in run.data.tags else None
+        reason = ownership.owner_gone(run.data.tags, run.info.start_time) if tags.TAG_ROLE in run.data.tags else None
         if reason:
-            mlflow_client.set_tag(run.info.run_id, TAG_FAILURE, reason)
+            mlflow_client.set_tag(run.info.run_id, tags.TAG_FAILURE, reason)
             mlflow_client.set_terminated(run.info.run_id, "FAILED")
             ended.append(run.info.run_id)
     if ended:
@@ -228,13 +225,12 @@ def end_dead_runs(mlflow_client) -> list[str]:
 
 def ended_as_dead(run) -> bool:
     """Whether ``run`` was ended FAILED by ``end_dead_runs`` (its process was gone), not by itself."""
-    return run.info.status == "FAILED" and run.data.tags.get(TAG_FAILURE, "").startswith(ownership.DIED)
+    return run.info.status == "FAILED" and run.data.tags.get(tags.TAG_FAILURE, "").startswith(ownership.DIED)
 
 
 def keep_alive(mlflow_client, run_id: str) -> None:
     """Refresh the run's heartbeat tag from this process until ``let_go``."""
-    ownership.HEARTBEAT.add(run_id, lambda: mlflow_client.set_tag(run_id, ownership.TAG_HEARTBEAT,
-                                                                  ownership.now_iso()))
+    ownership.HEARTBEAT.add(run_id, lambda: mlflow_client.set_tag(run_id, tags.TAG_HEARTBEAT, ownership.now_iso()))
 
 
 def let_go(run_id: str) -> None:
@@ -246,12 +242,12 @@ def _experiment_id(mlflow_client, name: str, artifacts: str | None) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return mlflow_client.create_experiment(name, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
+            return mlflow_client.create_experiment(name, artifact_location=artifacts, tags=dict([tags.EXPERIMENT_KIND]))
         except Exception:  # noqa: BLE001 - another process created it first
             experiment = mlflow_client.get_experiment_by_name(name)
             if experiment is None:
                 raise
-    key, kind = EXPERIMENT_KIND
+    key, kind = tags.EXPERIMENT_KIND
     if experiment.tags.get(key) != kind:
         mlflow_client.set_experiment_tag(experiment.experiment_id, key, kind)
     return experiment.experiment_id
@@ -321,10 +317,10 @@ def git_commit() -> str:
 
 
 def environment_tags() -> dict[str, str]:
-    """Where and by what a run is made, and its owner (``nst.ownership``): tags of every run nst creates."""
-    return {"nst.git_commit": git_commit(), "nst.torch_version": torch.__version__,
-            "nst.host": os.uname().nodename, "nst.pid": str(os.getpid()),
-            ownership.TAG_OWNER: ownership.owner(), ownership.TAG_HEARTBEAT: ownership.now_iso()}
+    """Where and by what a run is made, and its owner (``nst.tracking.ownership``): tags of every run nst creates."""
+    return {tags.TAG_GIT_COMMIT: git_commit(), tags.TAG_TORCH_VERSION: torch.__version__,
+            tags.TAG_HOST: os.uname().nodename, tags.TAG_PID: str(os.getpid()),
+            tags.TAG_OWNER: ownership.owner(), tags.TAG_HEARTBEAT: ownership.now_iso()}
 
 
 def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
@@ -341,7 +337,7 @@ def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
 def find_finished(mlflow_client, experiment_id: str, config_hash: str) -> str | None:
     """The id of a FINISHED run with this fingerprint, if any (resume)."""
     runs = mlflow_client.search_runs([experiment_id],
-                                     filter_string=f"tags.`{TAG_HASH}` = '{config_hash}' and "
+                                     filter_string=f"tags.`{tags.TAG_HASH}` = '{config_hash}' and "
                                                    "attributes.status = 'FINISHED'",
                                      max_results=1)
     return runs[0].info.run_id if runs else None
@@ -352,20 +348,20 @@ def sweep_parent(mlflow_client, experiment_id: str, sweep_id: str | None):
     if sweep_id is None:
         return None
     runs = mlflow_client.search_runs([experiment_id], filter_string=(
-        f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'sweep'"), max_results=1)
+        f"tags.`{tags.TAG_SWEEP}` = '{sweep_id}' and tags.`{tags.TAG_ROLE}` = 'sweep'"), max_results=1)
     return runs[0] if runs else None
 
 
 def swept(parent) -> dict[str, bool]:
     """What a sweep's parent says it varies: swept key -> whether its values are log-spaced."""
-    return json.loads(parent.data.tags.get(TAG_SWEPT, "{}"))
+    return json.loads(parent.data.tags.get(tags.TAG_SWEPT, "{}"))
 
 
 def child_runs(mlflow_client, parent_id: str) -> list:
     """Every run started under the sweep ``parent_id``, retried attempts included."""
     parent = mlflow_client.get_run(parent_id)
     return mlflow_client.search_runs([parent.info.experiment_id],
-                                     filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10000)
+                                     filter_string=f"tags.`{tags.PARENT_TAG}` = '{parent_id}'", max_results=10000)
 
 
 def sweep_runs(mlflow_client, parent_id: str) -> list:
@@ -373,20 +369,20 @@ def sweep_runs(mlflow_client, parent_id: str) -> list:
     parent = mlflow_client.get_run(parent_id)
     by_job = {}
     for run in child_runs(mlflow_client, parent_id):
-        job = int(run.data.tags.get(TAG_JOB, len(by_job)))
+        job = int(run.data.tags.get(tags.TAG_JOB, len(by_job)))
         # a job that ran twice in one sweep (Ray runs again a job whose worker died) keeps its latest run
         if job not in by_job or run.info.start_time > by_job[job][1].info.start_time:
             by_job[job] = (job, run)
     for key, run_id in parent.data.tags.items():
-        if key.startswith(TAG_REUSED):
-            job = int(key.removeprefix(TAG_REUSED))
+        if key.startswith(tags.TAG_REUSED):
+            job = int(key.removeprefix(tags.TAG_REUSED))
             by_job.setdefault(job, (job, mlflow_client.get_run(run_id)))
     return [pair for _, pair in sorted(by_job.items())]
 
 
 def check_sweep_parent(mlflow_client, run_id: str) -> None:
     """``run_id`` must be a sweep's parent run (a single run's id would give an empty table)."""
-    role = mlflow_client.get_run(run_id).data.tags.get(TAG_ROLE)
+    role = mlflow_client.get_run(run_id).data.tags.get(tags.TAG_ROLE)
     if role != "sweep":
         raise TrackingError(f"run {run_id} is not a sweep's parent run (nst.role={role}): pass --sweep latest, "
                             f"or a run id of role 'sweep' from nst-report")
@@ -396,7 +392,7 @@ def latest_sweep(mlflow_client, experiment: str) -> str:
     """The parent run id of the newest sweep of ``experiment``."""
     found = mlflow_client.get_experiment_by_name(experiment)
     runs = mlflow_client.search_runs([found.experiment_id] if found else [],
-                                     filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
+                                     filter_string=f"tags.`{tags.TAG_ROLE}` = 'sweep'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise TrackingError(f"no sweep in experiment {experiment!r}")
@@ -418,7 +414,7 @@ _LOGGED_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timesta
                            r"(?P<compressed>[+%]compressed)?\.(?:png|webp|jpe?g)$")
 
 
-def step_images(mlflow_client, run_id: str, key: str = "progress") -> dict[int, str]:
+def step_images(mlflow_client, run_id: str, key: str = PROGRESS) -> dict[int, str]:
     """The artifact paths of a run's images logged with ``log_image(key=key, step=...)``, by step: the
     full-size PNG (not MLflow's compressed copy), the latest one where a step was logged twice."""
     try:
