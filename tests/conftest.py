@@ -1,36 +1,60 @@
-"""Shared fixtures: offline by default, sample images from ../shared/assets, a private cache."""
+"""Shared fixtures: offline by default, sample images from ../shared/assets, a private cache per test, the
+random backbone's calibration where a test runs the engine, and the CLI runners. The helpers they use are
+in ``tests/helpers/``."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, cli, reviews
+from tests.helpers.config import make
+
 SHARED_ASSETS = REPO.parent / "shared" / "assets"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread: the tests' images are 32-64 px, too small to gain from more, and on a machine whose cores are
+# busy with other work two threads that wait for each other at every operation made the engine 10-30x slower.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the subprocesses' torch too
 
-# Defaults for the whole session, so module-scoped fixtures (which run before the per-test
+# Temporary folders on tmpfs where there is one (TMPDIR, when set, wins): SQLite syncs each statement to disk,
+# and creating an MLflow store (about 330 statements) took 5-7 s on this VM's disk, 0.7 s on /dev/shm.
+if "TMPDIR" not in os.environ and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+    os.environ["TMPDIR"] = "/dev/shm"
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+# Defaults for the whole session, so session- and module-scoped fixtures (which run before the per-test
 # fixture below) and the subprocesses they start are offline and find the sample images too.
 os.environ["NST_OFFLINE"] = "1"
 os.environ.setdefault("NST_ASSETS_DIR", str(SHARED_ASSETS))
-os.environ["NST_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-test-cache-")
+os.environ["NST_CACHE_DIR"] = SESSION_CACHE = tempfile.mkdtemp(prefix="nst-test-cache-")
 os.environ.pop("NST_HED_WHEEL", None)
 
 
-@pytest.fixture(scope="session")
-def _random_calibration(tmp_path_factory) -> Path:
-    """The random backbone's calibration (seed 0, max pooling, every conv layer), computed once.
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
-    Every CLI run calibrates its backbone on the nine sample images; in a private cache per test
-    that cost a second or two per run, so each test's cache starts with this file.
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """No network, a private (empty) nst cache and the shared sample images, for every test."""
+    monkeypatch.setenv("NST_OFFLINE", "1")
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path_factory.mktemp("nst-cache")))
+    monkeypatch.setenv("NST_ASSETS_DIR", os.environ["NST_ASSETS_DIR"])
+
+
+@pytest.fixture(scope="session")
+def random_calibration_cache(tmp_path_factory) -> Path:
+    """A cache folder holding the random backbone's calibration (seed 0, max pooling, every conv layer),
+    computed once per session, for the tests that run the engine.
+
+    Every run calibrates its backbone on the nine sample images: a second or two per run in a private cache.
     """
     from nst.engine.backbones import layer_table
     from nst.engine.calibration import calibrate
@@ -41,18 +65,29 @@ def _random_calibration(tmp_path_factory) -> Path:
         patch.setenv("NST_CACHE_DIR", str(cache))
         layers = [name for name in layer_table("vgg19") if name.startswith("conv")]
         calibrate(load_backbone("random", layers, seed=0), "rms_activation", [], [])
-    return cache / "calibration"
+    return cache
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory, monkeypatch, _random_calibration):
-    """No network, a private nst cache (holding only the random backbone's calibration), and the
-    shared sample images, for every test."""
-    cache = tmp_path_factory.mktemp("nst-cache")
-    shutil.copytree(_random_calibration, cache / "calibration")
-    monkeypatch.setenv("NST_OFFLINE", "1")
-    monkeypatch.setenv("NST_CACHE_DIR", str(cache))
-    monkeypatch.setenv("NST_ASSETS_DIR", os.environ["NST_ASSETS_DIR"])
+@pytest.fixture
+def calibrated(random_calibration_cache) -> Path:
+    """This test's private cache, holding the random backbone's calibration: for tests that run the engine."""
+    cache = Path(os.environ["NST_CACHE_DIR"])
+    shutil.copytree(random_calibration_cache / "calibration", cache / "calibration", dirs_exist_ok=True)
+    return cache
+
+
+@pytest.fixture
+def nst(calibrated):
+    """The ``nst`` command, called in this process: ``nst(output_dir, *overrides, cwd=, env=)`` -> a
+    ``CompletedProcess`` (exit status, stdout, stderr)."""
+    return cli.run_nst
+
+
+@pytest.fixture
+def nst_process(calibrated):
+    """``python -m nst.cli`` in a subprocess, for tests whose subject is the process:
+    ``nst_process(output_dir, *overrides, cwd=, env=, timeout=)``."""
+    return cli.run_nst_process
 
 
 @pytest.fixture(scope="session")
@@ -63,26 +98,37 @@ def assets_dir() -> Path:
     return path
 
 
-def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """A smooth random RGB image in [0, 1] (low-frequency, so the backbone sees structure)."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, max(2, h // 8), max(2, w // 8), generator=generator)
-    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+@pytest.fixture(scope="session")
+def default_config():
+    """``nst content=tubingen style=starry_night``'s composed config, composed once per session (read-only)."""
+    from omegaconf import OmegaConf
+
+    cfg = make()
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
-def run_nst(output_dir: Path, *args: str, cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m nst.cli args`` in a subprocess writing under ``output_dir`` (``NST_OUTPUT_DIR``),
-    run from ``cwd`` (default: the folder above ``output_dir``), output captured as text."""
-    environment = {**os.environ, "NST_OUTPUT_DIR": str(output_dir), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "nst.cli", *args], capture_output=True, text=True,
-                          env=environment, cwd=cwd or Path(output_dir).parent, timeout=timeout)
+@pytest.fixture
+def gpus(monkeypatch):
+    """``gpus(count)``: torch reports ``count`` CUDA GPUs for the rest of the test."""
+    def have(count):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    return have
 
 
 @pytest.fixture(scope="session")
-def nst():
-    """The ``nst`` command in a subprocess: ``nst(output_dir, *overrides, cwd=, env=, timeout=)``."""
-    return run_nst
+def tracked_sweep(tmp_path_factory, random_calibration_cache):
+    """A 3-job sweep of ``SWEEP_JOB`` over loss.style_weight=1,100,1e4, recorded in MLflow, run once per
+    session: (its output root, the command's result). Tests read it and leave it as it is."""
+    from tests.helpers.overrides import SWEEP_JOB
+
+    out = tmp_path_factory.mktemp("sweep") / "outputs"
+    out.mkdir()
+    done = cli.run_nst(out, "-m", *SWEEP_JOB, "loss.style_weight=1,100,1e4",
+                       env={"NST_CACHE_DIR": str(random_calibration_cache)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +142,44 @@ def hed_cache(tmp_path_factory) -> Path:
         patch.setenv("NST_CACHE_DIR", str(cache))
         load_backbone("vgg16_hed", ["conv1_1"])
     return cache
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(kib)``: a folder on a tmpfs of that size, a disk that fills up for real (SQLite says
+    SQLITE_FULL only for ENOSPC; a file-size limit gives 'disk I/O error'). Needs the right to mount,
+    which root has on these machines."""
+    mounted: list[Path] = []
+
+    def make(kib: int, read_only: bool = False) -> Path:
+        mount_point = tmp_path / f"disk{len(mounted)}"
+        mount_point.mkdir()
+        options = f"size={kib}k" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield make
+    for mount_point in mounted:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def review_world(tmp_path) -> dict:
+    """A synthetic store for nst-review (``tests.helpers.reviews.review_world``): experiment nst holding one
+    finished 4-run sweep, experiment other holding one run."""
+    return reviews.review_world(tmp_path)
+
+
+@pytest.fixture
+def review_client(review_world):
+    """nst-review's app on ``review_world``'s latest sweep: (Flask test client, the runs it reviews)."""
+    from nst.compare import review, review_app
+
+    chosen = review.select(review_world["client"], "nst")
+    flask_app = review_app.create_app(review_world["client"], chosen, review_world["uri"], review_world["folder"],
+                                      seed=0)
+    return flask_app.test_client(), chosen

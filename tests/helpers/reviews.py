@@ -1,0 +1,66 @@
+"""A synthetic store for nst-review: finished sweeps of small random pictures, as nst logs them, and the
+judgement API called as the page calls it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nst.images import measures
+from nst.tracking import store, tags
+
+BETAS = ("0.01", "1", "100", "10000")
+
+
+def picture(seed: int, size=(24, 18)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def synthetic_sweep(client, experiment_id: str, betas=BETAS, measured: bool = True,
+                    seeds=None) -> tuple[str, list[str]]:
+    """A finished sweep as nst records one: a parent and a FINISHED child per β with its images."""
+    sweep_id = uuid.uuid4().hex[:8]
+    parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags={
+        tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id,
+        tags.TAG_SWEPT: json.dumps({"loss.style_weight": True})}).info.run_id
+    children, seeds = [], seeds or range(len(betas))
+    for job, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
+        run = client.create_run(experiment_id, tags={
+            tags.TAG_ROLE: "run", tags.PARENT_TAG: parent, tags.TAG_JOB: str(job),
+            tags.TAG_OVERRIDES: json.dumps([f"loss.style_weight={beta}"])}).info.run_id
+        for key, value in {"content": "tubingen", "style": "starry_night", "loss.style_weight": beta,
+                           "loss.content_weight": "1", "image.size": "24"}.items():
+            client.log_param(run, key, value)
+        client.log_image(run, picture(seed), artifact_file="result/result.png")
+        client.log_image(run, picture(100), artifact_file="inputs/content.png")
+        client.log_image(run, picture(200), artifact_file="inputs/style.png")
+        if measured:
+            for name, value in measures.measure(picture(seed), picture(100), picture(200)).items():
+                client.log_metric(run, name, value)
+        client.set_terminated(run, "FINISHED")
+        children.append(run)
+    client.set_terminated(parent, "FINISHED")
+    return parent, children
+
+
+def review_world(tmp_path: Path) -> dict:
+    """A store with experiment nst holding one 4-run sweep, and experiment other holding one run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = store.open_store(uri, create=True, artifact_root=(tmp_path / "mlartifacts").as_uri())
+    experiment = client.create_experiment("nst")
+    parent, children = synthetic_sweep(client, experiment)
+    other = client.create_run(client.create_experiment("other")).info.run_id
+    return {"uri": uri, "client": client, "experiment": experiment, "parent": parent, "children": children,
+            "other": other, "folder": tmp_path / "images"}
+
+
+def judge(client, chosen, answer="left", reviewer="ana", judgement_id=None, pair=None):
+    """POST a judgement to the app's test ``client`` (the first two runs of ``chosen`` unless ``pair``)."""
+    left, right = pair or chosen.ids[:2]
+    return client.post("/api/judgements", json={"id": judgement_id or uuid.uuid4().hex, "left": left,
+                                                "right": right, "answer": answer, "reviewer": reviewer})

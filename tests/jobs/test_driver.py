@@ -1,0 +1,56 @@
+"""The job driver (nst/jobs/driver.py): a refused job is recorded FAILED, never RUNNING; a sweep run again
+skips the jobs whose identical config FINISHED and runs the failed ones again."""
+
+import shutil
+
+import pytest
+
+from nst.compare import sweep_report
+from nst.tracking import store, tags
+from tests.helpers.overrides import SWEEP_JOB
+from tests.helpers.store import artifact_paths, runs, store_client
+
+
+def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    done = nst(out, *SWEEP_JOB, "content=" + str(tmp_path / "nope.png"))
+    assert done.returncode == 2 and "nope.png" in done.stderr
+    (run,) = runs(store_client(out), "run")
+    assert run.info.status == "FAILED" and "nope.png" in run.data.tags[tags.TAG_FAILURE]
+
+
+def test_rerun_skips_finished_jobs(tracked_sweep, tmp_path, nst):
+    # a copy of the session's sweep: running it again adds a parent run, which the other tests must not see
+    out = tmp_path / "outputs"
+    shutil.copytree(tracked_sweep[0], out)
+    done = nst(out, "-m", *SWEEP_JOB, "loss.style_weight=1,100,1e4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("skipped, identical config already FINISHED") == 3
+    assert (done.stdout + done.stderr).count("already FINISHED") == 3  # once each, not logged again on the console
+    client = store_client(out)
+    assert len(runs(client, "run", "FINISHED")) == 3
+    # the new parent still reports all three jobs, reused from the first sweep
+    newest = store.latest_sweep(client, "nst")
+    table = sweep_report.sweep_table(client, newest)
+    assert len(table) == 3 and table["reused"].all()
+
+
+@pytest.mark.slow  # 14-21 s: make test stays under 10 minutes
+def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    args = ["-m", *SWEEP_JOB, "optimizer=adam", "optimizer.lr=0.01,1e30"]
+    first = nst(out, *args)
+    assert first.returncode == 1, first.stderr[-3000:]  # the sweep ran both jobs, one failed
+    assert "1 of 2 jobs did not finish" in first.stderr
+    client = store_client(out)
+    failed = runs(client, "run", "FAILED")
+    assert len(failed) == 1 and "non-finite" in failed[0].data.tags[tags.TAG_FAILURE]
+    assert "last_finite.png" in artifact_paths(client, failed[0].info.run_id)
+    assert runs(client, "sweep")[0].info.status == "FINISHED"
+
+    second = nst(out, *args)
+    assert second.returncode == 1
+    assert second.stdout.count("skipped, identical config already FINISHED") == 1
+    assert len(runs(client, "run", "FAILED")) == 2 and len(runs(client, "run", "FINISHED")) == 1
