@@ -62,7 +62,7 @@ examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls 
 	$(VENV)/bin/nst sweep=examples $(REPRO) $(ARGS)
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)
 
-fidelity: ## Check the ratio experiment reproduces: SSIM to the content falls with beta, on two pairs (~5 min)
+fidelity: ## Check the ratio experiment reproduces: SSIM to the content falls with beta, on three pairs (~8 min)
 	$(PY) -m nst.cli.fidelity $(ARGS)
 
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder

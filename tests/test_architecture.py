@@ -27,7 +27,7 @@ def test_the_top_level_shows_the_packages():
 
 
 def test_a_run_does_not_import_pandas_or_scipy_at_start_up():
-    """pandas took 0.7 s of a run's 3.2 s of imports; SciPy 1.5 s on the H200 (nst.sweeps -> nst.reports)."""
+    """pandas took 0.7 s of a run's 3.2 s of imports; SciPy 1.5 s on the H200 (a sweep report imported at start-up)."""
     import subprocess
     import sys
 

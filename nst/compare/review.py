@@ -1,6 +1,6 @@
 """A human review in the MLflow store: which runs are judged, where the judgements live, what they give.
 
-``nst-review`` (``nst.review_app``) is the web page; this module is everything it does to the
+``nst-review`` (``nst.compare.review_app``) is the web page; this module is everything it does to the
 store, so ``nst-report --human`` reads the same judgements the same way.
 
 Where judgements live. Each judgement is one artifact, ``judgements/<id>.json``, on the review's
@@ -12,7 +12,7 @@ judgement sent twice has the same id, so it lands on the same name and is never 
 
 What they give (``publish``, after every judgement): each run's ``human.*`` metrics, which
 MLflow's runs table can sort on — ``human.score`` (the Bradley–Terry–Davidson log strength of
-``nst.ranking``, centred), ``human.score_low``/``_high`` (95 %), ``human.rank``, ``human.wins``,
+``nst.compare.ranking``, centred), ``human.score_low``/``_high`` (95 %), ``human.rank``, ``human.wins``,
 ``human.losses``, ``human.ties``, ``human.comparisons`` — at step = the number of judgements, so
 the metric's history in MLflow is the score as the review went on, and the latest value is the
 fit on the most judgements even when two apps publish at once. The home run gets

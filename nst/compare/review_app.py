@@ -3,7 +3,7 @@
 Flask, because MLflow's own server is Flask and brings it: no new web stack. The server
 listens on 127.0.0.1 unless ``--host`` says otherwise (``mlflow ui``'s options and defaults),
 serves one thread per request, and keeps nothing that matters in memory: every judgement is
-written to the store before the answer goes back (``nst.review``), so two browsers, or two
+written to the store before the answer goes back (``nst.compare.review``), so two browsers, or two
 apps, at once lose and double nothing, and a restarted app goes on where the store stands.
 
 Routes: ``/`` the comparison page, ``/ranking`` the ranking page, ``/api/pair`` (GET: the next

@@ -1,6 +1,6 @@
 """The two pages of ``nst-review``, as HTML strings: the blind comparison and the ranking.
 
-Pure rendering (no Flask, no MLflow): ``nst.review_app`` serves what these return.
+Pure rendering (no Flask, no MLflow): ``nst.compare.review_app`` serves what these return.
 
 The comparison page shows the content and style images, then two results side by side with
 nothing that tells them apart: the server draws the sides at random and sends run ids only,

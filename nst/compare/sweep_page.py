@@ -37,7 +37,7 @@ FRAME_BUDGET = 120
 FRAME_QUALITY = 90
 INPUT_KEYS = ("content", "style", "pair")
 TABLE_COLUMNS = ("job", "status", "label", "final_total", "final_content", "final_style", "evaluations",
-                 "elapsed_s", "failure")
+                 "converged", "elapsed_s", "failure")
 HUMAN_COLUMNS = ("human_rank", "human_score")  # once the sweep was judged with nst-review
 
 

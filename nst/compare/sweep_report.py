@@ -103,7 +103,7 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
         row.update({"label": label(run, keys),
                     "final_total": metrics.get("total"), "final_content": metrics.get("content"),
                     "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
-                    "elapsed_s": metrics.get("elapsed_s"),
+                    "converged": _yes_no(metrics.get("converged")), "elapsed_s": metrics.get("elapsed_s"),
                     "failure": run.data.tags.get(TAG_FAILURE, "")})
         if f"{HUMAN_METRICS}rank" in metrics:  # judged with nst-review
             row.update({"human_rank": int(metrics[f"{HUMAN_METRICS}rank"]),
@@ -111,10 +111,15 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows, columns=None if rows else [
         "job", "run_id", "status", "reused", "label", "final_total", "final_content", "final_style",
-        "evaluations", "elapsed_s", "failure"])  # no run recorded (every job failed before MLflow)
+        "evaluations", "converged", "elapsed_s", "failure"])  # no run recorded (every job failed before MLflow)
     table.attrs["swept"] = keys
     table.attrs["title"] = title(runs) if runs else ""
     return table
+
+
+def _yes_no(flag: float | None) -> str:
+    """A run's ``converged`` metric as the table shows it: yes, no (its budget ran out), or blank."""
+    return "" if flag is None else ("yes" if flag else "no")
 
 
 def summary_metrics(table: pd.DataFrame) -> list:

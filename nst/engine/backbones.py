@@ -199,7 +199,7 @@ class FeatureExtractor(nn.Module):
         self.preprocess = Preprocess(spec)
         self.pooling = pooling
         self.features = build_features(spec.arch, pooling, depth=deepest_index(spec.arch, self.layers))
-        self.scales: dict[str, torch.Tensor] = {}  # per-filter divisors (nst.calibration); none: raw
+        self.scales: dict[str, torch.Tensor] = {}  # per-filter divisors (nst.engine.calibration); none: raw
         if state is not None:
             # torchvision and jcjohnson files hold a whole VGG ("features.N.weight", "classifier...");
             # converted ones the conv stack alone ("N.weight").
@@ -214,24 +214,38 @@ class FeatureExtractor(nn.Module):
         device = self.preprocess.mean.device
         self.scales = {k: v.to(device).view(1, -1, 1, 1) for k, v in (scales or {}).items()}
 
-    def raw_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The requested activations as the network computes them."""
+    def raw_features(self, image: torch.Tensor,
+                     pre_activations: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+        """The requested activations as the network computes them. ``pre_activations``, when given, gets for
+        each of its keys (layers after a ReLU) what went into that ReLU: where the layer's units are off."""
         out: dict[str, torch.Tensor] = {}
         x = self.preprocess(image)
         if self.features[0].weight.is_contiguous(memory_format=torch.channels_last):
             # channels_last weights want a channels_last input: an NCHW one was slower than either
             x = x.contiguous(memory_format=torch.channels_last)
         for index, module in enumerate(self.features):
-            x = module(x)
-            for name in self._names_at.get(index, ()):
+            names = self._names_at.get(index, ())
+            kept = [name for name in names if pre_activations is not None and name in pre_activations]
+            if kept and isinstance(module, nn.ReLU):
+                for name in kept:
+                    pre_activations[name] = x
+                x = torch.relu(x)  # not in place: the input is kept
+            else:
+                x = module(x)
+            for name in names:
                 out[name] = x
         return out
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The requested activations, divided by their calibration factors when set."""
-        out = self.raw_features(image)
+    def forward(self, image: torch.Tensor,
+                pre_activations: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+        """The requested activations (and ``pre_activations``, as in ``raw_features``), divided by their
+        calibration factors when set."""
+        out = self.raw_features(image, pre_activations)
         if self.scales:
             out = {k: v / self.scales[k] if k in self.scales else v for k, v in out.items()}
+            if pre_activations:
+                pre_activations.update({k: v / self.scales[k] for k, v in pre_activations.items()
+                                        if k in self.scales and v is not None})
         return out
 
 
@@ -246,7 +260,7 @@ class Backbone:
     weights_sha256: str | None
     weights_path: str | None
     notes: list[str] = field(default_factory=list)
-    calibration: dict[str, object] = field(default_factory=dict)  # what nst.calibration applied
+    calibration: dict[str, object] = field(default_factory=dict)  # what nst.engine.calibration applied
 
     def record(self) -> dict[str, object]:
         return {

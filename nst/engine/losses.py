@@ -11,7 +11,7 @@ with the normalisation it was tuned for:
     content = 1/2 * sum (F - P)^2.
 
 Every function keeps the batch dimension (one loss per image) so several
-images can be optimised through one network pass (``nst.run.execute_batch``), each
+images can be optimised through one network pass (``nst.engine.run.execute_batch``), each
 with its own weights (``LossWeights``).
 """
 
@@ -91,6 +91,10 @@ def paper_style_layer_weights(channels: Sequence[int]) -> list[float]:
     return [1e3 / (n * n) for n in channels]
 
 
+def _fp32(value: torch.Tensor) -> torch.Tensor:
+    return value.float() if value.dtype in (torch.bfloat16, torch.float16) else value
+
+
 @dataclass
 class LossTerms:
     """One evaluation's losses; each tensor has one entry per image in the batch."""
@@ -102,6 +106,8 @@ class LossTerms:
     content_layers: dict[str, torch.Tensor]
     style_layers: dict[str, torch.Tensor]
     style_images: dict[str, torch.Tensor] = field(default_factory=dict)  # per style image, when several
+    # what the optimiser minimises, when it is not ``total`` (a silent style layer revived)
+    objective: torch.Tensor | None = None
 
     def scalars(self, index: int = 0) -> dict[str, float]:
         """Plain floats for logging: total, content, style, tv, content/<layer>, style/<layer>, style_image/<i>."""
@@ -196,16 +202,30 @@ class StyleTransferLoss(nn.Module):
             for image in styles:
                 style_features = extractor(image)
                 self.style_targets.append({k: gram(style_features[k]).detach() for k in self.style_layers})
+            # each style layer's term when every unit of the image is off there (its Gram is zero)
+            self.silent_terms = {k: float(sum(b * style_layer_loss(torch.zeros_like(t[k]), t[k], normalization)
+                                              for b, t in zip(self.style_blend, self.style_targets, strict=True)))
+                                 for k in self.style_layers}
 
-    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's activations, in fp32 (or the image's float64) whatever the compute precision."""
+    def features(self, image: torch.Tensor,
+                 pre_activations: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+        """The network's activations, in fp32 (or the image's float64) whatever the compute precision
+        (and ``pre_activations``, filled as ``FeatureExtractor.forward`` does)."""
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            features = self.extractor(image)
-        return {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v for k, v in features.items()}
+            features = self.extractor(image, pre_activations) if pre_activations else self.extractor(image)
+        if pre_activations:
+            pre_activations.update({k: _fp32(v) for k, v in pre_activations.items()})
+        return {k: _fp32(v) for k, v in features.items()}
 
-    def forward(self, image: torch.Tensor, weights: LossWeights | None = None) -> LossTerms:
-        """Losses of each image in the batch; ``weights`` (one entry per image) replaces the scalars."""
-        features = self.features(image)
+    def forward(self, image: torch.Tensor, weights: LossWeights | None = None,
+                revive: Mapping[str, torch.Tensor] | None = None) -> LossTerms:
+        """Losses of each image in the batch; ``weights`` (one entry per image) replaces the scalars.
+
+        ``revive`` (a style layer -> 1 for each image whose units there are all off, else 0) makes the
+        terms' ``objective`` use ``revived`` for those images; the reported terms stay exact.
+        """
+        pre = dict.fromkeys(revive) if revive else None
+        features = self.features(image, pre)
         batch = image.shape[0]
         zero = image.new_zeros(batch)
         if weights is None:
@@ -224,6 +244,9 @@ class StyleTransferLoss(nn.Module):
         else:
             style_terms = {k: sum((b * terms[k] for b, terms in zip(self.style_blend, per_image, strict=True)), zero)
                            for k in self.style_layers}
+        optimised = dict(style_terms)  # what the optimiser minimises: a silent layer's term revived
+        for k, rows in (revive or {}).items():
+            optimised[k] = torch.where(rows.to(image.device) > 0, self.revived(pre[k], k), style_terms[k])
         content = sum((weights.content_layers[k] * v for k, v in content_terms.items()), zero)
         style = sum((weights.style_layers[k] * v for k, v in style_terms.items()), zero)
         style_images = {}
@@ -232,4 +255,24 @@ class StyleTransferLoss(nn.Module):
                             for i, terms in enumerate(per_image)}
         tv = total_variation(image) if weights.has_tv else zero
         total = weights.content * content + weights.style * style + weights.tv * tv
-        return LossTerms(total, content, style, tv, content_terms, style_terms, style_images)
+        objective = None
+        if revive:
+            revived = sum((weights.style_layers[k] * v for k, v in optimised.items()), zero)
+            objective = weights.content * content + weights.style * revived + weights.tv * tv
+        return LossTerms(total, content, style, tv, content_terms, style_terms, style_images, objective)
+
+    def revived(self, pre: torch.Tensor, layer: str) -> torch.Tensor:
+        """The layer's style term on smooth stand-ins for its units, what the optimiser sees while every unit
+        there is off: the Gram of units that are all off is zero, and so is the ReLU's gradient, so nothing
+        would turn them on. A filter's stand-in is ``tau * softplus((input - its highest input) / tau)``:
+        positive and rising with the unit's input, its most active unit at ``tau * ln 2`` however far below
+        zero the filter's inputs lie, with ``tau`` half the target's RMS activation of that filter, so as not
+        to overshoot the target's Gram."""
+        shifted = pre - pre.amax(dim=(-2, -1), keepdim=True).detach()
+        terms = []
+        for targets, masks in zip(self.style_targets, self.style_masks, strict=True):
+            tau = 0.5 * targets[layer].diagonal(dim1=-2, dim2=-1).clamp_min(1e-12).sqrt().view(1, -1, 1, 1)
+            soft = tau * torch.nn.functional.softplus(shifted / tau)
+            terms.append(style_layer_loss(gram(soft) if masks is None else guided_gram(soft, masks[layer]),
+                                          targets[layer], self.normalization))
+        return sum(b * term for b, term in zip(self.style_blend, terms, strict=True))

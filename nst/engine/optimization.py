@@ -77,8 +77,12 @@ class OptimizerSettings:
     max_iter: int = 20
     history_size: int = 100
     max_eval: int | None = None  # L-BFGS evaluations per step; None: torch's 1.25 * max_iter
-    tolerance_grad: float = 1e-7
+    tolerance_grad: float = 1e-7  # L-BFGS's own early stop within a step, on the normalised loss
     tolerance_change: float = 1e-9
+    # converged: the best loss fell by less than this fraction over the last ``convergence_window``
+    # evaluations (checked after each L-BFGS step or Adam step); None: always the whole budget
+    convergence_tolerance: float | None = 1e-2
+    convergence_window: int = 50
     betas: tuple[float, float] = (0.9, 0.999)
     space: str = "input"  # "input": the backbone's input coordinates; "pixel": RGB in [0, 1]
     line_search: str | None = "strong_wolfe"  # L-BFGS: "strong_wolfe", or None (fixed step lr, as Gatys)
@@ -114,11 +118,15 @@ class OptimizerSettings:
         raise ValueError(f"unknown optimizer {self.name!r}")
 
 
+CONVERGED, BUDGET = "converged", "budget"  # why an optimisation stopped
+
+
 @dataclass
 class OptimizationResult:
     image: torch.Tensor  # the optimiser's last accepted image, unclamped
     history: list[dict] = field(default_factory=list)  # one record per function evaluation; the last is at ``image``
     elapsed_s: float = 0.0
+    stopped: str = BUDGET  # CONVERGED (by ``OptimizerSettings.convergence_tolerance``) or BUDGET (every epoch ran)
 
     @property
     def evaluations(self) -> int:
@@ -164,7 +172,9 @@ class _Trajectory:
         self.optimizer = settings.build([self.variable])
         self.accepted = init.detach().clone()  # the optimiser's latest accepted iterate, RGB
         self.best, self.best_total = self.accepted, math.inf  # the lowest-loss image evaluated so far, RGB
+        self.lowest: list[float] = []  # the lowest total loss up to each evaluation
         self.result = OptimizationResult(image=self.accepted)
+        self.scale: torch.Tensor | None = None  # set by _normalise at the first evaluation
         self.epoch = 0
         self.state = "running"  # running | waiting (for an evaluation) | done
         self.stop = False
@@ -172,18 +182,30 @@ class _Trajectory:
         self.error: BaseException | None = None
 
     def steps(self, closure: Callable[[], torch.Tensor]) -> None:
-        """The member's whole optimisation: ``epochs`` L-BFGS steps, or epochs x max_iter Adam steps."""
+        """The member's whole optimisation: ``epochs`` L-BFGS steps, or epochs x max_iter Adam steps, or
+        fewer once it has converged."""
         for epoch in range(self.epochs):
             self.epoch = epoch
-            if self.settings.name == "lbfgs":
+            for _ in range(1 if self.settings.name == "lbfgs" else self.settings.max_iter):
                 self.optimizer.step(closure)
                 self.accept()
-            else:
-                for _ in range(self.settings.max_iter):
-                    self.optimizer.step(closure)
-                    self.accept()
+                if self.converged():
+                    break
+            if self.converged():
+                self.result.stopped = CONVERGED
+                break
         closure()  # the kept image's losses, reported with it: the last record is always the result's
         self.result.image = self.accepted
+
+    def converged(self) -> bool:
+        """Over the last ``convergence_window`` evaluations the lowest loss fell by less than
+        ``convergence_tolerance`` of its value, and by less than that share of all it has fallen since
+        the start (so a slow start is not taken for the end); relative, so the same for every scale of loss."""
+        tolerance, window = self.settings.convergence_tolerance, self.settings.convergence_window
+        if tolerance is None or len(self.lowest) <= window:
+            return False
+        recent = self.lowest[-window - 1] - self.lowest[-1]
+        return recent <= tolerance * abs(self.lowest[-1]) and recent <= tolerance * (self.lowest[0] - self.lowest[-1])
 
     def accept(self) -> None:
         """The variable as the optimiser's step left it is the member's image from now on."""
@@ -274,12 +296,31 @@ def _close(bar: tqdm) -> None:
     bar.close()
 
 
+def _normalise(m: _Trajectory) -> torch.Tensor | float:
+    """For L-BFGS, divide the member's gradient (its variable's) by its largest element at the member's
+    first evaluation, and return that divisor for its loss: what L-BFGS sees is then the same whatever the
+    loss's overall scale (an alpha and beta both 1e4 times larger take the same path), its first step
+    (``lr / |g|_1``) moves the image by ``lr`` in L1 at every scale, and its tolerances are relative to
+    the first gradient. A first gradient that is zero or not finite leaves the loss as it is. Adam's step
+    does not depend on the gradient's scale already: its loss and gradient are left as they are."""
+    grad = m.variable.grad
+    if m.settings.name != "lbfgs":
+        return 1.0
+    if m.scale is None:
+        norm = grad.abs().amax() if grad is not None else torch.ones(())
+        m.scale = torch.where(torch.isfinite(norm) & (norm > 0), norm, torch.ones_like(norm))
+    if grad is not None:
+        grad.div_(m.scale)
+    return m.scale
+
+
 def _evaluate(loss_fn, waiting: list[_Trajectory], start: float, bar: tqdm | None = None) -> None:
     """One batched forward and backward for the waiting members; records, callbacks, gradients."""
     images = [m.decode(m.variable) for m in waiting]
     terms = loss_fn(torch.cat(images), [m.index for m in waiting])
+    objective = terms.total if terms.objective is None else terms.objective
     # the rows whose loss is finite (a member whose loss is not stops below): a mask, not a read-back
-    torch.where(torch.isfinite(terms.total.detach()), terms.total, 0.0).sum().backward()
+    torch.where(torch.isfinite(objective.detach()), objective, 0.0).sum().backward()
     for row, m in enumerate(waiting):
         values = terms.scalars(row)
         evaluation = m.result.evaluations + 1
@@ -294,7 +335,8 @@ def _evaluate(loss_fn, waiting: list[_Trajectory], start: float, bar: tqdm | Non
         record = {"evaluation": evaluation, "epoch": m.epoch + 1, **values,
                   "elapsed_s": time.perf_counter() - start}
         m.result.history.append(record)
-        m.loss = terms.total[row].detach().clone()
+        m.lowest.append(min(record["total"], m.lowest[-1]) if m.lowest else record["total"])
+        m.loss = objective[row].detach() / _normalise(m)
         if m.callbacks and record["total"] <= m.best_total:
             m.best, m.best_total = images[row].detach().clone(), record["total"]
         for callback in m.callbacks:

@@ -38,6 +38,11 @@ from nst.images.files import save_png
 
 log = logging.getLogger(__name__)
 
+# a style layer is stuck when its term moved by less than 0.01 % over STUCK_WINDOW evaluations in which the
+# total loss fell by more than STUCK_LOSS_FALL
+STUCK_WINDOW = 25
+STUCK_LOSS_FALL = 0.01
+
 
 @dataclass
 class Member:
@@ -47,6 +52,37 @@ class Member:
     output_dir: Path
     callbacks: Sequence[EvaluationCallback] = ()
     on_ready: Callable[[dict], None] | None = None  # receives the run record just before optimising
+
+
+class StuckLayers:
+    """An evaluation callback that notices a style layer whose term has stopped moving while the loss falls.
+
+    Such a layer's units are (nearly) all off on the image, so little gradient reaches it and the result
+    lacks its part of the style; the optimiser revives a layer whose units are all off
+    (``StyleTransferLoss.revived``), and this says when one stays stuck anyway: one warning per layer,
+    and ``found`` (layer -> the evaluation it was noticed at) for the run record.
+    """
+
+    def __init__(self, layers: Sequence[str], window: int = STUCK_WINDOW):
+        self.layers, self.window = list(layers), window
+        self.recent: list[dict] = []
+        self.found: dict[str, int] = {}
+
+    def __call__(self, record: dict, _image: torch.Tensor) -> None:
+        self.recent = [*self.recent[-self.window:], record]
+        if len(self.recent) <= self.window:
+            return
+        first, last = self.recent[0], self.recent[-1]
+        if last["total"] > (1 - STUCK_LOSS_FALL) * first["total"]:
+            return  # the loss itself is not moving: nothing stands out
+        for layer in self.layers:
+            values = [r[f"style/{layer}"] for r in self.recent]
+            if layer not in self.found and values[-1] > 0 and max(values) - min(values) <= 1e-4 * values[-1]:
+                self.found[layer] = int(last["evaluation"])
+                log.warning("style/%s has stayed at %.4g for %d evaluations while the loss fell by %.0f %%: the "
+                            "image's units there are (nearly) all off, so the result lacks that layer's part of "
+                            "the style", layer, values[-1], self.window,
+                            100 * (1 - last["total"] / first["total"]))
 
 
 @dataclass
@@ -93,9 +129,14 @@ def execute_batch(members: Sequence[Member]) -> list[RunOutcome | BaseException]
         records.append(record)
         if member.on_ready is not None:
             member.on_ready(record)
-    optimized = optimize_scales([m.inputs for m in members], [m.callbacks for m in members], backbone, weights)
+    watches = [StuckLayers(member.inputs.style_layers) for member in members]
+    optimized = optimize_scales([m.inputs for m in members], [[*m.callbacks, w] for m, w in zip(members, watches,
+                                                                                               strict=True)],
+                                backbone, weights)
     outcomes = []
-    for member, record, result in zip(members, records, optimized, strict=True):
+    for member, record, result, watch in zip(members, records, optimized, watches, strict=True):
+        if watch.found:
+            record["stuck_layers"] = watch.found
         with writing(member.output_dir):
             outcomes.append(_write_outcome(member, record, backbone, result))
     return outcomes
@@ -137,7 +178,7 @@ def _write_outcome(member: Member, record: dict, backbone: Backbone,
     image.parent.mkdir(parents=True, exist_ok=True)
     save_png(result.image, image)
     write_losses(folder / LOSSES_CSV, result.history)
-    record.update(status="FINISHED", result=output, evaluations=result.evaluations,
+    record.update(status="FINISHED", result=output, evaluations=result.evaluations, stopped=result.stopped,
                   elapsed_s=round(result.elapsed_s, 3),
                   final_losses={k: v for k, v in result.final.items() if k not in ("evaluation", "epoch")})
     write_record(folder, record)

@@ -82,22 +82,43 @@ def _optimize_scale(members: Sequence[Inputs], callbacks: Sequence[Sequence[Eval
         else:
             inits.append(upsample(images[i], content.shape[-2:]))
     selected: dict[tuple[int, ...], LossWeights] = {}  # the weights' rows copied to the device once per set
+    shared = first.spec.shared
+    capture = shared.cuda_graphs and cuda_graphs.available(content.device, shared.precision)
+    # per member: the style layers all off at its last evaluation, revived at its next (not in a captured graph,
+    # which replays what it captured); those off at the start image are revived from the first evaluation, so
+    # that the optimiser's first gradient, which sets its scale, has their pull in it
+    silent: dict[int, set[str]] = {i: set() for i in active}
+    if not capture:
+        with torch.no_grad():
+            start = loss(torch.cat(inits))
+        silent = {i: silent_layers(start.scalars(row), loss.silent_terms) for row, i in enumerate(active)}
 
     def member_loss(batch: torch.Tensor, rows: list[int]):
         key = tuple(active[row] for row in rows)
         if key not in selected:
             selected[key] = weights.select(key)
-        return loss(batch, selected[key])
+        revive = {layer: torch.tensor([float(layer in silent[i]) for i in key])
+                  for layer in loss.style_layers if any(layer in silent[i] for i in key)}
+        return loss(batch, selected[key], revive or None)
 
-    shared = first.spec.shared
-    capture = shared.cuda_graphs and cuda_graphs.available(content.device, shared.precision)
+    def watch(i: int) -> EvaluationCallback:
+        return lambda record, _image: silent.__setitem__(i, silent_layers(record, loss.silent_terms))
+
     return optimize_batch(
         cuda_graphs.CapturedLoss(member_loss) if capture else member_loss,
         inits, [members[i].spec.member.optimizer for i in active],
         [members[i].spec.member.scale_epochs[step] for i in active],
-        [[_renumbered(cb, merged[i].evaluations, merged[i].elapsed_s, label) for cb in callbacks[i]]
+        [[*(_renumbered(cb, merged[i].evaluations, merged[i].elapsed_s, label) for cb in callbacks[i]),
+          *([] if capture else [watch(i)])]
          for i in active],
         progress=first.spec.member.progress, preprocess=backbone.extractor.preprocess)
+
+
+def silent_layers(record: dict, silent_terms: dict[str, float]) -> set[str]:
+    """The style layers whose term in ``record`` is that of an image whose units there are all off: the
+    loss revives them at the next evaluation (``StyleTransferLoss.revived``)."""
+    return {layer for layer, value in silent_terms.items()
+            if value > 0 and abs(record[f"style/{layer}"] - value) <= 1e-6 * value}
 
 
 def _merge(result: OptimizationResult | BaseException, merged: OptimizationResult,
@@ -114,6 +135,7 @@ def _merge(result: OptimizationResult | BaseException, merged: OptimizationResul
     merged.history += [_at(r, offset, seconds, label) for r in result.history]
     merged.image = images[i] = result.image
     merged.elapsed_s += result.elapsed_s
+    merged.stopped = result.stopped  # the last scale's says how the run ended
     if not last:
         return None
     if first.spec.shared.color_preservation == "luminance":  # the content's chroma back on

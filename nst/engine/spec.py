@@ -1,7 +1,7 @@
 """The run specification: a composed config, checked once and frozen.
 
 ``nst.config.parse`` turns Hydra's composed config into a ``RunSpec``; everything
-below the job driver (``nst.run``, the recorder, the store) reads this object,
+below the job driver (``nst.engine.run``, the recorder, the store) reads this object,
 never the config. The spec is split the way a batch is: ``SharedSpec`` is what
 every member of a batch must have in common (images, network, layers, sizes,
 device), ``MemberSpec`` what each member may set for itself (loss weights,
@@ -40,7 +40,7 @@ class SharedSpec:
     color_histogram: str
     model: str  # as requested: auto, vgg19, vgg19_caffe, vgg16_hed, random
     pooling: str
-    calibration: str  # how features are scaled before the losses (nst.calibration)
+    calibration: str  # how features are scaled before the losses (nst.engine.calibration)
     precision: str
     normalization: str
     content_layers: tuple[str, ...]
@@ -49,7 +49,7 @@ class SharedSpec:
     style_scale: float
     scales: tuple[int, ...]  # long sides, coarse to fine, ending at ``size``
     device: str
-    cuda_graphs: bool = False  # on CUDA at fp32, evaluations replayed from CUDA graphs (nst.graphs)
+    cuda_graphs: bool = False  # on CUDA at fp32, evaluations replayed from CUDA graphs (nst.engine.cuda_graphs)
 
 
 @dataclass(frozen=True)

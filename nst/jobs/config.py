@@ -118,6 +118,13 @@ def optimizer_settings(cfg: DictConfig) -> OptimizerSettings:
         max_iter=_number(cfg, "optimizer.max_iter", minimum=1, integer=True),
         space=_choice(cfg, "optimizer.space", SPACES),
     )
+    if OmegaConf.select(cfg, "optimizer.convergence_window") is not None:
+        settings.convergence_window = int(_number(cfg, "optimizer.convergence_window", minimum=1, integer=True))
+    key = "optimizer.convergence_tolerance"
+    if OmegaConf.select(cfg, key, default=settings.convergence_tolerance) is None:  # null: the whole budget
+        settings.convergence_tolerance = None
+    elif OmegaConf.select(cfg, key) is not None:
+        settings.convergence_tolerance = _number(cfg, key, minimum=0, allowed_extra="null (run every epoch)")
     if name == "lbfgs":
         settings.history_size = _number(cfg, "optimizer.history_size", minimum=1, integer=True)
         line_search = OmegaConf.select(cfg, "optimizer.line_search", default="strong_wolfe")

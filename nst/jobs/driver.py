@@ -28,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nst.engine.inputs import load_inputs
+from nst.engine.optimization import CONVERGED
 from nst.engine.run import Member, RunOutcome, execute_batch
 from nst.errors import NonFiniteLossError, NSTError, UnrecordedRunError
 from nst.jobs import hydra_state
@@ -167,7 +168,8 @@ def _execute(started: list[_Started], jobs: Sequence[Job]) -> list[RunOutcome | 
 def say_where(outcome: RunOutcome, address: str | None) -> None:
     """A run's last lines: its result image with its numbers and, when given, its page in the MLflow UI."""
     optimization = outcome.optimization
-    say(f"nst: result {outcome.result_png} ({optimization.evaluations} evaluations, "
+    ended = "converged" if optimization.stopped == CONVERGED else "budget spent before it converged"
+    say(f"nst: result {outcome.result_png} ({optimization.evaluations} evaluations, {ended}, "
         f"{optimization.elapsed_s:.1f} s, final loss {optimization.final.get('total', float('nan')):.4g})", log)
     if address:
         say(f"nst: MLflow run {address}  (make ui serves it)", log)

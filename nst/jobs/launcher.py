@@ -2,11 +2,11 @@
 
 Jobs that share content, style, sizes, layers, normalisation, backbone and
 device (differing in alpha, beta, TV or layer weights, optimiser settings,
-epochs, init, seed; the rule is ``nst.spec.batch_key``) run through the network
+epochs, init, seed; the rule is ``nst.engine.spec.batch_key``) run through the network
 together: one backbone load, one set of targets, and one batched forward/backward
 per evaluation, while each job keeps its own optimiser state, output folder and
 MLflow run. Other jobs run one by one, as with Hydra's basic launcher. Running a
-group is the job driver's business (``nst.jobs.run_group``).
+group is the job driver's business (``nst.jobs.driver``).
 
 Hydra accepts launchers only from the ``hydra_plugins`` package, so
 ``hydra_plugins/nst_launcher`` re-exports this class.

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from nst.engine.inputs import Inputs
+from nst.engine.optimization import CONVERGED
 from nst.engine.run import RunOutcome
 from nst.engine.run_files import PARTIAL_PNG
 from nst.errors import TrackingError, UnrecordedRunError
@@ -162,9 +163,10 @@ class RunRecorder:
 
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
                    overview: Image.Image | None = None, last: Image.Image | None = None,
-                   measured: Mapping[str, float] | None = None) -> None:
-        """The result, its loss curve (and the content-style-result overview), the folder, the evaluation
-        count and the automatic measures (``nst.images.measures``), those two at the last evaluation."""
+                   measured: Mapping[str, float] | None = None, stopped: str | None = None) -> None:
+        """The result, its loss curve (and the content-style-result overview), the folder, and at the last
+        evaluation the evaluation count, ``converged`` (1: stopped by the convergence test, 0: ran out of
+        budget) and the automatic measures (``nst.images.measures``)."""
         from mlflow.entities import Metric
 
         self.log_picture(last or tensor_to_pil(image), "result/result.png")  # last: the same picture
@@ -173,7 +175,8 @@ class RunRecorder:
         self.log_picture(loss_curve(history), "result/loss_curve.png")
         self.keep_outputs(last, self.grid.after(self.last_step))
         now = int(time.time() * 1000)
-        values = {"evaluations": evaluations, **(measured or {})}
+        values = {"evaluations": evaluations, **({"converged": float(stopped == CONVERGED)} if stopped else {}),
+                  **(measured or {})}
         self.log_metrics([Metric(key, float(value), now, evaluations) for key, value in values.items()
                           if math.isfinite(value)])  # a NaN (SSIM of a result under 11 px) is left out
 
@@ -186,9 +189,16 @@ class RunRecorder:
         overview = triptych(inputs.content, inputs.style, result.image)
         last = tensor_to_pil(result.image)
         measured = measures.measure(last, tensor_to_pil(inputs.content), tensor_to_pil(inputs.style))  # 1st style
+        stuck = outcome.record.get("stuck_layers")
+
+        def record() -> None:
+            if stuck:
+                self.client.set_tag(self.run_id, tags.TAG_STUCK_LAYERS, json.dumps(stuck))
+            self.log_result(result.image, result.history, result.evaluations, overview, last, measured,
+                            result.stopped)
+
         try:
-            self.end_with(lambda: self.log_result(result.image, result.history, result.evaluations, overview, last,
-                                                  measured), "FINISHED")
+            self.end_with(record, "FINISHED")
         except TrackingError as exc:
             raise UnrecordedRunError(
                 f"the run ended and its files are in {self.output_dir} (result.png, losses.csv, run.json), but "

@@ -123,7 +123,8 @@ def _record(client, experiment_id: str, folder: Path, frame_every: int) -> tuple
         overview = triptych(*inputs, image) if inputs else None
         measured = measures.measure(tensor_to_pil(image), *map(tensor_to_pil, inputs)) if inputs else None
         recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview,
-                                                      measured=measured), "FINISHED")
+                                                      measured=measured, stopped=record.get("stopped")),
+                          "FINISHED")
     else:
         reason = record.get("failure") or f"the run did not finish (no {RESULT_PNG})"
 

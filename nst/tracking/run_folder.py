@@ -4,7 +4,7 @@
 does) and, in the run's folder and on the terminal:
 
 - every ``frame_every`` evaluations adds a frame to ``optimisation.mp4``
-  (encoded meanwhile by ``nst.pictures.Video``'s thread; ``finish`` adds the
+  (encoded meanwhile by ``nst.figures.video.Video``'s thread; ``finish`` adds the
   result and closes it, before the recorder logs the folder to MLflow);
 - every ``save_every`` evaluations writes ``progress/<evaluation>.png``;
 - every ``print_every`` evaluations prints one line of per-layer losses (as

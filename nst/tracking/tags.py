@@ -15,6 +15,7 @@ TAG_OVERRIDES = "nst.overrides"  # the command line's overrides (JSON list; on a
 TAG_FAILURE = "nst.failure"  # why a run ended FAILED or KILLED
 TAG_OUTPUT_DIR = "nst.output_dir"  # the run's folder (nst-report --relog finds its run by it)
 TAG_IMAGE_STEPS = "nst.image_steps"  # {"every": N, "terminal": T}: the run's step grid (nst.tracking.steps)
+TAG_STUCK_LAYERS = "nst.stuck_layers"  # style layers whose term stopped moving: {layer: evaluation}
 TAG_RELOGGED = "nst.relogged"  # ISO time (UTC) at which nst-report --relog completed the run
 TAG_HYDRA_CHOICE = "hydra.choice."  # + config group: the option Hydra chose for it
 

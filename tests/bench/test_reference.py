@@ -13,7 +13,7 @@ from tests.helpers.images import smooth_image
 def test_reference_loss_equals_nst_loss_on_the_same_weights(calibrated):
     state = random_state("vgg19", 3)
     extractor = FeatureExtractor(SPECS["random"], state, CONTENT_LAYERS + STYLE_LAYERS)
-    if calibrated:  # per-filter divisors, as nst.calibration sets them
+    if calibrated:  # per-filter divisors, as nst.engine.calibration sets them
         generator = torch.Generator().manual_seed(0)
         extractor.set_scales({name: 0.1 + 10 * torch.rand(layer_table("vgg19")[name].channels, generator=generator)
                               for name in CONTENT_LAYERS + STYLE_LAYERS})

@@ -1,4 +1,4 @@
-"""Why nst.ranking fits the Davidson model with SciPy rather than using choix (not a test).
+"""Why nst.compare.ranking fits the Davidson model with SciPy rather than using choix (not a test).
 
 choix has no model of ties and gives a covariance only from its EP fit, so a tie goes in as
 one win each way. On synthetic judgements drawn from known strengths with ties, this prints

@@ -212,6 +212,8 @@ def test_a_sweep_logs_its_report_page_to_the_parent_and_says_where_it_is(sweep_1
     assert f"nst: sweep report {folder}/report.html" in done.stdout.splitlines()
     assert (Path(folder) / "report.html").read_text() == page.text
     table = sweep_report.sweep_table(client, parent)
+    assert list(table["converged"]) == ["no", "no"]  # 19 evaluations: under the 50 the convergence test needs
+    assert "<th>converged</th>" in page.text or ">converged<" in page.text
     assert [f["data-job"] for f in page.figures] == [str(job) for job in table["job"]]
     assert [f["data-label"] for f in page.figures] == list(table["label"])
     assert all(f["images"] == 1 for f in page.figures)

@@ -15,7 +15,9 @@ from nst.engine.losses import (
     style_layer_loss,
     total_variation,
 )
+from nst.engine.scales import silent_layers
 from nst.engine.weights import load_backbone
+from tests.helpers.backbones import switch_off
 from tests.helpers.batches import weights_for
 from tests.helpers.images import smooth_image
 from tests.helpers.overrides import STYLE_LAYERS
@@ -197,3 +199,30 @@ def test_batched_loss_rows_equal_single_image_losses_with_their_weights(batch_se
         assert torch.allclose(terms.total[row], single.total[0], rtol=1e-4)
         assert torch.allclose(terms.style[row], single.style[0], rtol=1e-4)
     loss.style_weight, loss.tv_weight = 1.0, 0.0
+
+
+def test_a_silent_style_layer_is_revived_in_the_objective_only():
+    """conv3_1's units all off on the image: its exact term is the silent one and sends no gradient; revived,
+    the objective pulls the image and the reported terms stay exact."""
+    torch.manual_seed(0)
+    backbone = load_backbone("random", ["conv3_1"])
+    content, style = smooth_image(32, 32, 1), torch.rand(1, 3, 32, 32)
+    switch_off(backbone, "conv3_1", content)
+    loss = StyleTransferLoss(backbone.extractor, content, style, content_layers={},
+                             style_layers={"conv3_1": 1.0})
+    assert loss.silent_terms["conv3_1"] > 0  # the style turns some units on: there is something to pull towards
+
+    def pull(revive):
+        image = content.clone().requires_grad_(True)
+        terms = loss(image, None, revive)
+        (terms.total if terms.objective is None else terms.objective).sum().backward()
+        return terms, image.grad
+
+    exact, still = pull(None)
+    revived, moved = pull({"conv3_1": torch.ones(1)})
+    assert silent_layers(exact.scalars(0), loss.silent_terms) == {"conv3_1"}
+    assert still.abs().max() == 0 and moved.abs().max() > 0
+    assert revived.total.item() == exact.total.item() == pytest.approx(loss.silent_terms["conv3_1"])
+    assert revived.objective.item() < revived.total.item()  # the stand-ins are partly on already
+    # a row not flagged keeps its exact term in the objective
+    assert loss(content, None, {"conv3_1": torch.zeros(1)}).objective.item() == exact.total.item()

@@ -1,10 +1,12 @@
 """The optimisation loop (nst/engine/optimization.py): init modes, L-BFGS and Adam, a record per evaluation,
 the progress bar; several images as one batch, each member following its own trajectory."""
 
+import copy
 import math
 import re
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,7 +14,14 @@ import torch
 from nst.engine.backbones import SPECS, FeatureExtractor
 from nst.engine.color import color_statistics
 from nst.engine.losses import LossTerms, StyleTransferLoss
-from nst.engine.optimization import OptimizerSettings, initial_image, optimize, optimize_batch
+from nst.engine.optimization import (
+    BUDGET,
+    CONVERGED,
+    OptimizerSettings,
+    initial_image,
+    optimize,
+    optimize_batch,
+)
 from nst.engine.weights import load_backbone
 from nst.errors import NonFiniteLossError
 from tests.helpers.batches import weights_for
@@ -207,6 +216,53 @@ def test_callbacks_see_the_best_image_so_far_within_an_epoch():
             best, expected = loss, evaluated
         assert torch.equal(image, expected)  # the best evaluated so far, never a worse trial
         assert float(_quadratic(target, [])(image).total[0]) == pytest.approx(best, rel=1e-6)
+
+
+# the loss's scale and when a run stops --------------------------------------------------------------
+
+
+def _scaled_run(problem, scale: float, epochs: int = 3, dtype: torch.dtype = torch.float32, **settings):
+    """The problem with alpha and beta both ``scale`` times theirs, optimised by L-BFGS."""
+    extractor, _, content, style = problem
+    extractor = copy.deepcopy(extractor).to(dtype)
+    content, style = content.to(dtype), style.to(dtype)
+    loss = StyleTransferLoss(extractor, content, style, content_layers={"conv4_2": 1.0},
+                             style_layers={"conv1_1": 1.0, "conv2_1": 1.0, "conv3_1": 1.0},
+                             content_weight=scale, style_weight=100.0 * scale)
+    return optimize(loss, content, OptimizerSettings("lbfgs", max_iter=10, **settings), epochs=epochs,
+                    progress=False, preprocess=extractor.preprocess)
+
+
+def test_the_same_problem_at_any_scale_takes_the_same_path(problem):
+    """alpha and beta 1e-4 and 1e4 times theirs: L-BFGS makes the same steps, to float64's rounding (without
+    normalising, the small loss's gradient fell under torch's absolute tolerance and every epoch ended at its
+    first evaluation)."""
+    small, large = (_scaled_run(problem, scale, dtype=torch.float64) for scale in (1e-4, 1e4))
+    assert small.evaluations == large.evaluations > 25
+    torch.testing.assert_close(small.image, large.image, atol=1e-8, rtol=0)
+    ratios = [b["total"] / a["total"] for a, b in zip(small.history, large.history, strict=True)]
+    assert ratios == pytest.approx([1e8] * len(ratios), rel=1e-6)  # the records keep each run's own scale (the
+    # weights are float32)
+
+
+def test_a_converged_run_stops_and_says_so(problem):
+    settings = {"convergence_tolerance": 0.1, "convergence_window": 10}
+    converged = _scaled_run(problem, 1.0, epochs=40, **settings)
+    assert converged.stopped == CONVERGED and converged.history[-1]["epoch"] < 40
+    lowest = np.minimum.accumulate([r["total"] for r in converged.history[:-1]])
+    gain = lowest[-11] - lowest[-1]  # over the last window of evaluations, under 10 % of the loss
+    assert gain <= 0.1 * lowest[-1] and gain <= 0.1 * (lowest[0] - lowest[-1])
+    # the same run given fewer epochs than it needed ends by budget
+    cut = _scaled_run(problem, 1.0, epochs=converged.history[-1]["epoch"] - 1, **settings)
+    assert cut.stopped == BUDGET and cut.history[-1]["epoch"] == converged.history[-1]["epoch"] - 1
+
+
+def test_without_a_convergence_tolerance_every_epoch_runs(problem):
+    """jcjohnson/neural-style's behaviour: tolerances off, every iteration of every epoch."""
+    result = _scaled_run(problem, 1.0, epochs=8, convergence_tolerance=None, tolerance_grad=0.0,
+                         tolerance_change=0.0, line_search=None)
+    assert result.stopped == BUDGET
+    assert result.evaluations == 8 * 10 + 1  # a fixed step: one evaluation per iteration, then the kept image's
 
 
 def test_progress_bar_counts_evaluations_with_content_and_style(tmp_path, nst):

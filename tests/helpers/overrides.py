@@ -34,11 +34,13 @@ SCALES_64 = ["model=random", "tracking=none", "progress=false", "optimizer.max_i
 BF16_32 = ["model=random", "tracking=none", "progress=false", "optimizer.max_iter=2", "image.size=32",
            "model.precision=bf16", "optimizer.line_search=null"]
 
-# a run long enough (about 20 s on 2 cores) to be killed or locked mid-optimisation
-LONG_RUN = [*PAIR, "model=random", "image.size=64", "epochs=40", "progress=false", "frame_every=5"]
+# a run long enough (about 20 s on 2 cores) to be killed or locked mid-optimisation: every epoch runs, even once
+# the loss has converged
+LONG_RUN = [*PAIR, "model=random", "image.size=64", "epochs=40", "progress=false", "frame_every=5",
+            "optimizer.convergence_tolerance=null"]
 # a two-job sweep long enough to be signalled mid-run, with video frames every 5 evaluations
 LONG_SWEEP = ["-m", *PAIR, "model=random", "image.size=48", "epochs=60", "optimizer.max_iter=5", "progress=false",
-              "frame_every=5", "loss.style_weight=10,1000"]
+              "frame_every=5", "loss.style_weight=10,1000", "optimizer.convergence_tolerance=null"]
 
 # Gatys et al.'s style layers
 STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]

@@ -89,6 +89,17 @@ def test_adam_config_builds_adam():
     assert settings.name == "adam" and settings.lr == 0.1 and settings.space == "pixel"
 
 
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_the_convergence_test_is_on_by_default_and_null_turns_it_off(optimizer):
+    default = optimizer_settings(make(f"optimizer={optimizer}"))
+    assert (default.convergence_tolerance, default.convergence_window) == (1e-2, 50)
+    off = optimizer_settings(make(f"optimizer={optimizer}", "optimizer.convergence_tolerance=null"))
+    assert off.convergence_tolerance is None
+    tuned = optimizer_settings(make(f"optimizer={optimizer}", "optimizer.convergence_tolerance=0.05",
+                                    "optimizer.convergence_window=20"))
+    assert (tuned.convergence_tolerance, tuned.convergence_window) == (0.05, 20)
+
+
 def test_shell_overrides_reach_every_section():
     cfg = make("model=random", "model.pooling=avg", "image.size=48", "image.style_scale=0.5",
                "loss.style_weight=1e4", "loss.style_layers=[conv1_1,conv2_1]",
@@ -277,6 +288,7 @@ def test_sweep_file_values_overridable_from_shell(tmp_path, nst):
     ("loss.content_weight=nan", "loss.content_weight=nan"),
     ("loss.tv_weight=inf", "loss.tv_weight=inf"),
     ("optimizer.lr=0", "optimizer.lr=0"),
+    ("optimizer.convergence_tolerance=-1", "or null (run every epoch)"),
     ("epochs=0", "epochs=0"),
     ("optimizer.name=sgd", "one of lbfgs, adam"),
     ("model.name=resnet", "one of vgg19, vgg19_caffe, vgg16_hed, random, auto"),

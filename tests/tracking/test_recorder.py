@@ -49,6 +49,7 @@ def test_multirun_creates_parent_and_children_with_everything(tracked_sweep, tmp
         evaluations = int(child.data.metrics["evaluations"])
         assert evaluations >= 8  # 2 epochs of 4 L-BFGS iterations, line-search evaluations on top
         assert evaluations == len(client.get_metric_history(run_id, "total"))
+        assert child.data.metrics["converged"] == 0  # its budget ran out: under the 50 evaluations the test needs
         for key in ("total", "content", "style", "tv", "style/conv1_1", "content/conv4_2", "elapsed_s"):
             history = client.get_metric_history(run_id, key)
             assert sorted(m.step for m in history) == list(range(1, evaluations + 1)), key
@@ -62,6 +63,7 @@ def test_multirun_creates_parent_and_children_with_everything(tracked_sweep, tmp
             assert expected in paths, expected
         record = json.loads(open(client.download_artifacts(run_id, "run.json", str(tmp_path / run_id))).read())
         assert record["normalization"] == "reference" and record["torch_version"] and "weights_sha256" in record
+        assert record["stopped"] == "budget"
         triptych = Image.open(client.download_artifacts(run_id, "result/triptych.png"))
         assert triptych.width > 2 * triptych.height  # three images side by side
 
@@ -84,7 +86,7 @@ def test_single_run_is_tracked_without_parent(tmp_path, nst):
     lines = done.stdout.strip().splitlines()[-2:]
     result = f"{latest.data.tags[tags.TAG_OUTPUT_DIR]}/result.png"
     evaluations = int(latest.data.metrics["evaluations"])
-    assert lines[0].startswith(f"nst: result {result} ({evaluations} evaluations, ")
+    assert lines[0].startswith(f"nst: result {result} ({evaluations} evaluations, budget spent before it converged, ")
     assert (done.stdout + done.stderr).count(result) == 1  # said once (the engine's own line is a debug one)
     assert lines[1] == (f"nst: MLflow run http://127.0.0.1:5000/#/experiments/{latest.info.experiment_id}/runs/"
                         f"{latest.info.run_id}?workflowType=machine_learning  (make ui serves it)")

@@ -215,7 +215,7 @@ def test_killed_joblib_worker_loses_no_other_run(tmp_path, nst_process):
     out.mkdir()
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "content=tubingen", "style=starry_night",
             "model=random", "image.size=48", "epochs=30", "optimizer.max_iter=5", "progress=false",
-            "loss.style_weight=1,2,3,4"]
+            "loss.style_weight=1,2,3,4", "optimizer.convergence_tolerance=null"]  # long enough to be killed
     process = start_nst(out, *args)
     victim = wait_for(lambda: running_with_metrics(out))
     worker = int(victim.data.tags["nst.pid"])
