@@ -21,27 +21,11 @@ fixes the free shift: the optimum has Σθ = 0), found by ``scipy.optimize.minim
 Laplace approximation) gives the covariance of the centred scores, hence standard errors,
 intervals, and the uncertainty of each pair's order that ``next_pair`` uses.
 
-Why SciPy and not ``choix``. choix 0.3.5 has no model of ties (its pairwise data are
-(winner, loser) only), and only its EP fit (``ep_pairwise``) returns a covariance;
-``ilsr_pairwise``/``opt_pairwise`` give point estimates alone. A tie then has to go in as one
-win each way, or be dropped. Measured with ``tests/ranking_choix_comparison.py`` on 200
-synthetic data sets (6 runs with log strengths −1.5…1.5, 300 judgements each, same prior):
-
-    ties (ν)       this fit: coverage, RMSE, ms   choix EP, tie = 2 wins    choix EP, ties dropped
-    16 % (0.5)     95.5 %, 0.227, 5 ms            58.0 %, 0.377, 324 ms     94.8 %, 0.244, 254 ms
-    44 % (2.0)     95.6 %, 0.255, 4 ms            27.2 %, 0.671, 276 ms     94.8 %, 0.299, 156 ms
-
-(coverage: share of the 95 % intervals holding the true centred strength; RMSE of the scores.)
-A tie counted as two decided comparisons makes the intervals far too narrow; dropping ties
-keeps them honest but throws away evidence (a larger RMSE, the more so the more people say
-"tie"), and gives no tie probability for choosing pairs. All recover the order alike
-(Kendall τ 0.95–0.98).
-
-The prior. Its precision ``PRIOR`` = 0.3 (sd 1.8 on a log strength) was the best of 0.05…1
-on the same simulation at 40 and 300 judgements with strengths spread ±1.5 and ±3: coverage
-92–97 % throughout and the smallest or nearly the smallest RMSE. At 0.1, in a simulated
-40-judgement review, a run that had won its three comparisons scored +3.1; at 1 the coverage
-of the ±3 spread with 40 judgements fell to 54 %.
+Why SciPy and not ``choix``: choix 0.3.5 has no model of ties and only its EP fit returns a
+covariance, so a tie would go in as two wins (intervals far too narrow) or be dropped (evidence
+thrown away). The prior's precision ``PRIOR`` = 0.3 (sd 1.8 on a log strength) keeps the
+intervals honest from 40 judgements on. The comparisons behind both choices are in
+docs/pages/decisions.md.
 """
 
 from __future__ import annotations
@@ -371,11 +355,10 @@ def next_pair(runs: Sequence[str], judgements: Iterable, rng: np.random.Generato
     are the pairs in ``exclude`` (e.g. two identical pictures: only a tie can be answered).
     Deterministic for a seeded ``rng``.
 
-    Measured (30 simulated reviews of 6 runs with log strengths −1.5…1.5, ν = 0.5): Kendall's τ
-    of the fitted order with the truth 0.76 after 30 judgements and 0.90 after 60 (top three
-    exactly right in 40 % and 73 % of reviews), against 0.67 and 0.82 (27 %, 37 %) for pairs
-    drawn at random. Two runs that are really equal keep their order uncertain for ever: once
-    the rest is settled they get about a third of the judgements (a stopping rule is the app's).
+    Choosing by expected gain orders the runs in fewer judgements than random pairs do
+    (docs/pages/decisions.md). Two runs that are really equal keep their order uncertain for
+    ever, so once the rest is settled they get about a third of the judgements (a stopping rule
+    is the app's).
     """
     runs = list(dict.fromkeys(runs))
     if len(runs) < 2:

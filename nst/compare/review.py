@@ -239,8 +239,8 @@ class JudgementLog:
     """Appends judgements to a review's home run and republishes the ranking, one writer at a time.
 
     The check for a replay and the write are one step under a lock file per home run (``filelock``, so
-    across the apps of this machine too): measured without it, two apps sent the same judgement at
-    the same moment both answered 201 (the store kept one file, the second write's time).
+    across the apps of this machine too): otherwise two apps sent the same judgement at the same moment
+    would both accept it.
     """
 
     def __init__(self, client, review: Review):
@@ -335,9 +335,8 @@ def image_bytes(client, run_id: str, kind: str, folder: Path) -> bytes:
 
 
 def prepare(client, review: Review, folder: Path) -> Review:
-    """``review`` with each run's result fingerprinted (two identical pictures are never paired: measured,
-    the ratio sweep's β=0.01 and 0.1 results are both the photo, and 5 of a reviewer's first 19 pairs were
-    those two) and its automatic measures: runs recorded before nst logged them get them now, computed
+    """``review`` with each run's result fingerprinted (two identical pictures are never paired: only a tie
+    could be answered) and its automatic measures: runs recorded before nst logged them get them now, computed
     from their logged images and logged (step 0). The images stay in ``folder`` for the page."""
     from mlflow.entities import Metric
 

@@ -415,9 +415,8 @@ def test_fixed_step_and_adam_members_are_evaluated_together_on_this_thread_alone
     seen = []
 
     def counted(images, members):
-        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-        seen.append((tuple(members), threading.current_thread() is threading.main_thread(),
-                     [name for name in others if name != "tqdm_monitor"]))  # tqdm's own monitor may run
+        here = threading.current_thread()
+        seen.append((tuple(members), here is threading.main_thread(), sorted(other_threads() - {here.name})))
         return loss(images, weights.select(members))
 
     settings = [OptimizerSettings(name="lbfgs", max_iter=4, line_search=None),
