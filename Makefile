@@ -16,9 +16,11 @@ STYLE ?= starry_night
 ARGS ?=
 SWEEP ?= ratio
 OUTPUT_DIR ?= $(or $(NST_OUTPUT_DIR),outputs)
-UI_PORT ?= 5000
-# the port nst prints in a run's MLflow address (http://127.0.0.1:<port>/#/experiments/...)
-export NST_UI_PORT ?= $(UI_PORT)
+# UI_PORT=...: the port `make ui` serves on and every MLflow address nst prints or renders uses; remembered
+# beside the store (outputs/ui-port), so later commands without it use it too (default 5000)
+ifdef UI_PORT
+export NST_UI_PORT := $(UI_PORT)
+endif
 SERVER_PORT ?= 5000
 REVIEW_PORT ?= 5001
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
@@ -74,10 +76,10 @@ server: ## MLflow tracking server on 127.0.0.1:5000 (SERVER_PORT=...; SQLite + a
 		--backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/server/mlflow.db \
 		--artifacts-destination $(abspath $(OUTPUT_DIR))/server/artifacts
 
-ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change)
-	$(PY) -m nst.cli.create_store $(abspath $(OUTPUT_DIR))/mlflow.db
+ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change; remembered)
+	port=$$($(PY) -m nst.cli.create_store $(abspath $(OUTPUT_DIR))/mlflow.db) && \
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db \
-		--host 127.0.0.1 --port $(UI_PORT)
+		--host 127.0.0.1 --port $$port
 
 review: ## Judge the latest sweep's results two at a time, blind, on http://127.0.0.1:5001 (REVIEW_PORT=...)
 	$(VENV)/bin/nst-review --tracking-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db --port $(REVIEW_PORT)

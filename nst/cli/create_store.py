@@ -1,5 +1,6 @@
 """``python -m nst.cli.create_store <mlflow.db>``: create or check a local store under its lock, before a
-process that would create it without the lock opens it (``make ui`` runs this before ``mlflow ui``)."""
+process that would create it without the lock opens it (``make ui`` runs this before ``mlflow ui``), and print
+the port its UI serves on (``nst.tracking.ui``: ``NST_UI_PORT``, remembered beside the store)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 from nst.errors import TrackingError
-from nst.tracking import database
+from nst.tracking import database, ui
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as exc:
         print(f"nst: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    print(ui.port(f"sqlite:///{db}"))
     return 0
 
 

@@ -5,6 +5,7 @@
     nst-report --sweep <run id> --format csv --rebuild reports/
     nst-report --relog outputs/runs/2026-11-26_14-59-14   # a run the store could not record when it ended
     nst-report --human --sweep latest  # the human ranking of nst-review's judgements; the report marks it
+    nst-report --compare <run id> latest  # two sweeps side by side on one page
 
 Opening the store ends FAILED the runs whose process died (``nst.tracking.store.open_store``),
 so the table never shows a run RUNNING that nothing runs.
@@ -13,13 +14,14 @@ so the table never shows a run RUNNING that nothing runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from nst.compare import ranking, review
+from nst.compare import across, ranking, review
 from nst.compare.sweep_report import runs_table, summarise_sweep, sweep_table
 from nst.errors import NSTError, TrackingError
 from nst.tracking import store, tags
@@ -42,11 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--human", action="store_true",
                         help="the human ranking from nst-review's judgements (of --sweep, default the latest, or of "
                              "--filter); a sweep's report.html in MLflow is rebuilt with each image's rank")
-    parser.add_argument("--filter", help="with --human: the runs reviewed by this MLflow filter string")
+    parser.add_argument("--compare", nargs="+", metavar="SWEEP",
+                        help="sweeps side by side on one page (parent run ids or 'latest'; with --filter, those "
+                             "runs as one more column): written to --out and logged to MLflow")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="with --compare: where report.html goes (default: comparisons/ beside the store)")
+    parser.add_argument("--filter", help="with --human: the runs reviewed by this MLflow filter string; with "
+                                         "--compare: runs to show as one more column")
     args = parser.parse_args(argv)
     try:
         if args.human:
             return human(store.open_store(store.store_uri(args.uri)), args)
+        if args.compare:
+            page, address = across.compare(store.open_store(store.store_uri(args.uri)), args.experiment,
+                                           args.compare, args.filter, args.out)
+            print(f"nst-report: comparison {page}\nnst-report: in MLflow {address}")
+            return 0
         if args.relog:
             run_id, recorded = relog(args.relog)
             print(f"nst-report: {args.relog} is recorded as MLflow run {run_id}" if recorded else
@@ -92,11 +105,15 @@ def human(client, args) -> int:
         if reviewers > 1:
             print(ranking.agreement_table(judgements).to_markdown(index=False, floatfmt=".3g") + "\n")
         print(review.correlations(chosen, table).to_markdown(index=False, floatfmt=".2g"))
-    if client.get_run(chosen.home).data.tags.get(tags.TAG_ROLE) == "sweep":
+    home = client.get_run(chosen.home).data.tags
+    if home.get(tags.TAG_ROLE) == "sweep":
+        own = Path(home.get(tags.TAG_SWEEP_DIR, ""))  # the folder whose report.html the sweep printed
         with tempfile.TemporaryDirectory() as folder:
-            summarise_sweep(client, chosen.home, Path(args.rebuild or folder))
+            target = Path(args.rebuild) if args.rebuild else own if own.is_dir() and os.access(own, os.W_OK) else None
+            summary = summarise_sweep(client, chosen.home, target or Path(folder))
         page = store.run_address(client.tracking_uri, chosen.experiment_id, chosen.home, "sweep/report.html")
-        print(f"nst-report: the sweep's report now marks each image's human rank: {page}", file=sys.stderr)
+        on_disk = f" and {summary.page}" if target else ""
+        print(f"nst-report: the sweep's report now marks each image's human rank: {page}{on_disk}", file=sys.stderr)
     return 0
 
 

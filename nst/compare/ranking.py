@@ -347,7 +347,7 @@ def pair_gains(result: Fit) -> pd.DataFrame:
 
 def next_pair(runs: Sequence[str], judgements: Iterable, rng: np.random.Generator,
               warmup: int = 1, prior: float = PRIOR, exclude: Iterable[tuple[str, str]] = ()) -> tuple[str, str]:
-    """The next two runs to show, as (left, right) with the sides drawn at random.
+    """The next two runs to show, as (left, right), each run's sides balanced (``_sides``).
 
     Until every run has ``warmup`` comparisons, the two runs with the fewest (random among
     equals, a pair not yet compared preferred); then the pair with the largest ``pair_gains``.
@@ -388,7 +388,26 @@ def next_pair(runs: Sequence[str], judgements: Iterable, rng: np.random.Generato
             return (-round(by_pair[candidates[k]], 12), noise[k])
 
     first, second = candidates[min(range(len(candidates)), key=key)]
-    return (first, second) if rng.random() < 0.5 else (second, first)
+    return _sides(first, second, judgements, rng.random() < 0.5)
+
+
+def _sides(a: str, b: str, judgements: Sequence, coin: bool) -> tuple[str, str]:
+    """(left, right) for the pair ``a``, ``b``: a pair shown before comes back with its sides swapped; else
+    the run that has been on the left more often (against the right) goes right; ``coin`` breaks a tie.
+    A side can sway a judgement, so each run should be seen about as often on each."""
+    last_sides, lean = None, {a: 0, b: 0}
+    for left, right, _ in ((j.left, j.right, j.answer) if isinstance(j, Judgement) else j for j in judgements):
+        if {left, right} == {a, b}:
+            last_sides = (left, right)
+        if left in lean:
+            lean[left] += 1
+        if right in lean:
+            lean[right] -= 1
+    if last_sides is not None:
+        return last_sides[1], last_sides[0]
+    if lean[a] != lean[b]:
+        return (b, a) if lean[a] > lean[b] else (a, b)
+    return (a, b) if coin else (b, a)
 
 
 # --- agreement and correlation ---------------------------------------------------------------

@@ -86,11 +86,26 @@ class Review:
     def candidate(self, run_id: str) -> Candidate:
         return self.runs[self.ids.index(run_id)]
 
+    def entry(self, run_id: str) -> str:
+        """The run that stands for ``run_id`` in pairs and in the ranking: the first run whose result is the
+        same bytes (itself, unless an earlier run's result is identical): two identical pictures can only
+        tie, so they are shown and ranked as one."""
+        digest = self.candidate(run_id).digest
+        return next(run.run_id for run in self.runs if run.run_id == run_id or (digest and run.digest == digest))
+
     @property
-    def identical(self) -> list[tuple[str, str]]:
-        """Pairs of runs whose result images are the same bytes."""
-        return [(a.run_id, b.run_id) for k, a in enumerate(self.runs) for b in self.runs[k + 1:]
-                if a.digest and a.digest == b.digest]
+    def entries(self) -> tuple[str, ...]:
+        """One run per distinct result, in the runs' order."""
+        return tuple(dict.fromkeys(self.entry(run_id) for run_id in self.ids))
+
+    def members(self, entry: str) -> list[str]:
+        """The runs ``entry`` stands for (itself first)."""
+        return [run_id for run_id in self.ids if self.entry(run_id) == entry]
+
+    def as_entries(self, judgements: Sequence[ranking.Judgement]) -> list[ranking.Judgement]:
+        """``judgements`` between entries (one judged before identical results were grouped is left out)."""
+        mapped = [replace(j, left=self.entry(j.left), right=self.entry(j.right)) for j in judgements]
+        return [j for j in mapped if j.left != j.right]
 
 
 # --- choosing the runs ------------------------------------------------------------------------
@@ -271,13 +286,21 @@ class JudgementLog:
 # --- what the judgements give -----------------------------------------------------------------
 
 
+def tally(judgements: Sequence[ranking.Judgement]) -> tuple[int, int]:
+    """(judgements, skips): a skip is kept, but it is not a judgement."""
+    skipped = sum(1 for judgement in judgements if judgement.answer == ranking.SKIP)
+    return len(judgements) - skipped, skipped
+
+
 def ranked(review: Review, judgements: Sequence[ranking.Judgement]) -> pd.DataFrame:
     """The ranking table, best first: rank, label, score, its 95 % interval, wins, losses, ties, comparisons,
     the automatic measures, run id."""
-    table = ranking.fit(judgements, runs=review.ids).table()
-    table.insert(2, "label", [review.candidate(run).label for run in table["run_id"]])
+    table = ranking.fit(review.as_entries(judgements), runs=review.entries).table()
+    table.insert(2, "label", [" = ".join(review.candidate(run).label for run in review.members(entry))
+                              for entry in table["run_id"]])
     for name in MEASURE_NAMES:
         table[name] = [review.candidate(run).metrics.get(name) for run in table["run_id"]]
+    table["same_result"] = [" ".join(review.members(entry)[1:]) for entry in table["run_id"]]
     return table
 
 
@@ -291,8 +314,9 @@ def publish(client, review: Review, judgements: Sequence[ranking.Judgement]) -> 
         values = {"score": row["score"], "score_low": row["low"], "score_high": row["high"], "rank": row["rank"],
                   "wins": row["wins"], "losses": row["losses"], "ties": row["ties"],
                   "comparisons": row["comparisons"]}
-        client.log_batch(row["run_id"], metrics=[Metric(tags.HUMAN_METRICS + key, float(value), now, step)
-                                                 for key, value in values.items()])
+        for run_id in review.members(row["run_id"]):  # identical results share their entry's ranking
+            client.log_batch(run_id, metrics=[Metric(tags.HUMAN_METRICS + key, float(value), now, step)
+                                              for key, value in values.items()])
     client.log_text(review.home, table.to_csv(index=False), f"{HUMAN}/ranking.csv")
     client.log_text(review.home, table.to_markdown(index=False, floatfmt=".3g") + "\n", f"{HUMAN}/ranking.md")
     client.log_text(review.home, "".join(j.to_json() + "\n" for j in judgements), f"{HUMAN}/judgements.jsonl")
@@ -303,13 +327,13 @@ def publish(client, review: Review, judgements: Sequence[ranking.Judgement]) -> 
 def stable_since(review: Review, judgements: Sequence[ranking.Judgement], top: int = 3) -> int | None:
     """The number of judgements after which the fitted top ``top`` (in order) never changed again; None
     before any decided judgement. Refits every prefix: milliseconds each for a sweep's few runs."""
-    decided = [j for j in judgements if j.answer != ranking.SKIP]
+    decided = [j for j in review.as_entries(judgements) if j.answer != ranking.SKIP]
     if not decided:
         return None
-    final = ranking.fit(decided, runs=review.ids).order[:top]
+    final = ranking.fit(decided, runs=review.entries).order[:top]
     since = len(decided)
     for count in range(len(decided) - 1, 0, -1):
-        if ranking.fit(decided[:count], runs=review.ids).order[:top] != final:
+        if ranking.fit(decided[:count], runs=review.entries).order[:top] != final:
             break
         since = count
     return since

@@ -35,31 +35,31 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
     judgements = review.JudgementLog(client, chosen)
     rng, rng_lock = np.random.default_rng(seed), threading.Lock()
     mlflow_url = store.run_address(uri, chosen.experiment_id, chosen.home)
-    identical = chosen.identical
 
     @app.get("/")
     def compare_page():
-        return review_page.compare(chosen.title, len(chosen.runs), len(judgements.all()))
+        return review_page.compare(chosen.title, len(chosen.runs), *review.tally(judgements.all()))
 
     @app.get("/api/pair")
     def pair():
         known = judgements.all()
         with rng_lock:
-            left, right = ranking.next_pair(chosen.ids, known, rng, exclude=identical)
-        return jsonify(id=uuid.uuid4().hex, left=left, right=right, count=len(known))
+            left, right = ranking.next_pair(chosen.entries, chosen.as_entries(known), rng)
+        count, skipped = review.tally(known)
+        return jsonify(id=uuid.uuid4().hex, left=left, right=right, count=count, skipped=skipped)
 
     @app.post("/api/judgements")
     def judge():
         try:
             judgement = review.check(chosen, client, request.get_json(silent=True))
-            count = len(judgements.add(judgement))
+            count, skipped = review.tally(judgements.add(judgement))
         except review.Replayed as exc:  # kept already (e.g. sent again after a failed publication)
             return jsonify(error=str(exc), kept=True), 409
         except review.BadJudgement as exc:
             return jsonify(error=str(exc)), 400
         except NSTError as exc:  # the store refused (locked beyond NST_STORE_WAIT, disk full): one line
             return jsonify(error=str(exc)), 503
-        return jsonify(id=judgement.id, count=count, left=chosen.candidate(judgement.left).label,
+        return jsonify(id=judgement.id, count=count, skipped=skipped, left=chosen.candidate(judgement.left).label,
                        right=chosen.candidate(judgement.right).label), 201
 
     @app.get("/api/ranking")
@@ -73,7 +73,7 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
         return review_page.ranking(
             chosen.title, review.to_json(table), {c.run_id: c.settings for c in chosen.runs},
             review.to_json(review.correlations(chosen, table)), review.to_json(ranking.agreement_table(known)),
-            len(known), review.stable_since(chosen, known), review.MEASURE_NAMES, mlflow_url)
+            review.tally(known)[0], review.stable_since(chosen, known), review.MEASURE_NAMES, mlflow_url)
 
     @app.get("/image/<run_id>/<kind>")
     def image(run_id: str, kind: str):

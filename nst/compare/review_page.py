@@ -28,14 +28,15 @@ def _text(value) -> str:
     return html.escape(str(value))
 
 
-def compare(title: str, runs: int, judgements: int, ranking_url: str = "ranking") -> str:
-    """The comparison page (its pairs come from ``api/pair``, its answers go to ``api/judgements``)."""
+def compare(title: str, runs: int, judgements: int, skipped: int = 0, ranking_url: str = "ranking") -> str:
+    """The comparison page (its pairs come from ``api/pair``, its answers go to ``api/judgements``); skips are
+    shown apart from the judgements."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>nst-review · {_text(title)}</title><style>{CSS}</style></head>
-<body data-count="{judgements}">
+<body data-count="{judgements}" data-skipped="{skipped}">
 <header><h1>{_text(title)}</h1>
-<nav><span id="count">{judgements} judgements</span> · {runs} runs · <span id="who"></span>
+<nav><span id="count">{judgements} judgements{f" · {skipped} skipped" if skipped else ""}</span> · {runs} runs · <span id="who"></span>
 <a id="rename" href="#">change name</a> · <a href="{_text(ranking_url)}">ranking</a></nav></header>
 <form id="name-form" hidden><label for="reviewer">Your name (kept with each judgement):</label>
 <input id="reviewer" name="reviewer" maxlength="64" autocomplete="name" required><button type="submit">start</button></form>

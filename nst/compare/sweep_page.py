@@ -39,6 +39,8 @@ INPUT_KEYS = ("content", "style", "pair")
 TABLE_COLUMNS = ("job", "status", "label", "final_total", "final_content", "final_style", "evaluations",
                  "converged", "elapsed_s", "failure")
 HUMAN_COLUMNS = ("human_rank", "human_score")  # once the sweep was judged with nst-review
+# axes whose values are shown as they are (a run's label, a comparison's column heading), not as key=value
+PLAIN_AXES = ("label", "sweep")
 
 
 @dataclass
@@ -163,33 +165,45 @@ def _figure(row: Mapping, images: JobImages, with_inputs: bool) -> str:
             small.append(f'<div class="input"><img src="{data_uri(data)}" style="width:{shown[0]}px" alt="{name}">'
                          f'<span>{name}</span></div>' if data else f'<div class="input none">no {name}</div>')
         inputs = f'<div class="inputs">{"".join(small)}</div>'
+    details = f'<span class="details">{_e(row["details"])}</span>' if row.get("details") else ""
+    link = f' <a class="run-link" href="{_e(row["link"])}">in MLflow</a>' if row.get("link") else ""
     return (f'<figure class="job" id="job-{job}" data-job="{job}" data-label="{html.escape(str(row.get("label")), quote=True)}"'
             f' data-status="{_e(row.get("status"))}">{inputs}<div class="frame">{picture}'
-            f'<span class="stepmark"></span></div><figcaption>{html.escape(caption)}</figcaption></figure>')
+            f'<span class="stepmark"></span></div><figcaption>{html.escape(caption)}{link}{details}</figcaption></figure>')
 
 
-def _grid(rows: Sequence[Mapping], keys: Sequence[str], images: Mapping[int, JobImages]) -> str:
-    """The jobs in grid.png's order: a row per job for image pairs, rows x columns for two swept keys."""
-    figure = {int(row["job"]): _figure(row, images.get(int(row["job"]), JobImages()), varies_inputs(keys))
+def _heading(key: str, value) -> str:
+    return _e(value) if key in PLAIN_AXES else f"{html.escape(labels.name(key))}={_e(value)}"
+
+
+def _grid(rows: Sequence[Mapping], keys: Sequence[str], images: Mapping[int, JobImages],
+          inputs_per_job: bool) -> str:
+    """The jobs in grid.png's order: a row per job for image pairs, rows x columns for two keys."""
+    figure = {int(row["job"]): _figure(row, images.get(int(row["job"]), JobImages()), inputs_per_job)
               for row in rows}
     if varies_inputs(keys):
         return f'<div class="pairs">{"".join(figure[int(row["job"])] for row in rows)}</div>'
     if len(keys) == 2:
-        down, across = (labels.sorted_unique([row.get(key) for row in rows]) for key in keys)
+        down, across = (_axis([row.get(key) for row in rows], key) for key in keys)
         cell = {(str(row.get(keys[0])), str(row.get(keys[1]))): int(row["job"]) for row in rows}
-        head = "".join(f'<th>{html.escape(labels.name(keys[1]))}={_e(value)}</th>' for value in across)
+        head = "".join(f'<th>{_heading(keys[1], value)}</th>' for value in across)
         body = []
         for value in down:
             cells = "".join(f'<td>{figure.get(cell.get((str(value), str(other))), "")}</td>' for other in across)
-            body.append(f'<tr><th>{html.escape(labels.name(keys[0]))}={_e(value)}</th>{cells}</tr>')
+            body.append(f'<tr><th>{_heading(keys[0], value)}</th>{cells}</tr>')
         return f'<table class="grid2d"><tr><th></th>{head}</tr>{"".join(body)}</table>'
     return f'<div class="flat">{"".join(figure[int(row["job"])] for row in rows)}</div>'
+
+
+def _axis(values: list, key: str) -> list:
+    """An axis's values in order: sorted (numbers as numbers), or as they come for a plain axis."""
+    return list(dict.fromkeys(values)) if key in PLAIN_AXES else labels.sorted_unique(values)
 
 
 def grid_order(rows: Sequence[Mapping], keys: Sequence[str]) -> list[int]:
     """The jobs in the order the page (and grid.png) shows them."""
     if len(keys) == 2 and not varies_inputs(keys):
-        down, across = (labels.sorted_unique([row.get(key) for row in rows]) for key in keys)
+        down, across = (_axis([row.get(key) for row in rows], key) for key in keys)
         cell = {(str(row.get(keys[0])), str(row.get(keys[1]))): int(row["job"]) for row in rows}
         return [cell[(str(a), str(b))] for a in down for b in across if (str(a), str(b)) in cell]
     return [int(row["job"]) for row in rows]
@@ -287,10 +301,14 @@ def _table(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
 
 
 def render(rows: Sequence[Mapping], keys: Sequence[str], images: Mapping[int, JobImages], title: str,
-           description: str = "", shared: JobImages | None = None, steps: Sequence[int] | None = None) -> str:
-    """The page: ``rows`` are the summary table's rows (job, status, label, swept values, final losses...)
-    in table order, ``images`` each job's pictures by job number, ``shared`` the inputs all jobs share,
-    ``steps`` the slider's positions (by default the progress images' steps, thinned out)."""
+           description: str = "", shared: JobImages | None = None, steps: Sequence[int] | None = None,
+           inputs_per_job: bool | None = None) -> str:
+    """The page: ``rows`` are the summary table's rows (job, status, label, swept values, final losses...;
+    optionally ``details``, a line under the image, and ``link``, its run in MLflow) in table order,
+    ``images`` each job's pictures by job number, ``shared`` the inputs all jobs share (unless
+    ``inputs_per_job``: by default when the keys vary the images), ``steps`` the slider's positions (by
+    default the progress images' steps, thinned out)."""
+    inputs_per_job = varies_inputs(keys) if inputs_per_job is None else inputs_per_job
     frames = frames_data(rows, images, steps)
     svg, note = loss_plot_svg(rows, keys)
     plot = (f'<section id="plot"><h2>Final losses</h2>{svg}<p class="note">{html.escape(note)}</p></section>'
@@ -303,9 +321,9 @@ def render(rows: Sequence[Mapping], keys: Sequence[str], images: Mapping[int, Jo
 <body>
 <h1>{html.escape(title)}</h1>
 {f'<p class="description">{html.escape(description)}</p>' if description else ''}
-{_inputs(None if varies_inputs(keys) else shared)}
+{_inputs(None if inputs_per_job else shared)}
 {_slider(frames)}
-<section id="grid">{_grid(rows, keys, images) if rows else '<p class="note">No job was recorded.</p>'}</section>
+<section id="grid">{_grid(rows, keys, images, inputs_per_job) if rows else '<p class="note">No job was recorded.</p>'}</section>
 {plot}
 <section id="table"><h2>Summary</h2><p class="note">Click a header to sort; a row's job or label shows its image.</p>
 {_table(rows, keys)}</section>
@@ -330,6 +348,7 @@ h1{font-size:18px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px}
 figure.job{margin:0;padding:6px;border:2px solid transparent;border-radius:6px;display:inline-flex;flex-direction:column;align-items:center}
 .pairs figure.job{flex-direction:row;flex-wrap:wrap;gap:10px;align-items:flex-end}
 figure.job figcaption{font-weight:600;text-align:center;max-width:384px}
+figure.job .details{display:block;font-weight:400;font-size:12px;color:#555}.run-link{font-weight:400;font-size:12px}
 figure.job[data-status=FAILED] figcaption,figure.job[data-status=KILLED] figcaption{color:#b00}
 .inputs{display:flex;gap:8px}.input{display:flex;flex-direction:column;align-items:center;font-size:12px;color:#555}
 .frame{position:relative}.shot{display:block;cursor:pointer;image-rendering:auto;background:#eee}

@@ -123,7 +123,8 @@ def _yes_no(flag: float | None) -> str:
 
 
 def summary_metrics(table: pd.DataFrame) -> list:
-    """A sweep's parent metrics: jobs finished and failed, the range of the final content and style losses."""
+    """A sweep's parent metrics, under ``sweep/`` (their own section in MLflow's charts, apart from the jobs'
+    curves): jobs finished and failed, the range of the final content and style losses."""
     from mlflow.entities import Metric
 
     finished = table[table["status"] == "FINISHED"] if len(table) else table
@@ -133,7 +134,7 @@ def summary_metrics(table: pd.DataFrame) -> list:
         if len(losses):
             values.update({f"final_{term}_min": losses.min(), f"final_{term}_max": losses.max()})
     now = int(time.time() * 1000)
-    return [Metric(key, float(value), now, 0) for key, value in values.items()]
+    return [Metric(f"sweep/{key}", float(value), now, 0) for key, value in values.items()]
 
 
 def runs_table(client, experiment: str) -> pd.DataFrame:
@@ -235,6 +236,17 @@ def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path)
     positions, re-encoded lossy) gathered from the store and laid out by ``nst.compare.sweep_page``."""
     keys = table.attrs.get("swept", [])
     rows = table.to_dict("records")
+    images, wanted = job_images(client, rows, scratch, every_input=sweep_page.varies_inputs(keys))
+    title, description = page_title(client, parent_id, table)
+    shared = images[int(rows[0]["job"])] if rows else None
+    return sweep_page.render(rows, keys, images, title, description, shared, wanted)
+
+
+def job_images(client, rows: list[dict], scratch: Path,
+               every_input: bool) -> tuple[dict[int, sweep_page.JobImages], list[int]]:
+    """Each row's run's pictures from the store (its result, its progress images at the slider's positions,
+    re-encoded lossy, and its inputs: every row's when ``every_input``, else the first row's only), and the
+    slider's positions."""
     available = {int(row["job"]): store.step_images(client, row["run_id"]) for row in rows}
     wanted = sweep_page.positions([step for found in available.values() for step in found],
                                   sweep_page.most_positions(len(rows)))
@@ -244,7 +256,7 @@ def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path)
         folder = scratch / run_id
         found = sweep_page.JobImages(result=artifact_bytes(client, run_id, "result/result.png", folder)
                                      or artifact_bytes(client, run_id, "last_finite.png", folder))
-        if sweep_page.varies_inputs(keys) or job == int(rows[0]["job"]):
+        if every_input or job == int(rows[0]["job"]):
             found.content = artifact_bytes(client, run_id, "inputs/content.png", folder)
             found.style = artifact_bytes(client, run_id, "inputs/style.png", folder)
         for position in wanted:
@@ -254,9 +266,7 @@ def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path)
                 if data is not None:
                     found.progress[step] = sweep_page.encode_frame(Image.open(io.BytesIO(data)))
         images[job] = found
-    title, description = page_title(client, parent_id, table)
-    shared = images[int(rows[0]["job"])] if rows else None
-    return sweep_page.render(rows, keys, images, title, description, shared, wanted)
+    return images, wanted
 
 
 def summarise_sweep(client, parent_id: str, folder: Path, log_to_parent: bool = True) -> SweepSummary:

@@ -22,7 +22,7 @@ from nst.engine.backbones import (
 )
 from nst.engine.devices import available_bytes, native_bf16, resolve_device, tune
 from nst.engine.spec import RunSpec
-from nst.engine.weights import resolve_name
+from nst.engine.weights import resolve_name, warn_of_fallback
 from nst.errors import ConfigError, ImageError
 from nst.images.files import (
     check_image_file,
@@ -103,6 +103,7 @@ def load_inputs(spec: RunSpec) -> Inputs:
     masks = _load_masks(spec, mask_paths, content)
     minimum = 2 ** sum(1 for n, layer in table.items() if n.startswith("pool") and layer.index < deepest)
     _check_sizes(spec, minimum, content_path, content, style_paths, styles)
+    warn_of_fallback(shared.model, name, notes)  # after the checks: a usage error is the one thing said
     return Inputs(spec, device, name, notes, content_path, content.to(device), content_layers, style_layers,
                   style_paths, [s.to(device) for s in styles], list(shared.style_blend), mask_paths,
                   None if masks is None else [None if m is None else m.to(device) for m in masks])

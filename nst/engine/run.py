@@ -191,6 +191,7 @@ def run_record(inputs: Inputs, backbone: Backbone) -> dict:
     return {
         **backbone.record(),
         "normalization": inputs.spec.shared.normalization,
+        "loss_weights": {key: getattr(inputs.spec.member, f"{key}_weight") for key in ("content", "style", "tv")},
         "optimizer_space": inputs.spec.member.optimizer.space,
         "content_layers": inputs.content_layers,
         "style_layers": inputs.style_layers,

@@ -50,23 +50,29 @@ def torchvision_vgg19_path() -> Path:
 
 
 def resolve_name(requested: str) -> tuple[str, list[str]]:
-    """Resolve ``auto`` without loading anything heavy; return the name and notes on the choice."""
+    """Resolve ``auto`` without loading anything heavy; return the name and notes on the choice (a fallback
+    is the caller's to warn of, with ``warn_of_fallback``, once its other checks have passed)."""
     if requested != "auto":
         spec_for(requested)
         return requested, []
     if torchvision_vgg19_path().is_file() or reachable(VGG19_URL):
         return "vgg19", ["auto chose vgg19 (weights cached or downloadable)"]
-    note = (f"auto chose vgg16_hed: torchvision's VGG-19 weights are neither cached at "
-            f"{torchvision_vgg19_path()} nor downloadable from {VGG19_URL}")
-    log.warning("%s. Results differ from VGG-19's; pass model=vgg19 once online to use the paper's network.",
-                note)
-    return "vgg16_hed", [note]
+    return "vgg16_hed", [f"auto chose vgg16_hed: torchvision's VGG-19 weights are neither cached at "
+                         f"{torchvision_vgg19_path()} nor downloadable from {VGG19_URL}"]
+
+
+def warn_of_fallback(requested: str, name: str, notes: list[str]) -> None:
+    """Warn when ``auto`` fell back from the paper's VGG-19."""
+    if requested == "auto" and name != "vgg19":
+        log.warning("%s. Results differ from VGG-19's; pass model=vgg19 once online to use the paper's network.",
+                    notes[0])
 
 
 def load_backbone(requested: str, layers: Iterable[str], pooling: str = "max",
                   device: torch.device | str = "cpu", seed: int = 0) -> Backbone:
     """Build the truncated feature extractor for ``requested``, obtaining its weights if needed."""
     name, notes = resolve_name(requested)
+    warn_of_fallback(requested, name, notes)
     spec = SPECS[name]
     layers = list(layers)
     validate_layers(spec.arch, layers, "layers")

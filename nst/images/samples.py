@@ -9,6 +9,7 @@ offline machines (CI, tests) use a pre-filled copy; without it a checkout's sibl
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,10 @@ def resolve_image(spec: str | os.PathLike, what: str = "image") -> Path:
         return path.resolve()
     asset = _asset_named(spec_str)
     if asset is None:
+        close = difflib.get_close_matches(spec_str, list(ASSETS), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         raise AssetError(
-            f"{what} image {spec_str!r}: no such file, and not a sample asset name "
+            f"{what} image {spec_str!r}: no such file, and not a sample asset name{hint} "
             f"(known names: {', '.join(ASSETS)})"
         )
     return fetch_asset(asset, what)

@@ -18,6 +18,7 @@ app) and ``run_group`` (the batched launcher's group).
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -110,7 +111,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
             try:
                 inputs = load_inputs(parse(job.cfg))
             except NSTError as exc:
-                recording.refused(job, job.tracking, exc)
+                if job.sweep_id is not None:  # a sweep's table shows its refused jobs; a single run has its line
+                    recording.refused(job, job.tracking, exc)
                 outcomes[position] = exc
                 continue
             recorder = recording.begin(job, job.tracking, inputs)
@@ -204,6 +206,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
         if in_sweep:
             failed_jobs.append(f"job {hydra_state.job_number()}")
             return None
+        _remove_if_only_hydras(hydra_state.output_dir())
         sys.exit(exc.exit_code)
     except Exception:
         if not in_sweep:
@@ -212,6 +215,15 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
         failed_jobs.append(f"job {hydra_state.job_number()}")
         return None
     return final_loss(outcome)
+
+
+HYDRAS_FILES = {".hydra", "cli.log"}  # what Hydra writes in a run folder before the job starts
+
+
+def _remove_if_only_hydras(folder: Path) -> None:
+    """Remove a refused single run's folder when it holds nothing but what Hydra wrote before the job."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= HYDRAS_FILES:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_group(jobs: list[Job]) -> list[float | None]:

@@ -23,7 +23,7 @@ from nst.figures import labels
 from nst.jobs import driver
 from nst.jobs.config import check_launch, tracking_spec
 from nst.jobs.hydra_state import sweep_id
-from nst.tracking import ownership, store, tags
+from nst.tracking import naming, ownership, store, tags
 from nst.tracking.steps import align_steps
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,12 @@ class SweepCallback(Callback):
         overrides = list(config.hydra.overrides.task)
         values = swept_values(overrides, params)
         swept = {key: labels.log_spaced(found) for key, found in values.items()}
-        run = self.client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}", tags={
+        name, naming_tags = sweep_naming(self.client, experiment_id, config, overrides, swept)
+        run = self.client.create_run(experiment_id, run_name=name, tags={
             tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id(sweep_dir),
             tags.TAG_SWEEP_DIR: str(Path(sweep_dir).resolve()),
             tags.TAG_OVERRIDES: str(overrides), tags.TAG_SWEEPER_PARAMS: str(params),
-            tags.TAG_SWEPT: json.dumps(swept), **store.environment_tags()})
+            tags.TAG_SWEPT: json.dumps(swept), **naming_tags, **store.environment_tags()})
         self.parent, self.experiment_id = run.info.run_id, experiment_id
         report = store.run_address(None, experiment_id, self.parent, store.SWEEP_REPORT)
         self.client.set_tag(self.parent, tags.TAG_DESCRIPTION,
@@ -154,6 +155,30 @@ def swept_values(overrides: list[str], sweeper_params: dict) -> dict[str, list]:
         if override.is_discrete_sweep():
             found[override.key_or_group] = list(override.sweep_iterator())
     return found
+
+
+def sweep_naming(client, experiment_id: str, config: DictConfig, overrides: list[str],
+                 swept: dict[str, bool]) -> tuple[str, dict[str, str]]:
+    """The parent's name (``naming.sweep_name``) and the tags that name the sweep's runs: its readable name,
+    what it does not vary and, when an earlier sweep of the experiment varied the same keys (so its runs
+    have the same names), what this one differs by, which its runs' names then carry."""
+    keys = {key.lstrip("+~") for key in swept}
+    values = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
+    setting = {key: value for key, value in store.job_params(values, overrides).items()  # what shapes the results
+               if key not in keys and key.partition(".")[0] not in {*keys, *store.NON_SEMANTIC_KEYS}}
+    name = naming.sweep_name(OmegaConf.select(config, "hydra.runtime.choices.sweep"), values, list(swept))
+    earlier = [run for run in store.sweep_parents(client, experiment_id) if set(store.swept(run)) == set(swept)]
+    differs = ""
+    if earlier:
+        previous = json.loads(earlier[0].data.tags.get(tags.TAG_SWEEP_SETTING, "null"))
+        differs = naming.what_differs(setting, previous) if previous is not None else ""
+        differs = differs or f"#{len(earlier) + 1}"  # the same settings again: the sweep's number
+        if any(run.info.run_name == name for run in earlier):
+            name = f"{name}{labels.SEPARATOR}{differs}"
+    naming_tags = {tags.TAG_SWEEP_NAME: name, tags.TAG_SWEEP_SETTING: json.dumps(setting, sort_keys=True)}
+    if differs:
+        naming_tags[tags.TAG_SWEEP_DIFFERS] = differs
+    return name, naming_tags
 
 
 def describe(config: DictConfig, values: dict[str, list]) -> str:

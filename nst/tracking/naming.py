@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,38 @@ def run_name(config: Mapping[str, Any], tags: Mapping[str, str], swept: Mapping[
     """
     if swept:
         return labels.label(list(swept), config, tags)[:MAX_NAME]
+    overrides = json.loads(tags.get(TAG_OVERRIDES, "[]"))
+    rest = " ".join(o for o in overrides if not o.startswith(("content=", "style=")))
+    return labels.SEPARATOR.join(part for part in (_pair(config), rest) if part)[:MAX_NAME]
 
+
+def sweep_name(kind: str | None, config: Mapping[str, Any], swept: Iterable[str]) -> str:
+    """A sweep's parent: what it is (its sweep file's name, else what it varies), then the pair, backbone,
+    size and epochs it runs at, leaving out what it varies:
+    ``ratio · tubingen + starry_night · vgg16_hed 128 px · 10 epochs``."""
+    order = list(dict.fromkeys(key.lstrip("+~") for key in swept))
+    keys = set(order)
+    parts = [kind or ", ".join(labels.name(key) for key in order) or "sweep"]
+    if not keys & {"content", "style", "pair"}:
+        parts.append(_pair(config))
+    setting = [str(labels.lookup(config, "model.name")) if not keys & {"model", "model.name"} else "",
+               f"{labels.lookup(config, 'image.size')} px" if "image.size" not in keys else ""]
+    parts.append(" ".join(part for part in setting if part))
+    if "epochs" not in keys:
+        parts.append(f"{labels.lookup(config, 'epochs')} epochs")
+    return labels.SEPARATOR.join(part for part in parts if part)[:MAX_NAME]
+
+
+def what_differs(setting: Mapping[str, str], earlier: Mapping[str, str], most: int = 3) -> str:
+    """The settings in which a sweep differs from an earlier one whose runs would have the same names
+    (``epochs=10 · image.size=128``): appended to its names to tell the two apart; empty if none do."""
+    keys = [key for key in sorted(set(setting) | set(earlier)) if setting.get(key) != earlier.get(key)]
+    return labels.SEPARATOR.join(f"{key}={setting.get(key, 'unset')}" for key in keys[:most])
+
+
+def _pair(config: Mapping[str, Any]) -> str:
     def image(value) -> str:
         names = value if isinstance(value, list) else [value]
         return ",".join(Path(str(name)).stem for name in names)
 
-    overrides = json.loads(tags.get(TAG_OVERRIDES, "[]"))
-    rest = " ".join(o for o in overrides if not o.startswith(("content=", "style=")))
-    return labels.SEPARATOR.join(part for part in (f"{image(config.get('content'))} + {image(config.get('style'))}",
-                                                   rest) if part)[:MAX_NAME]
+    return f"{image(config.get('content'))} + {image(config.get('style'))}"

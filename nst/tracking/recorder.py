@@ -38,7 +38,7 @@ from nst.images import measures
 from nst.images.files import save_png, tensor_to_pil
 from nst.messages import say
 from nst.tracking import store, tags
-from nst.tracking.naming import run_name
+from nst.tracking.naming import MAX_NAME, run_name
 from nst.tracking.steps import PROGRESS, StepGrid
 from nst.tracking.store import TrackingSpec
 
@@ -54,13 +54,22 @@ class JobInfo(Protocol):
     sweep_id: str | None
 
 
-def metrics(record: dict, timestamp_ms: int) -> list:
-    """An evaluation's record (a row of losses.csv) as MLflow metrics at its evaluation number."""
+def metrics(record: dict, timestamp_ms: int, weights: Mapping[str, float] | None = None) -> list:
+    """An evaluation's record (a row of losses.csv) as MLflow metrics at its evaluation number, with what
+    makes runs comparable in MLflow's charts (whose axes are linear): ``total_per_weight`` (the total divided
+    by alpha + beta, as ``weights`` in run.json give them: the total itself grows with beta) and ``log10/``
+    companions of the content, style and per-weight losses."""
     from mlflow.entities import Metric  # MLflow takes seconds to import: only when recording
 
     step = int(record["evaluation"])
-    return [Metric(key, float(value), timestamp_ms, step) for key, value in record.items()
-            if key not in ("evaluation", "epoch") and isinstance(value, int | float) and math.isfinite(value)]
+    values = {key: float(value) for key, value in record.items()
+              if key not in ("evaluation", "epoch") and isinstance(value, int | float) and math.isfinite(value)}
+    weight = (weights or {}).get("content", 0.0) + (weights or {}).get("style", 0.0)
+    if weight > 0 and "total" in values:
+        values["total_per_weight"] = values["total"] / weight
+    values.update({f"log10/{key}": math.log10(values[key]) for key in ("content", "style", "total_per_weight")
+                   if values.get(key, 0.0) > 0})
+    return [Metric(key, value, timestamp_ms, step) for key, value in values.items()]
 
 
 class RunRecorder:
@@ -87,6 +96,7 @@ class RunRecorder:
         self.last_step = last_step  # the last step of the slider that has an image
         self.ended = False
         self.address = address  # the run's page in the MLflow UI
+        self.weights: dict[str, float] = {}  # alpha, beta (and TV) from the run record
 
     # --- the engine's callbacks ---
 
@@ -95,7 +105,7 @@ class RunRecorder:
         return [self.on_evaluation]
 
     def on_evaluation(self, record: dict, image: torch.Tensor) -> None:
-        self.pending += metrics(record, int(time.time() * 1000))
+        self.pending += metrics(record, int(time.time() * 1000), self.weights)
         self.last_image = image
         steps = self.grid.steps(int(record["evaluation"]))
         if steps:
@@ -108,6 +118,7 @@ class RunRecorder:
     def on_ready(self, record: dict) -> None:
         """The backbone actually used, the device and the batch as ``run.*`` params (the whole record is
         run.json, logged with the run's folder)."""
+        self.weights = dict(record.get("loss_weights", {}))
         params = store.flatten({key: record[key] for key in store.CORE_RECORD if key in record}, "run.")
         self.write(lambda: store.log_params(self.client, self.run_id, params))
 
@@ -164,9 +175,10 @@ class RunRecorder:
     def log_result(self, image: torch.Tensor, history: list[dict], evaluations: int,
                    overview: Image.Image | None = None, last: Image.Image | None = None,
                    measured: Mapping[str, float] | None = None, stopped: str | None = None) -> None:
-        """The result, its loss curve (and the content-style-result overview), the folder, and at the last
-        evaluation the evaluation count, ``converged`` (1: stopped by the convergence test, 0: ran out of
-        budget) and the automatic measures (``nst.images.measures``)."""
+        """The result, its loss curve (and the content-style-result overview), the folder, and the final
+        values at step 0 (a single value at step 0 is a bar chart in MLflow, not a lone point on a step axis):
+        the evaluation count, ``converged`` (1: stopped by the convergence test, 0: ran out of budget) and
+        the automatic measures (``nst.images.measures``)."""
         from mlflow.entities import Metric
 
         self.log_picture(last or tensor_to_pil(image), "result/result.png")  # last: the same picture
@@ -177,7 +189,7 @@ class RunRecorder:
         now = int(time.time() * 1000)
         values = {"evaluations": evaluations, **({"converged": float(stopped == CONVERGED)} if stopped else {}),
                   **(measured or {})}
-        self.log_metrics([Metric(key, float(value), now, evaluations) for key, value in values.items()
+        self.log_metrics([Metric(key, float(value), now, 0) for key, value in values.items()
                           if math.isfinite(value)])  # a NaN (SSIM of a result under 11 px) is left out
 
     # --- the end of the run ---
@@ -273,10 +285,13 @@ class Recording:
                     **extra}
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
         swept = store.swept(parent) if parent is not None else {}
+        name = run_name(job.config, job.tags, swept)
         if parent is not None:
-            run_tags.update({tags.PARENT_TAG: parent.info.run_id, tags.TAG_SWEEP: job.sweep_id or ""})
-        run = self.client.create_run(self.experiment_id, run_name=run_name(job.config, job.tags, swept),
-                                     tags=run_tags)
+            run_tags.update({tags.PARENT_TAG: parent.info.run_id, tags.TAG_SWEEP: job.sweep_id or "",
+                             tags.TAG_SWEEP_NAME: parent.data.tags.get(tags.TAG_SWEEP_NAME, parent.info.run_name)})
+            differs = parent.data.tags.get(tags.TAG_SWEEP_DIFFERS)  # an earlier sweep's runs have the same names
+            name = f"{name}{labels.SEPARATOR}{differs}"[:MAX_NAME] if differs else name
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
         recorder = RunRecorder(self.client, run.info.run_id, job.output_dir, grid, address=store.run_address(
             self.client.tracking_uri, self.experiment_id, run.info.run_id))
         try:

@@ -115,7 +115,7 @@ def _record(client, experiment_id: str, folder: Path, frame_every: int) -> tuple
     recorder = RunRecorder(client, run_id, folder, grid,
                            last_step=max(store.step_images(client, run_id, PROGRESS), default=None),
                            pending=[m for row in history if int(row["evaluation"]) not in logged
-                                    for m in metrics(row, now)])
+                                    for m in metrics(row, now, record.get("loss_weights"))])
     client.set_tag(run_id, tags.TAG_RELOGGED, ownership.now_iso())
     if record.get("status") == "FINISHED" and result_png(folder, record).is_file():
         image = pil_to_tensor(load_image(result_png(folder, record), "result"))

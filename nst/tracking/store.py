@@ -43,7 +43,7 @@ import torch
 
 from nst.downloads import sha256_file
 from nst.errors import ConfigError, TrackingError
-from nst.tracking import database, ownership, tags
+from nst.tracking import database, ownership, tags, ui
 from nst.tracking.steps import PROGRESS
 
 log = logging.getLogger(__name__)
@@ -192,13 +192,12 @@ def open_store(uri: str, create: bool = False, artifact_root: str | None = None)
 
 def run_address(uri: str | None, experiment_id: str, run_id: str, artifact: str = "") -> str:
     """Where the MLflow UI shows a run (or one of its artifacts): the tracking server's own page, or for
-    the local store the address of ``make ui`` (port ``NST_UI_PORT``, default 5000); None for ``uri``:
-    the address within the UI (``#/experiments/...``), for links on its own pages."""
+    the local store the address of ``make ui`` (``nst.tracking.ui.port``); None for ``uri``: the address within the UI
+    (``#/experiments/...``), for links on its own pages."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
     if uri is None:
         return f"{page}?{WORKFLOW}"
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else (
-        f"http://127.0.0.1:{os.environ.get('NST_UI_PORT', '5000')}")
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{ui.port(uri)}"
     return f"{base}/{page}?{WORKFLOW}"
 
 
@@ -350,6 +349,12 @@ def sweep_parent(mlflow_client, experiment_id: str, sweep_id: str | None):
     runs = mlflow_client.search_runs([experiment_id], filter_string=(
         f"tags.`{tags.TAG_SWEEP}` = '{sweep_id}' and tags.`{tags.TAG_ROLE}` = 'sweep'"), max_results=1)
     return runs[0] if runs else None
+
+
+def sweep_parents(mlflow_client, experiment_id: str) -> list:
+    """The parent runs of the experiment's sweeps, newest first."""
+    return mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{tags.TAG_ROLE}` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"], max_results=10000)
 
 
 def swept(parent) -> dict[str, bool]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 # --- what a run is and where it belongs ---
 TAG_ROLE = "nst.role"  # "run" | "sweep" | nst-review's home run (nst.compare.review.ROLE)
 TAG_SWEEP = "nst.sweep_id"  # the multirun's id, on its parent and on each child
+TAG_SWEEP_NAME = "nst.sweep"  # the sweep's readable name (its parent's run name), on its parent and each child
 TAG_JOB = "nst.job_num"  # the job's number within its multirun
 TAG_HASH = "nst.config_hash"  # the run's fingerprint (resume finds a FINISHED twin by it)
 TAG_OVERRIDES = "nst.overrides"  # the command line's overrides (JSON list; on a sweep's parent, Python's repr)
@@ -21,6 +22,8 @@ TAG_HYDRA_CHOICE = "hydra.choice."  # + config group: the option Hydra chose for
 
 # --- a sweep's parent ---
 TAG_SWEPT = "nst.swept"  # {swept key: log-spaced?}, in the order given
+TAG_SWEEP_SETTING = "nst.sweep_setting"  # {key: value} of what it does not vary (JSON): compared with later sweeps
+TAG_SWEEP_DIFFERS = "nst.sweep_differs"  # how it differs from an earlier sweep of the same keys, added to its names
 TAG_SWEEP_DIR = "nst.sweep_dir"  # Hydra's sweep folder
 TAG_SWEEPER_PARAMS = "nst.sweeper_params"  # hydra.sweeper.params, as Python's repr
 TAG_REUSED = "nst.reused."  # + job number: a FINISHED run reused by resume

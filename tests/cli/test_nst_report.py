@@ -61,6 +61,8 @@ def test_nst_report_human_prints_the_ranking_and_marks_the_report(review_world, 
                                                           str(review_world["folder"])))
     text = page.read_text(encoding="utf-8")
     assert f"{chosen.candidate(best).label} · human #1" in text and "human_rank" in text
+    on_disk = review_world["folder"].parent / "sweep" / "report.html"  # the one the sweep printed
+    assert on_disk.read_text(encoding="utf-8") == text and str(on_disk) in err
     assert nst_report.main(["--uri", review_world["uri"], "--human"]) == 0
     assert "top three have not changed since judgement" in capsys.readouterr().out
 

@@ -138,7 +138,7 @@ def test_after_the_warmup_the_most_uncertain_order_comes_next():
         assert "C" in ranking.next_pair("ABC", judgements[-1:] + judgements[:-1], np.random.default_rng(seed))
 
 
-def test_pairs_are_deterministic_for_a_seed_with_random_sides_and_never_repeat_the_last_at_once():
+def test_pairs_are_deterministic_for_a_seed_with_balanced_sides_and_never_repeat_the_last_at_once():
     runs = ["a", "b", "c", "d"]
     judgements = [("a", "b", "left"), ("c", "d", "right")]
     assert ranking.next_pair(runs, judgements, np.random.default_rng(7)) == ranking.next_pair(
@@ -151,6 +151,26 @@ def test_pairs_are_deterministic_for_a_seed_with_random_sides_and_never_repeat_t
         assert set(ranking.next_pair(runs, judgements, np.random.default_rng(seed))) != {"b", "c"}
     with pytest.raises(ValueError, match="two runs"):
         ranking.next_pair(["a"], [], np.random.default_rng(0))
+
+
+def test_each_run_is_shown_on_each_side_about_as_often_and_a_pair_comes_back_swapped():
+    """300 simulated judgements of 6 runs (one much stronger, so the selector keeps showing it): every run is
+    on the left for 40-60 % of its showings, and a pair shown again has its sides swapped."""
+    theta = dict(zip("abcdef", [3.0, 0.5, 0.3, 0.0, -0.3, -0.5], strict=True))
+    rng, nature = np.random.default_rng(5), np.random.default_rng(105)
+    judgements, last_sides = [], {}
+    for _ in range(300):
+        left, right = ranking.next_pair(list(theta), judgements, rng)
+        pair = frozenset((left, right))
+        assert last_sides.get(pair) != (left, right), "a pair came back with the same sides"
+        last_sides[pair] = (left, right)
+        ((first, _, answer),) = simulate([theta[left], theta[right]], 0.5, 1, nature, runs=[left, right])
+        if first != left:  # the simulated judgement as this page's sides show it
+            answer = {"left": "right", "right": "left"}.get(answer, answer)
+        judgements.append((left, right, answer))
+    for run in theta:
+        shown = [left == run for left, right, _ in judgements if run in (left, right)]
+        assert 0.4 <= sum(shown) / len(shown) <= 0.6, (run, sum(shown), len(shown))
 
 
 def test_a_simulated_reviewer_guided_by_the_selector_ranks_six_runs_in_a_few_dozen_judgements():

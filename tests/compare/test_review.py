@@ -47,20 +47,24 @@ def test_runs_logged_before_the_measures_get_them_when_reviewed(review_world, tm
         measures.ssim_to_content(picture(0), picture(100)))
 
 
-def test_two_identical_results_are_never_paired(review_world, tmp_path):
-    """The ratio sweep's β=0.01 and 0.1 are both the photo: a reviewer was shown them 5 times in 19."""
+def test_identical_results_are_shown_and_ranked_as_one_entry(review_world, tmp_path):
+    """The ratio sweep's β=0.01 and 0.1 are both the photo: shown as one, ranked as one with both runs named,
+    and both runs get that entry's human.* metrics."""
     client = review_world["client"]
     parent, (photo, same, styled) = synthetic_sweep(client, review_world["experiment"], betas=("0.01", "0.1", "1e4"),
                                                     seeds=(7, 7, 8))
     chosen = review.prepare(client, review.select(client, "nst", [parent]), tmp_path)
-    assert chosen.identical == [(photo, same)]
+    assert chosen.entries == (photo, styled) and chosen.members(photo) == [photo, same]
     app = review_app.create_app(client, chosen, review_world["uri"], tmp_path, seed=1).test_client()
-    shown = []
-    for _ in range(8):
+    for _ in range(4):
         pair = app.get("/api/pair").get_json()
-        shown.append({pair["left"], pair["right"]})
-        assert judge(app, chosen, "tie", judgement_id=pair["id"], pair=(pair["left"], pair["right"])).status_code == 201
-    assert {photo, same} not in shown and {photo, styled} in shown and {same, styled} in shown
+        assert {pair["left"], pair["right"]} == {photo, styled}
+        answer = "left" if pair["left"] == styled else "right"
+        assert judge(app, chosen, answer, judgement_id=pair["id"], pair=(pair["left"], pair["right"])).status_code == 201
+    table = review.ranked(chosen, review.read(client, chosen.home))
+    assert list(table["run_id"]) == [styled, photo] and list(table["rank"]) == [1, 2]
+    assert table["label"].iloc[1] == "β=0.01 · α/β=100 = β=0.1 · α/β=10" and table["same_result"].iloc[1] == same
+    assert client.get_run(same).data.metrics["human.rank"] == client.get_run(photo).data.metrics["human.rank"] == 2
 
 
 def test_runs_picked_by_a_filter_keep_their_judgements_on_one_review_run(review_world):

@@ -46,6 +46,19 @@ def test_a_judgement_is_one_file_and_publishes_every_runs_human_metrics(review_w
     assert mlflow_client.get_run(chosen.home).data.tags[tags.TAG_JUDGEMENTS] == "1"
 
 
+def test_a_skip_is_kept_and_shown_but_not_counted_as_a_judgement(review_world, review_client):
+    client, chosen = review_client
+    assert judge(client, chosen, "skip").status_code == 201
+    answer = judge(client, chosen, "tie", pair=tuple(chosen.ids[1:3]))
+    assert answer.status_code == 201 and (answer.get_json()["count"], answer.get_json()["skipped"]) == (1, 1)
+    assert len(review.read(review_world["client"], chosen.home)) == 2  # both kept in the store
+    pair = client.get("/api/pair").get_json()
+    assert (pair["count"], pair["skipped"]) == (1, 1)
+    page = client.get("/").get_data(as_text=True)
+    assert '<span id="count">1 judgements · 1 skipped</span>' in page and 'data-skipped="1"' in page
+    assert "1 judgements; the top three" in client.get("/ranking").get_data(as_text=True)
+
+
 def test_bad_requests_are_refused_and_change_nothing(review_world, review_client):
     client, chosen = review_client
     assert judge(client, chosen, "left").status_code == 201
@@ -127,3 +140,17 @@ def test_the_ranking_page_lists_the_runs_in_score_order(review_world, review_cli
     assert [row["run_id"] for row in data] == [best, good, poor, worst]
     metrics = {run: review_world["client"].get_run(run).data.metrics for run in chosen.ids}
     assert [metrics[run]["human.rank"] for run in (best, good, poor, worst)] == [1, 2, 3, 4]
+
+
+def test_the_ranking_pages_mlflow_link_uses_the_uis_port(review_world, monkeypatch):
+    """The port `make ui UI_PORT=5077` was given is remembered beside the store: an app started later
+    without it links there too."""
+    chosen = review.select(review_world["client"], "nst")
+    for env in ({"NST_UI_PORT": "5077"}, {}):
+        monkeypatch.delenv("NST_UI_PORT", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        app = review_app.create_app(review_world["client"], chosen, review_world["uri"], review_world["folder"], seed=0)
+        page = app.test_client().get("/ranking").get_data(as_text=True)
+        links = re.findall(r'href="(http[^"]+)"', page)
+        assert links and all(link.startswith("http://127.0.0.1:5077/#/experiments/") for link in links), links

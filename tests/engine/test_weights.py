@@ -11,8 +11,9 @@ import torch
 
 from nst.engine import backbones, weights
 from nst.engine.backbones import layer_table
-from nst.engine.weights import convert_hed_h5, load_backbone, resolve_name
-from nst.errors import WeightsError
+from nst.engine.weights import convert_hed_h5, load_backbone, resolve_name, warn_of_fallback
+from nst.errors import AssetError, WeightsError
+from tests.helpers.config import make, prepare
 
 
 def _fake_hed_h5(path):
@@ -74,7 +75,17 @@ def test_auto_falls_back_to_hed_offline_and_says_so(monkeypatch, tmp_path, caplo
     name, notes = resolve_name("auto")
     assert name == "vgg16_hed"
     assert notes and "vgg16_hed" in notes[0]
+    assert "auto chose" not in caplog.text  # said by the caller, once its own checks have passed
+    warn_of_fallback("auto", name, notes)
     assert "auto chose vgg16_hed" in caplog.text
+
+
+def test_a_usage_error_is_said_before_the_fallback_warning(monkeypatch, tmp_path, caplog):
+    """``model=auto`` offline with a missing content image: the error alone, not a warning about weights first."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(AssetError, match="no such file"):
+        prepare(make("model=auto", f"content={tmp_path / 'missing.jpg'}"))
+    assert "auto chose" not in caplog.text
 
 
 def test_auto_prefers_cached_vgg19(monkeypatch, tmp_path):

@@ -188,6 +188,14 @@ def refused(done: subprocess.CompletedProcess, line: str) -> None:
     assert "Traceback" not in done.stderr + done.stdout
 
 
+def left_nothing(out: Path) -> None:
+    """A refused single run left no MLflow run and no run folder under the output root ``out``."""
+    from tests.helpers.store import all_runs
+
+    assert all_runs(out) == []
+    assert not any((out / "runs").glob("*")), list((out / "runs").glob("*"))
+
+
 def one_line_error(stderr: str) -> str:
     """The one ``nst: error:`` line of ``stderr`` (there is exactly one, and no traceback)."""
     lines = [line for line in stderr.splitlines() if line.startswith("nst: error:")]

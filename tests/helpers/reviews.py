@@ -22,11 +22,12 @@ def picture(seed: int, size=(24, 18)) -> Image.Image:
 
 
 def synthetic_sweep(client, experiment_id: str, betas=BETAS, measured: bool = True,
-                    seeds=None) -> tuple[str, list[str]]:
-    """A finished sweep as nst records one: a parent and a FINISHED child per β with its images."""
+                    seeds=None, folder: Path | None = None) -> tuple[str, list[str]]:
+    """A finished sweep as nst records one: a parent (its sweep folder ``folder``) and a FINISHED child per β
+    with its images."""
     sweep_id = uuid.uuid4().hex[:8]
     parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags={
-        tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id,
+        tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id, tags.TAG_SWEEP_DIR: str(folder or ""),
         tags.TAG_SWEPT: json.dumps({"loss.style_weight": True})}).info.run_id
     children, seeds = [], seeds or range(len(betas))
     for job, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
@@ -53,7 +54,8 @@ def review_world(tmp_path: Path) -> dict:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = store.open_store(uri, create=True, artifact_root=(tmp_path / "mlartifacts").as_uri())
     experiment = client.create_experiment("nst")
-    parent, children = synthetic_sweep(client, experiment)
+    (tmp_path / "sweep").mkdir()
+    parent, children = synthetic_sweep(client, experiment, folder=tmp_path / "sweep")
     other = client.create_run(client.create_experiment("other")).info.run_id
     return {"uri": uri, "client": client, "experiment": experiment, "parent": parent, "children": children,
             "other": other, "folder": tmp_path / "images"}

@@ -46,8 +46,14 @@ def test_missing_name_offline_says_where_and_how(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(AssetError, match=r"'mystery'.*no such file.*tubingen.*starry_night"):
+    with pytest.raises(AssetError, match=r"'mystery'.*no such file.*tubingen.*starry_night") as info:
         resolve_image("mystery", "content")
+    assert "did you mean" not in str(info.value)  # nothing close
+
+
+def test_a_misspelt_sample_name_gets_a_did_you_mean():
+    with pytest.raises(AssetError, match=r"'starry_nite'.*\(did you mean starry_night\?\)"):
+        resolve_image("starry_nite", "style")
 
 
 def test_wrong_bytes_in_assets_dir_are_refused(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The job driver (nst/jobs/driver.py): a refused job is recorded FAILED, never RUNNING; a sweep run again
+"""The job driver (nst/jobs/driver.py): a refused sweep job is recorded FAILED, never RUNNING, a refused single
+run leaves nothing behind; a sweep run again
 skips the jobs whose identical config FINISHED and runs the failed ones again."""
 
 import shutil
@@ -7,17 +8,27 @@ import pytest
 
 from nst.compare import sweep_report
 from nst.tracking import store, tags
+from tests.helpers.cli import left_nothing, one_line_error
 from tests.helpers.overrides import SWEEP_JOB
 from tests.helpers.store import artifact_paths, runs, store_client
 
 
-def test_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
+def test_a_sweep_job_with_bad_input_leaves_a_failed_run_not_a_running_one(tmp_path, nst):
     out = tmp_path / "outputs"
     out.mkdir()
-    done = nst(out, *SWEEP_JOB, "content=" + str(tmp_path / "nope.png"))
-    assert done.returncode == 2 and "nope.png" in done.stderr
+    done = nst(out, "-m", *SWEEP_JOB, "content=" + str(tmp_path / "nope.png"))
+    assert done.returncode == 1 and "nope.png" in done.stderr
     (run,) = runs(store_client(out), "run")
     assert run.info.status == "FAILED" and "nope.png" in run.data.tags[tags.TAG_FAILURE]
+
+
+@pytest.mark.parametrize("content", ["nope.png", "tubingn"], ids=["missing file", "unknown sample"])
+def test_a_refused_single_run_leaves_no_run_and_no_folder(tmp_path, nst, content):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    done = nst(out, *SWEEP_JOB, f"content={tmp_path / content if content.endswith('.png') else content}")
+    assert done.returncode == 2 and content in one_line_error(done.stderr)
+    left_nothing(out)
 
 
 def test_rerun_skips_finished_jobs(tracked_sweep, tmp_path, nst):

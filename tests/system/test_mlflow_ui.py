@@ -5,6 +5,7 @@ Slow; needs Debian's chromium (`.ci/run` installs it) and the playwright package
 The screenshots are kept in outputs/test-artifacts/.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,9 @@ def _chromium() -> str:
     pytest.fail("Chromium is not installed: `apt-get install chromium` (.ci/run does this)")
 
 
+PARENT = "β · tubingen + starry_night · random 64 px · 2 epochs"  # the sweep's parent run, by its name
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("ui") / "outputs"
@@ -46,11 +50,12 @@ def store(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def ui(store):
-    port = free_port()
+@contextlib.contextmanager
+def serve(out, port: int | None = None):
+    """``mlflow ui`` on the store under ``out``, on 127.0.0.1: its address."""
+    port = port or free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{out / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -71,6 +76,12 @@ def ui(store):
         server.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def ui(store):
+    with serve(store) as url:
+        yield url
+
+
 def test_ui_shows_runs_and_an_image(store, ui):
     from playwright.sync_api import sync_playwright
 
@@ -85,7 +96,7 @@ def test_ui_shows_runs_and_an_image(store, ui):
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
                   wait_until="load")
         page.get_by_text("4 matching runs").wait_for(timeout=60000)  # the parent and its 3 children
-        page.get_by_text("sweep ", exact=False).first.wait_for(timeout=60000)
+        page.get_by_text(PARENT, exact=False).first.wait_for(timeout=60000)
         page.screenshot(path=str(KEEP / "mlflow_ui_runs.png"), full_page=True)
 
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}/artifacts/"
@@ -141,7 +152,7 @@ def test_a_sweep_is_compared_side_by_side_from_the_home_page(store, ui):
             pass
         click(page.get_by_text("Model training", exact=True).first, "Model training")
         page.get_by_text("4 matching runs").wait_for(timeout=60000)
-        click(page.get_by_role("link", name="sweep", exact=False).first, "the sweep's run")
+        click(page.get_by_role("link", name=PARENT, exact=False).first, "the sweep's run")
         for label in labels:  # the parent's page lists its children by their swept values
             page.get_by_role("link", name=label).wait_for(timeout=60000)
         page.get_by_text("Compare the results").wait_for(timeout=60000)
@@ -189,3 +200,67 @@ def test_a_sweep_is_compared_side_by_side_from_the_home_page(store, ui):
         browser.close()
     print(f"clicks from MLflow's home page to a labelled side-by-side: {len(clicks)}: {', '.join(clicks)}")
     assert len(clicks) <= 7, clicks
+
+
+def test_two_sweeps_are_compared_on_one_page_from_disk_and_from_mlflow(tmp_path):
+    """Two sweeps that differ in epochs: nst-report --compare's page has a row per swept value and a column per
+    sweep headed by epochs, every link on it at the UI's configured port, and MLflow shows the same page."""
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "outputs"
+    out.mkdir()
+    port = free_port()
+    env = {**os.environ, "NST_OUTPUT_DIR": str(out), "NST_UI_PORT": str(port)}
+    sweep = [sys.executable, "-m", "nst.cli", "-m", "content=tubingen", "style=starry_night", "model=random",
+             "image.size=48", "optimizer.max_iter=4", "frame_every=3", "progress=false", "loss.style_weight=1,1e4"]
+    for epochs in (1, 2):
+        done = subprocess.run([*sweep, f"epochs={epochs}"], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    client = store_client(out)
+    experiment = client.get_experiment_by_name("nst")
+    first, second = sorted(client.search_runs([experiment.experiment_id], f"tags.`{tags.TAG_ROLE}` = 'sweep'"),
+                           key=lambda run: run.info.start_time)
+    without_port = {key: value for key, value in env.items() if key != "NST_UI_PORT"}  # remembered beside the store
+    done = subprocess.run([sys.executable, "-m", "nst.cli.nst_report", "--uri", f"sqlite:///{out / 'mlflow.db'}",
+                           "--compare", first.info.run_id, "latest"], capture_output=True, text=True,
+                          env=without_port, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    page_path = lines[0].removeprefix("nst-report: comparison ")
+    address = lines[1].removeprefix("nst-report: in MLflow ")
+    assert address.startswith(f"http://127.0.0.1:{port}/#/experiments/") and address.endswith(
+        "/artifacts/compare/report.html?workflowType=machine_learning")
+    KEEP.mkdir(parents=True, exist_ok=True)
+
+    def check(frame) -> None:
+        figures = frame.locator("figure.job")
+        figures.first.wait_for(timeout=60000)
+        headings = [frame.locator("table.grid2d tr").first.locator("th").nth(i).inner_text() for i in (1, 2)]
+        assert headings == ["epochs=1", "epochs=2"], headings
+        rows = frame.locator("table.grid2d tr")
+        assert [rows.nth(i).locator("th").first.inner_text() for i in (1, 2)] == ["β=1", "β=1e4"]
+        for i, label in ((1, "β=1 · α/β=1"), (2, "β=1e4 · α/β=1e-4")):  # matched: one swept value per row
+            assert [f.get_attribute("data-label") for f in rows.nth(i).locator("figure.job").all()] == [label] * 2
+        assert "SSIM" in figures.first.locator(".details").inner_text()
+        links = [a.get_attribute("href") for a in frame.locator("a[href^='http']").all()]
+        assert len(links) == 4 and all(link.startswith(f"http://127.0.0.1:{port}/#/experiments/") for link in links)
+
+    with serve(out, port) as ui, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"file://{page_path}", wait_until="load")
+        check(page)
+        page.screenshot(path=str(KEEP / "compare_page.png"), full_page=True)
+        page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
+                  wait_until="load")  # the runs list after two sweeps: every name tells its sweep
+        page.get_by_text("β · tubingen + starry_night · random 48 px · 1 epochs").first.wait_for(timeout=60000)
+        page.screenshot(path=str(KEEP / "compare_runs_list.png"), full_page=True)
+        page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+                  "&compareRunsMode=CHART", wait_until="load")  # the charts of the two sweeps' runs
+        page.get_by_text("log10", exact=False).first.wait_for(timeout=60000)
+        page.wait_for_timeout(3000)  # the charts draw after their data arrive
+        page.screenshot(path=str(KEEP / "compare_charts.png"), full_page=True)
+        page.goto(address, wait_until="load")  # the address nst-report printed: the same page inside MLflow
+        check(page.frame_locator("iframe").first)
+        page.screenshot(path=str(KEEP / "compare_in_mlflow.png"), full_page=True)
+        browser.close()

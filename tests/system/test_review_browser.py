@@ -91,14 +91,18 @@ class App:
             self.process.wait(timeout=30)
 
 
+ANSWERS_KEPT = "Number(document.body.dataset.count) + Number(document.body.dataset.skipped || 0)"
+
+
 def _count(page) -> int:
-    return int(page.evaluate("document.body.dataset.count"))
+    """Answers kept: judgements and skips (the page shows them apart)."""
+    return int(page.evaluate(ANSWERS_KEPT))
 
 
 def _ready(page, count: int, timeout: float = 60000) -> None:
-    """Wait until the page has ``count`` judgements, a pair and every answer button enabled."""
+    """Wait until the page has kept ``count`` answers, has a pair and every answer button enabled."""
     page.wait_for_function(
-        "n => Number(document.body.dataset.count) === n && document.body.dataset.pair && "
+        f"n => {ANSWERS_KEPT} === n && document.body.dataset.pair && "
         "[...document.querySelectorAll('button[data-answer]')].every(b => !b.disabled)", arg=count, timeout=timeout)
 
 
@@ -276,7 +280,7 @@ def test_two_reviewers_at_once_lose_and_double_nothing(sweep):
                     for page, count, pair, app in ((a, counts[0], pairs[0], first), (b, counts[1], pairs[1], second)):
                         try:
                             page.wait_for_function(
-                                "([n, p]) => Number(document.body.dataset.count) > n && "
+                                f"([n, p]) => {ANSWERS_KEPT} > n && "
                                 "document.body.dataset.pair !== p && "
                                 "[...document.querySelectorAll('button[data-answer]')].every(b => !b.disabled)",
                                 arg=[count, pair], timeout=60000)

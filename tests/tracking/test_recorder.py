@@ -3,6 +3,7 @@ images on the step grid, files, the measures, every style and mask), how it ends
 keeps every write in order."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,16 @@ def test_multirun_creates_parent_and_children_with_everything(tracked_sweep, tmp
         assert evaluations >= 8  # 2 epochs of 4 L-BFGS iterations, line-search evaluations on top
         assert evaluations == len(client.get_metric_history(run_id, "total"))
         assert child.data.metrics["converged"] == 0  # its budget ran out: under the 50 evaluations the test needs
-        for key in ("total", "content", "style", "tv", "style/conv1_1", "content/conv4_2", "elapsed_s"):
+        for key in ("total", "content", "style", "tv", "style/conv1_1", "content/conv4_2", "elapsed_s",
+                    "total_per_weight", "log10/content", "log10/style", "log10/total_per_weight"):
             history = client.get_metric_history(run_id, key)
             assert sorted(m.step for m in history) == list(range(1, evaluations + 1)), key
+        beta = float(child.data.params["loss.style_weight"])
+        by_step = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+                   for key in ("total", "total_per_weight", "style", "log10/style")}
+        for step in (1, evaluations):  # the total per unit of alpha + beta; log10 companions for log axes
+            assert by_step["total_per_weight"][step] == pytest.approx(by_step["total"][step] / (1 + beta), rel=1e-6)
+            assert by_step["log10/style"][step] == pytest.approx(math.log10(by_step["style"][step]), rel=1e-6)
         paths = artifact_paths(client, run_id)
         # the UI's slider: one image at each step of a grid every run of the sweep shares, 0 to the last
         # (2 epochs of at most 9 evaluations and the final one, 19, rounded up to frame_every's 3)
@@ -103,8 +111,8 @@ def test_a_finished_run_has_the_measures_of_its_logged_pictures(tmp_path, nst):
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
     assert -1 <= logged["auto.ssim_content"] <= 1 and logged["auto.color_distance_style"] >= 0
-    (point,) = client.get_metric_history(run.info.run_id, "auto.color_distance_style")
-    assert point.step == logged["evaluations"]  # at the run's last evaluation, beside the count
+    for name in ("auto.color_distance_style", "evaluations", "converged"):  # final values: one, at step 0
+        assert [point.step for point in client.get_metric_history(run.info.run_id, name)] == [0], name
     pictures = {name: Image.open(client.download_artifacts(run.info.run_id, path, str(tmp_path)))
                 for name, path in (("result", "result/result.png"), ("content", "inputs/content.png"),
                                    ("style", "inputs/style.png"))}

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from nst.errors import TrackingError
-from nst.tracking import database, store, tags
+from nst.tracking import database, store, tags, ui
 from tests.helpers.cli import one_line_error, report, start_nst
 from tests.helpers.overrides import LONG_RUN, QUICK, SWEEP_JOB, TRACKED_RUN
 from tests.helpers.store import (
@@ -90,6 +90,23 @@ def test_step_images_reads_mlflows_file_names_and_prefers_the_full_size_png():
 
 
 # --- locks and full disks ---------------------------------------------------------------------------
+
+
+def test_every_address_of_a_local_store_uses_the_port_its_ui_was_last_given(tmp_path, monkeypatch):
+    """``make ui UI_PORT=5077`` (or any command run with NST_UI_PORT) is remembered beside the store, so
+    nst-report, nst-review and later runs started without the variable link to the same UI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv(ui.PORT_ENV, raising=False)
+    assert store.run_address(uri, "1", "abc").startswith("http://127.0.0.1:5000/#/experiments/1/runs/abc?")
+    monkeypatch.setenv(ui.PORT_ENV, "5077")
+    assert store.run_address(uri, "1", "abc").startswith("http://127.0.0.1:5077/")
+    monkeypatch.delenv(ui.PORT_ENV)
+    assert store.run_address(uri, "1", "abc", "sweep/report.html").startswith(
+        "http://127.0.0.1:5077/#/experiments/1/runs/abc/artifacts/sweep/report.html?")
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"  # another store keeps its own
+    assert store.run_address(other, "1", "abc").startswith("http://127.0.0.1:5000/")
+    # a tracking server's own address wins
+    assert store.run_address("http://tracking.example:8080/", "1", "abc").startswith("http://tracking.example:8080/#")
 
 
 def test_a_locked_call_is_retried_and_a_full_disk_is_one_line(monkeypatch):

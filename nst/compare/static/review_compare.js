@@ -32,9 +32,11 @@ function judge(answer){
  .then(function(r){return r.json().then(function(d){return [r.ok,d];});}).then(function(res){
   var d=res[1];if(!res[0]){status.textContent='Not recorded: '+d.error;
    if(d.kept)return next();setBusy(false);return;}
-  document.body.dataset.count=d.count;document.getElementById('count').textContent=d.count+' judgements';
-  var said={left:'you preferred its left one',right:'you preferred its right one',tie:'a tie',skip:'skipped'}[answer];
-  status.textContent='Previous pair (judgement '+d.count+' kept, '+said+'): its left was '+d.left+', its right '+d.right+'. A new pair is shown above.';
+  document.body.dataset.count=d.count;document.body.dataset.skipped=d.skipped;
+  document.getElementById('count').textContent=d.count+' judgements'+(d.skipped?' · '+d.skipped+' skipped':'');
+  var said={left:'judgement '+d.count+' kept, you preferred its left one',right:'judgement '+d.count+' kept, you preferred its right one',
+   tie:'judgement '+d.count+' kept, a tie',skip:'skipped, not counted as a judgement'}[answer];
+  status.textContent='Previous pair ('+said+'): its left was '+d.left+', its right '+d.right+'. A new pair is shown above.';
   return next();
  }).catch(function(e){status.textContent='Not recorded: '+e;setBusy(false);});}
 document.querySelectorAll('button[data-answer]').forEach(function(b){
