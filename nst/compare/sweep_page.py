@@ -166,7 +166,8 @@ def _figure(row: Mapping, images: JobImages, with_inputs: bool) -> str:
                          f'<span>{name}</span></div>' if data else f'<div class="input none">no {name}</div>')
         inputs = f'<div class="inputs">{"".join(small)}</div>'
     details = f'<span class="details">{_e(row["details"])}</span>' if row.get("details") else ""
-    link = f' <a class="run-link" href="{_e(row["link"])}">in MLflow</a>' if row.get("link") else ""
+    link = (f' <a class="run-link" href="{_e(row["link"])}" target="_blank" rel="noopener">in MLflow</a>'
+            if row.get("link") else "")  # a new tab: inside MLflow the page is in a frame
     return (f'<figure class="job" id="job-{job}" data-job="{job}" data-label="{html.escape(str(row.get("label")), quote=True)}"'
             f' data-status="{_e(row.get("status"))}">{inputs}<div class="frame">{picture}'
             f'<span class="stepmark"></span></div><figcaption>{html.escape(caption)}{link}{details}</figcaption></figure>')

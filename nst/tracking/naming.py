@@ -28,19 +28,17 @@ def run_name(config: Mapping[str, Any], tags: Mapping[str, str], swept: Mapping[
 
 
 def sweep_name(kind: str | None, config: Mapping[str, Any], swept: Iterable[str]) -> str:
-    """A sweep's parent: what it is (its sweep file's name, else what it varies), then the pair, backbone,
-    size and epochs it runs at, leaving out what it varies:
-    ``ratio · tubingen + starry_night · vgg16_hed 128 px · 10 epochs``."""
+    """A sweep's parent: what it is (its sweep file's name, else what it varies), then the backbone, size,
+    epochs and pair it runs at, leaving out what it varies:
+    ``ratio · vgg16_hed 128 px · 10 epochs · tubingen + starry_night`` (the pair last: MLflow's runs list
+    cuts long names, and sweeps of one pair differ in the settings)."""
     order = list(dict.fromkeys(key.lstrip("+~") for key in swept))
     keys = set(order)
-    parts = [kind or ", ".join(labels.name(key) for key in order) or "sweep"]
-    if not keys & {"content", "style", "pair"}:
-        parts.append(_pair(config))
     setting = [str(labels.lookup(config, "model.name")) if not keys & {"model", "model.name"} else "",
                f"{labels.lookup(config, 'image.size')} px" if "image.size" not in keys else ""]
-    parts.append(" ".join(part for part in setting if part))
-    if "epochs" not in keys:
-        parts.append(f"{labels.lookup(config, 'epochs')} epochs")
+    parts = [kind or ", ".join(labels.name(key) for key in order) or "sweep", " ".join(part for part in setting if part),
+             f"{labels.lookup(config, 'epochs')} epochs" if "epochs" not in keys else "",
+             _pair(config) if not keys & {"content", "style", "pair"} else ""]
     return labels.SEPARATOR.join(part for part in parts if part)[:MAX_NAME]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -16,7 +19,13 @@ def config_dir() -> str:
 
 
 def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
-    """The config ``nst overrides...`` would run (with Hydra's own keys when ``hydra``)."""
+    """The config ``nst overrides...`` would run (with Hydra's own keys when ``hydra``): composed once per
+    session for each set of overrides, a copy for each caller (a test may change its own)."""
+    return copy.deepcopy(_composed(overrides, hydra))
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...], hydra: bool) -> DictConfig:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 

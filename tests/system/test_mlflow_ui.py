@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -34,7 +35,7 @@ def _chromium() -> str:
     pytest.fail("Chromium is not installed: `apt-get install chromium` (.ci/run does this)")
 
 
-PARENT = "β · tubingen + starry_night · random 64 px · 2 epochs"  # the sweep's parent run, by its name
+PARENT = "β · random 64 px · 2 epochs · tubingen + starry_night"  # the sweep's parent run, by its name
 
 
 @pytest.fixture(scope="module")
@@ -253,11 +254,21 @@ def test_two_sweeps_are_compared_on_one_page_from_disk_and_from_mlflow(tmp_path)
         page.screenshot(path=str(KEEP / "compare_page.png"), full_page=True)
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
                   wait_until="load")  # the runs list after two sweeps: every name tells its sweep
-        page.get_by_text("β · tubingen + starry_night · random 48 px · 1 epochs").first.wait_for(timeout=60000)
+        page.get_by_text("β · random 48 px · 1 epochs · tubingen + starry_night").first.wait_for(timeout=60000)
         page.screenshot(path=str(KEEP / "compare_runs_list.png"), full_page=True)
+        # the charts of the two sweeps' runs (each parent expanded, as a person clicks its "+"): the loss
+        # companions on a log scale in a section of their own, the final values as bars
+        jobs = urllib.parse.quote(f"tags.`{tags.TAG_ROLE}` = 'run'")
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
-                  "&compareRunsMode=CHART", wait_until="load")  # the charts of the two sweeps' runs
-        page.get_by_text("log10", exact=False).first.wait_for(timeout=60000)
+                  f"&compareRunsMode=CHART&searchFilter={jobs}", wait_until="load")
+        expanders = page.locator("button[data-component-id*='runnamecellrenderer']")
+        expanders.first.wait_for(timeout=60000)
+        page.get_by_text("6 matching runs").wait_for(timeout=60000)  # the page has its runs
+        page.wait_for_timeout(3000)  # and their charts
+        for expander in expanders.all():
+            expander.click()
+        page.get_by_placeholder("Search metric charts").fill("log10")
+        page.get_by_text("log10", exact=True).first.wait_for(timeout=60000)  # the section of the log10/ charts
         page.wait_for_timeout(3000)  # the charts draw after their data arrive
         page.screenshot(path=str(KEEP / "compare_charts.png"), full_page=True)
         page.goto(address, wait_until="load")  # the address nst-report printed: the same page inside MLflow

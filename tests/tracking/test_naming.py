@@ -21,7 +21,7 @@ def test_runs_are_named_by_their_swept_values_with_sweep_params(tracked_sweep):
     # the UI's scatter and parallel-coordinates plots have linear axes: log10 of a log-spaced sweep
     assert [c.data.params["sweep.log10_loss.style_weight"] for c in children] == ["0", "2", "4"]
     (parent,) = runs(client, "sweep")
-    assert parent.info.run_name == "β · tubingen + starry_night · random 32 px · 2 epochs"
+    assert parent.info.run_name == "β · random 32 px · 2 epochs · tubingen + starry_night"
     assert {c.data.tags[tags.TAG_SWEEP_NAME] for c in children} == {parent.info.run_name}  # to group by
     assert parent.data.params["sweep.loss.style_weight"] == "1, 100, 1e4"
     description = parent.data.tags[tags.TAG_DESCRIPTION]
@@ -42,8 +42,8 @@ def test_a_sweep_is_named_by_its_file_or_what_it_varies_leaving_out_what_varies(
     config = {"content": "tubingen", "style": "/data/starry_night.jpg", "model": {"name": "vgg16_hed"},
               "image": {"size": 128}, "epochs": 10}
     assert naming.sweep_name("ratio", config, ["loss.style_weight"]) == (
-        "ratio · tubingen + starry_night · vgg16_hed 128 px · 10 epochs")
-    assert naming.sweep_name(None, config, ["epochs", "image.size"]) == "epochs, size · tubingen + starry_night · vgg16_hed"
+        "ratio · vgg16_hed 128 px · 10 epochs · tubingen + starry_night")
+    assert naming.sweep_name(None, config, ["epochs", "image.size"]) == "epochs, size · vgg16_hed · tubingen + starry_night"
     assert naming.sweep_name(None, config, ["style"]) == "style · vgg16_hed 128 px · 10 epochs"
 
 
@@ -61,8 +61,8 @@ def test_a_second_sweep_of_the_same_keys_gets_names_that_tell_it_apart(tracked_s
         assert done.returncode == 0, done.stderr[-3000:]
     client = store_client(out)
     first, second, third = sorted(runs(client, "sweep"), key=lambda r: r.info.start_time)
-    assert second.info.run_name == "β · tubingen + starry_night · random 32 px · 1 epochs"  # it differs already
-    assert third.info.run_name == "β · tubingen + starry_night · random 32 px · 1 epochs · #3"
+    assert second.info.run_name == "β · random 32 px · 1 epochs · tubingen + starry_night"  # it differs already
+    assert third.info.run_name == "β · random 32 px · 1 epochs · tubingen + starry_night · #3"
     names = {parent.info.run_id: sorted(c.info.run_name for c in runs(client, "run")
                                         if c.data.tags.get(tags.PARENT_TAG) == parent.info.run_id)
              for parent in (first, second, third)}
