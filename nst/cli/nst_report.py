@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         client = store.open_store(store.store_uri(args.uri))
         if args.sweep:
-            parent = store.latest_sweep(client, args.experiment) if args.sweep == "latest" else args.sweep
-            store.check_sweep_parent(client, parent)
+            parent = store.named_sweep(client, args.experiment, args.sweep)
             if args.rebuild:
                 table = summarise_sweep(client, parent, args.rebuild, log_to_parent=False).table
             else:

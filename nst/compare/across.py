@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from nst.compare import sweep_page
-from nst.compare.sweep_report import job_images, swept_keys
+from nst.compare.sweep_report import converged_text, job_images, swept_keys
 from nst.errors import TrackingError
 from nst.figures import labels
 from nst.tracking import store, tags
@@ -44,18 +44,12 @@ def select(client, experiment: str, sweeps: list[str], filter_string: str | None
     """The columns: each sweep named (a parent run id or ``latest``), then the runs ``filter_string`` picks."""
     columns = []
     for sweep in sweeps:
-        parent = store.latest_sweep(client, experiment) if sweep == "latest" else sweep
-        store.check_sweep_parent(client, parent)
+        parent = store.named_sweep(client, experiment, sweep)
         run = client.get_run(parent)
         columns.append(Column(run.data.tags.get(tags.TAG_SWEEP_NAME, run.info.run_name), store.sweep_runs(client, parent),
                               parent))
     if filter_string:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise TrackingError(f"no experiment named {experiment!r} in {client.tracking_uri}")
-        matched = [run for run in client.search_runs([found.experiment_id], filter_string=filter_string,
-                                                     max_results=10000)
-                   if run.data.tags.get(tags.TAG_ROLE) == "run"]
+        matched = store.filtered_runs(client, experiment, filter_string)
         columns.append(Column(f"filter: {filter_string}", list(enumerate(matched))))
     if len(columns) < 2 or not all(column.runs for column in columns):
         raise TrackingError("a comparison needs at least two sweeps (or a sweep and a --filter), each with runs")
@@ -93,7 +87,7 @@ def table(client, columns: list[Column], uri: str) -> pd.DataFrame:
                 "label": value, "sweep": heading,
                 "final_total": metrics.get("total"), "final_content": metrics.get("content"),
                 "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
-                "converged": "" if "converged" not in metrics else ("yes" if metrics["converged"] else "no"),
+                "converged": converged_text(metrics.get("converged")),
                 "details": labels.SEPARATOR.join(f"{name} {labels.short(metrics[metric])}"
                                                  for metric, name in SHOWN if metric in metrics),
                 "link": store.run_address(uri, run.info.experiment_id, run.info.run_id)})

@@ -123,17 +123,12 @@ def select(client, experiment: str, sweeps: Sequence[str] = (), filter_string: s
     sweeps = list(sweeps) or ([] if filter_string else ["latest"])
     parents, runs = [], []
     for sweep in sweeps:
-        parent = store.latest_sweep(client, experiment) if sweep == "latest" else sweep
-        store.check_sweep_parent(client, parent)
+        parent = store.named_sweep(client, experiment, sweep)
         parents.append(parent)
         runs += _finished(store.sweep_runs(client, parent))
     if filter_string:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise TrackingError(f"no experiment named {experiment!r} in {client.tracking_uri}")
-        matched = client.search_runs([found.experiment_id], filter_string=filter_string, max_results=10000)
-        runs += [run for run in matched if run.data.tags.get(tags.TAG_ROLE) == "run"
-                 and run.info.status == "FINISHED"]
+        runs += [run for run in store.filtered_runs(client, experiment, filter_string)
+                 if run.info.status == "FINISHED"]
     runs = list({run.info.run_id: run for run in runs}.values())
     if len(runs) < 2:
         what = " and ".join(filter(None, [f"sweep {', '.join(parents)}" if parents else "",

@@ -103,7 +103,7 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
         row.update({"label": label(run, keys),
                     "final_total": metrics.get("total"), "final_content": metrics.get("content"),
                     "final_style": metrics.get("style"), "evaluations": metrics.get("evaluations"),
-                    "converged": _yes_no(metrics.get("converged")), "elapsed_s": metrics.get("elapsed_s"),
+                    "converged": converged_text(metrics.get("converged")), "elapsed_s": metrics.get("elapsed_s"),
                     "failure": run.data.tags.get(TAG_FAILURE, "")})
         if f"{HUMAN_METRICS}rank" in metrics:  # judged with nst-review
             row.update({"human_rank": int(metrics[f"{HUMAN_METRICS}rank"]),
@@ -117,7 +117,7 @@ def sweep_table(client, parent_id: str) -> pd.DataFrame:
     return table
 
 
-def _yes_no(flag: float | None) -> str:
+def converged_text(flag: float | None) -> str:
     """A run's ``converged`` metric as the table shows it: yes, no (its budget ran out), or blank."""
     return "" if flag is None else ("yes" if flag else "no")
 

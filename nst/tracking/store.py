@@ -393,6 +393,23 @@ def check_sweep_parent(mlflow_client, run_id: str) -> None:
                             f"or a run id of role 'sweep' from nst-report")
 
 
+def named_sweep(mlflow_client, experiment: str, sweep: str) -> str:
+    """The parent run id of ``sweep`` as a user names it (a parent run id, or ``latest``), checked."""
+    parent = latest_sweep(mlflow_client, experiment) if sweep == "latest" else sweep
+    check_sweep_parent(mlflow_client, parent)
+    return parent
+
+
+def filtered_runs(mlflow_client, experiment: str, filter_string: str) -> list:
+    """The runs (not sweeps' parents or reviews) of ``experiment`` that the MLflow ``filter_string`` picks."""
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no experiment named {experiment!r} in {mlflow_client.tracking_uri}")
+    return [run for run in mlflow_client.search_runs([found.experiment_id], filter_string=filter_string,
+                                                     max_results=10000)
+            if run.data.tags.get(tags.TAG_ROLE) == "run"]
+
+
 def latest_sweep(mlflow_client, experiment: str) -> str:
     """The parent run id of the newest sweep of ``experiment``."""
     found = mlflow_client.get_experiment_by_name(experiment)
