@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from nst.errors import DownloadError
+from nst.files import written
 
 CACHE_ENV = "NST_CACHE_DIR"
 OFFLINE_ENV = "NST_OFFLINE"
@@ -58,20 +58,15 @@ def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = DE
     dest = Path(dest)
     if offline():
         raise DownloadError(f"cannot download {url}: {OFFLINE_ENV} is set (no network access allowed)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        got = sha256_file(tmp_name)
-        if not hash_matches(got, sha256):
-            raise DownloadError(f"download of {url} has sha256 {got}, expected {sha256}; not cached")
-        os.replace(tmp_name, dest)
+        with written(dest) as temporary:
+            with open(temporary, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                shutil.copyfileobj(response, out)
+            got = sha256_file(temporary)
+            if not hash_matches(got, sha256):
+                raise DownloadError(f"download of {url} has sha256 {got}, expected {sha256}; not cached")
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise DownloadError(f"cannot download {url}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return dest
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -27,9 +28,10 @@ from hydra._internal.utils import get_args_parser
 from hydra.plugins.completion_plugin import CompletionPlugin
 from omegaconf import DictConfig, OmegaConf
 
+from nst.cli import failures
 from nst.errors import NSTError
 from nst.images.samples import ASSETS
-from nst.jobs import driver, schema, sweep_callback
+from nst.jobs import driver, schema, sweep_callback, workers
 from nst.jobs.config import check_launch
 from nst.tracking import database
 from nst.tracking.store import default_output_dir
@@ -173,27 +175,50 @@ def main() -> None:
     partial image, and an open sweep's parent is closed, so re-running resumes it.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    workers.mark_launcher()
+    # a pool's semaphore tracker (a process of its own) warns at exit about semaphores of a worker that was killed,
+    # after nst's one line: a worker's death is said once, by nst
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                           "ignore:resource_tracker:UserWarning"]))
     # a log file that cannot be written (the disk is full) must not print a traceback per record:
     # the error that matters is reported on stderr in one line
     logging.raiseExceptions = False
     try:
         preflight(sys.argv[1:])
     except NSTError as exc:
-        print(f"nst: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(failures.report("nst", exc))
+    traceback_wanted = failures.debugging() or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what reaches it (else it prints a traceback itself)
     try:
         hydra_main()
     except KeyboardInterrupt as exc:
-        sweep_callback.abort_open_sweep("KILLED", f"interrupted ({exc or 'SIGINT'})")
+        _abort_sweep("KILLED", f"interrupted ({exc or 'SIGINT'})")
         print("nst: interrupted; finished runs are kept, re-run the same command to resume",
               file=sys.stderr)
         sys.exit(130)
     except SystemExit as exc:
         if exc.code not in (0, None):
-            sweep_callback.abort_open_sweep("FAILED", f"the multirun stopped with status {exc.code}")
+            _abort_sweep("FAILED", f"the multirun stopped with status {exc.code}")
         raise
+    except Exception as exc:
+        if traceback_wanted:
+            raise
+        line, status = failures.describe(exc)
+        _abort_sweep("FAILED", line)
+        print(f"nst: error: {line}", file=sys.stderr)
+        sys.exit(status)
     if driver.failed_jobs:
         sys.exit(1)
+
+
+def _abort_sweep(status: str, reason: str) -> None:
+    """End this process's open sweep, if any; a store that refuses is said in one line (the next command
+    that opens it ends the sweep's runs, once this process is gone)."""
+    try:
+        sweep_callback.abort_open_sweep(status, reason)
+    except Exception as exc:  # noqa: BLE001 - the error being reported matters more
+        print(f"nst: warning: the sweep's parent run could not be ended: {failures.describe(exc)[0]}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
+from nst.cli import failures
 from nst.compare import across, ranking, review
 from nst.compare.sweep_report import runs_table, summarise_sweep, sweep_table
-from nst.errors import NSTError, TrackingError
+from nst.errors import TrackingError
 from nst.tracking import store, tags
 from nst.tracking.relog import relog
 
@@ -54,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.human:
-            return human(store.open_store(store.store_uri(args.uri)), args)
+            return human(store.open_store(store.store_uri(args.uri), option="--uri"), args)
         if args.compare:
-            page, address = across.compare(store.open_store(store.store_uri(args.uri)), args.experiment,
+            page, address = across.compare(store.open_store(store.store_uri(args.uri), option="--uri"), args.experiment,
                                            args.compare, args.filter, args.out)
             print(f"nst-report: comparison {page}\nnst-report: in MLflow {address}")
             return 0
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nst-report: {args.relog} is recorded as MLflow run {run_id}" if recorded else
                   f"nst-report: {args.relog} was already recorded as MLflow run {run_id}; nothing to do")
             return 0
-        client = store.open_store(store.store_uri(args.uri))
+        client = store.open_store(store.store_uri(args.uri), option="--uri")
         if args.sweep:
             parent = store.named_sweep(client, args.experiment, args.sweep)
             if args.rebuild:
@@ -74,12 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                 table = sweep_table(client, parent)
         else:
             table = runs_table(client, args.experiment)
-    except NSTError as exc:
-        print(f"nst-report: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except MlflowException as exc:  # e.g. a run id that is not in the store
-        print(f"nst-report: error: {exc.message}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a user error, a store that refuses, an unknown run id: one line
+        if failures.debugging():
+            raise
+        return failures.report("nst-report", exc)
     print(table.to_csv(index=False) if args.format == "csv" else table.to_markdown(index=False))
     return 0
 

@@ -16,8 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
+from nst.cli import failures
 from nst.compare import review
 from nst.compare.review_app import create_app
 from nst.errors import NSTError
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         uri = store.store_uri(args.tracking_uri)
-        client = store.open_store(uri)
+        client = store.open_store(uri, option="--tracking-uri")
         chosen = review.select(client, args.experiment, args.sweep, args.filter)
         with tempfile.TemporaryDirectory(prefix="nst-review-") as scratch:
             chosen = review.prepare(client, chosen, Path(scratch))
@@ -75,12 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
             server.server_close()
-    except NSTError as exc:
-        print(f"nst-review: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except MlflowException as exc:  # an unknown run id, a filter MLflow cannot parse
-        print(f"nst-review: error: {exc.message}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a user error, a store that refuses, an unknown run id: one line
+        if failures.debugging():
+            raise
+        return failures.report("nst-review", exc)
     return 0
 
 

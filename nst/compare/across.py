@@ -111,7 +111,7 @@ def comparison_run(client, experiment_id: str, key: str, names: list[str]) -> st
     name = "compare · " + " | ".join(names)
     run = client.create_run(experiment_id, run_name=name[:250], tags={
         tags.TAG_ROLE: ROLE, TAG_SELECTION: key,
-        tags.TAG_DESCRIPTION: "Sweeps side by side, made with nst-report --compare: " + " | ".join(names)})
+        tags.TAG_DESCRIPTION: tags.literal("Sweeps side by side, made with nst-report --compare: " + " | ".join(names))})
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 

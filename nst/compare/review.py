@@ -18,6 +18,10 @@ the metric's history in MLflow is the score as the review went on, and the lates
 fit on the most judgements even when two apps publish at once. The home run gets
 ``human/ranking.csv``, ``human/ranking.md``, ``human/judgements.jsonl`` and the tag
 ``nst.human_judgements``.
+
+A judgement file that cannot be read (truncated, edited by hand, not UTF-8) is *damaged*: it is skipped
+wherever judgements are read, named (``Kept.damaged``) and warned about once per process, so one bad file
+never stops a review, nor the recording and publishing of the judgements after it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +55,8 @@ IMAGES = {"result": "result/result.png", "content": "inputs/content.png", "style
 MEASURE_NAMES = tuple(m.name for m in measures.MEASURES)
 _ID = re.compile(r"^[0-9a-f]{32}$")
 REVIEWER_MAX = 64
+
+log = logging.getLogger(__name__)
 
 
 class BadJudgement(ValueError):
@@ -171,7 +179,7 @@ def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_s
                                    f"filter {filter_string}" if filter_string else ""]))
     run = client.create_run(experiment_id, run_name=f"human review · {len(run_ids)} runs", tags={
         tags.TAG_ROLE: ROLE, tags.TAG_REVIEW_KEY: key,
-        tags.TAG_DESCRIPTION: f"Human judgements of {len(run_ids)} runs ({what}), made with nst-review."})
+        tags.TAG_DESCRIPTION: tags.literal(f"Human judgements of {len(run_ids)} runs ({what}), made with nst-review.")})
     client.set_terminated(run.info.run_id, "FINISHED")  # it holds records; nothing runs in it
     return run.info.run_id
 
@@ -179,22 +187,51 @@ def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_s
 # --- the judgements ---------------------------------------------------------------------------
 
 
-def read(client, home: str) -> list[ranking.Judgement]:
-    """Every judgement kept on ``home``, oldest first."""
+@dataclass(frozen=True)
+class Kept:
+    """What a home run keeps: its judgements, oldest first, and its damaged judgement files (their paths under
+    the run's artifacts), which are skipped until someone mends or removes them."""
+
+    judgements: list[ranking.Judgement]
+    damaged: tuple[str, ...] = ()
+
+
+def kept(client, home: str) -> Kept:
+    """Every judgement kept on ``home`` and the damaged files skipped (each warned about once: ``_warn_once``).
+    An unreadable file written in the last seconds is skipped without a word: another app may still be
+    copying it, and it is read next time."""
+    if not client.list_artifacts(home, JUDGEMENTS):  # no judgement yet (a store that fails raises)
+        return Kept([])
     with tempfile.TemporaryDirectory() as scratch:
-        try:
-            folder = Path(client.download_artifacts(home, JUDGEMENTS, scratch))
-        except Exception:  # noqa: BLE001 - no judgement yet: MLflow has no folder to download
-            return []
-        found = []
+        folder = Path(client.download_artifacts(home, JUDGEMENTS, scratch))
+        found, damaged = [], []
         for path in sorted(folder.glob("*.json")):
             try:
                 found.append(ranking.Judgement.from_json(path.read_text(encoding="utf-8")))
-            except ValueError as exc:  # a file still being copied by another app: read next time
+            except (OSError, ValueError, TypeError, RecursionError) as exc:  # not UTF-8, not JSON, nested deep
                 if not _still_writing(path):
-                    raise TrackingError(f"judgement file {JUDGEMENTS}/{path.name} of run {home} is damaged: "
-                                        f"{exc}") from exc
-    return sorted(found, key=lambda j: (j.time, j.id))
+                    damaged.append(f"{JUDGEMENTS}/{path.name}")
+                    _warn_once(home, damaged[-1], exc)
+    return Kept(sorted(found, key=lambda j: (j.time, j.id)), tuple(damaged))
+
+
+def read(client, home: str) -> list[ranking.Judgement]:
+    """Every judgement kept on ``home``, oldest first; damaged files skipped (``kept``)."""
+    return kept(client, home).judgements
+
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(home: str, name: str, reason: Exception) -> None:
+    """Log that ``home``'s judgement file ``name`` is damaged and skipped, the first time this process finds it."""
+    with _warned_lock:
+        if (home, name) in _warned:
+            return
+        _warned.add((home, name))
+    log.warning("judgement file %s of run %s is damaged and skipped until it is mended or removed: %s",
+                name, home, str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
 
 
 def _still_writing(path: Path) -> bool:
@@ -208,6 +245,17 @@ def recorded_ids(client, home: str) -> set[str]:
     except Exception:  # noqa: BLE001 - no folder yet
         return set()
     return {item.path.rsplit("/", 1)[-1].removesuffix(".json") for item in items}
+
+
+def parse(body: bytes):
+    """A request body's JSON value; None when it is not JSON (``check`` says what a judgement is). A body nested
+    too deep for the parser is refused (``BadJudgement``), not a server error."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except RecursionError as exc:
+        raise BadJudgement("a judgement is one flat JSON object; this body is nested thousands of levels deep") from exc
+    except ValueError:  # not UTF-8, not JSON
+        return None
 
 
 def check(review: Review, client, payload) -> ranking.Judgement:
@@ -275,7 +323,12 @@ class JudgementLog:
         return judgements
 
     def all(self) -> list[ranking.Judgement]:
+        """Every judgement recorded, oldest first (damaged files skipped)."""
         return read(self.client, self.review.home)
+
+    def kept(self) -> Kept:
+        """Every judgement recorded and the damaged judgement files skipped."""
+        return kept(self.client, self.review.home)
 
 
 # --- what the judgements give -----------------------------------------------------------------

@@ -32,6 +32,7 @@ from nst.tracking.tags import (
     TAG_FAILURE,
     TAG_OVERRIDES,
     TAG_ROLE,
+    unliteral,
 )
 
 # a sweep of at most SMALL_SWEEP jobs gets tiles at its results' own resolution, up to LARGEST_TILE px
@@ -228,7 +229,7 @@ def page_title(client, parent_id: str, table: pd.DataFrame) -> tuple[str, str]:
     heading = labels.SEPARATOR.join(part for part in (table.attrs.get("title"), f"{len(table)} jobs varying {swept}")
                                     if part)
     description = client.get_run(parent_id).data.tags.get(TAG_DESCRIPTION, "")
-    return heading, description.split("\n\n")[0]  # not its link to this very page
+    return heading, unliteral(description.split("\n\n")[0])  # not its link to this very page
 
 
 def build_sweep_page(client, parent_id: str, table: pd.DataFrame, scratch: Path) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from nst import interrupts
 from nst.engine.backbones import Backbone
 from nst.engine.calibration import calibrate
 from nst.engine.inputs import Inputs, check_batch_memory
@@ -25,6 +26,8 @@ from nst.engine.optimization import EvaluationCallback, OptimizationResult
 from nst.engine.run_files import (
     LAST_FINITE_PNG,
     LOSSES_CSV,
+    PARTIAL_PNG,
+    RECORD_JSON,
     result_png,
     write_config,
     write_losses,
@@ -52,6 +55,9 @@ class Member:
     output_dir: Path
     callbacks: Sequence[EvaluationCallback] = ()
     on_ready: Callable[[dict], None] | None = None  # receives the run record just before optimising
+    # receives the member's outcome once its files are written (and returns what the caller gets); an
+    # interrupt waits until it has returned, so whoever records the run records the files as they are
+    on_end: Callable[[RunOutcome | BaseException], RunOutcome | BaseException] | None = None
 
 
 class StuckLayers:
@@ -121,25 +127,68 @@ def execute_batch(members: Sequence[Member]) -> list[RunOutcome | BaseException]
         check_batch_memory(first, len(members))
     for member in members:
         write_config(member.output_dir, member.inputs.spec.config_yaml)
+    records: list[dict] = [{} for _ in members]
+    trails = [Trail() for _ in members]
+    try:
+        return _run_batch(members, records, trails)
+    except KeyboardInterrupt as exc:
+        for member, record, trail in zip(members, records, trails, strict=True):
+            _write_interrupted(member, record, trail, exc)
+        raise
+
+
+def _run_batch(members: Sequence[Member], records: list[dict], trails: list[Trail]) -> list[RunOutcome | BaseException]:
+    """``execute_batch``'s work: each member's run record is filled in ``records`` and its evaluations are
+    followed by its ``Trail``, so an interrupt can still write what the members had."""
+    first = members[0].inputs
     backbone = _load_backbone(first)
     weights = LossWeights.stack([member_weights(member.inputs) for member in members], first.device)
-    records = []
-    for member in members:
-        record = {**run_record(member.inputs, backbone), "batch_size": len(members)}
-        records.append(record)
+    for member, record in zip(members, records, strict=True):
+        record.update(run_record(member.inputs, backbone), batch_size=len(members))
         if member.on_ready is not None:
             member.on_ready(record)
     watches = [StuckLayers(member.inputs.style_layers) for member in members]
-    optimized = optimize_scales([m.inputs for m in members], [[*m.callbacks, w] for m, w in zip(members, watches,
-                                                                                               strict=True)],
-                                backbone, weights)
+    # the trail first: an interrupt in a later callback still finds the evaluation in losses.csv
+    callbacks = [[trail, *m.callbacks, watch] for m, watch, trail in zip(members, watches, trails, strict=True)]
+    optimized = optimize_scales([m.inputs for m in members], callbacks, backbone, weights)
     outcomes = []
-    for member, record, result, watch in zip(members, records, optimized, watches, strict=True):
-        if watch.found:
-            record["stuck_layers"] = watch.found
-        with writing(member.output_dir):
-            outcomes.append(_write_outcome(member, record, backbone, result))
+    with interrupts.held():
+        for member, record, result, watch in zip(members, records, optimized, watches, strict=True):
+            if watch.found:
+                record["stuck_layers"] = watch.found
+            with writing(member.output_dir):
+                outcome = _write_outcome(member, record, backbone, result)
+            outcomes.append(member.on_end(outcome) if member.on_end is not None else outcome)
     return outcomes
+
+
+class Trail:
+    """An evaluation callback that keeps a member's evaluations so far and its latest image."""
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+        self.image: torch.Tensor | None = None
+
+    def __call__(self, record: dict, image: torch.Tensor) -> None:
+        self.history.append(record)
+        self.image = image
+
+
+def _write_interrupted(member: Member, record: dict, trail: Trail, interrupt: KeyboardInterrupt) -> None:
+    """An interrupted member's folder: its latest image as partial.png, losses.csv so far and run.json with
+    status KILLED; a member whose result was written already keeps it. A file that cannot be written is
+    logged: the interrupt is what the caller must see."""
+    folder = member.output_dir
+    if record.get("status") == "FINISHED" and (folder / RECORD_JSON).is_file():
+        return
+    record.update(status="KILLED", failure=f"interrupted ({interrupt or 'SIGINT'})", evaluations=len(trail.history))
+    try:
+        if trail.image is not None:
+            save_png(trail.image, folder / PARTIAL_PNG)
+        write_losses(folder / LOSSES_CSV, trail.history)
+        write_record(folder, record)
+    except OSError as exc:
+        log.warning("could not keep the interrupted run's files in %s: %s", folder, exc)
 
 
 def member_weights(inputs: Inputs) -> dict:

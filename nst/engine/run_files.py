@@ -3,7 +3,8 @@
 Every run's folder holds ``config.yaml`` (the resolved config), ``losses.csv`` (one row per
 evaluation), ``run.json`` (what the numbers mean, and how the run ended) and its result image
 (``result.png``, or ``output``), or ``last_finite.png`` / ``partial.png`` when it did not finish.
-A file that cannot be written is one line naming it (``OutputError``), never a traceback.
+Each is written whole (``nst.files``: a full disk or a kill leaves it absent, never empty), and
+a file that cannot be written is one line naming it (``OutputError``), never a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nst.errors import OutputError
+from nst.files import write_text, written
 
 RESULT_PNG = "result.png"
 LAST_FINITE_PNG = "last_finite.png"
@@ -43,8 +45,7 @@ def writing(folder: Path):
 def write_config(folder: Path, config_yaml: str) -> None:
     """config.yaml, before the run starts: a folder always says what it was run with."""
     with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_YAML).write_text(config_yaml)
+        write_text(folder / CONFIG_YAML, config_yaml)
 
 
 def write_losses(path: Path, history: Sequence[dict]) -> None:
@@ -53,7 +54,7 @@ def write_losses(path: Path, history: Sequence[dict]) -> None:
     Written with the csv module: pandas costs a run most of a second to import.
     """
     columns = list(dict.fromkeys(key for row in history for key in row))
-    with open(path, "w", newline="") as file:
+    with written(path) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.DictWriter(file, columns, restval="")
         writer.writeheader()
         writer.writerows(history)
@@ -61,4 +62,4 @@ def write_losses(path: Path, history: Sequence[dict]) -> None:
 
 def write_record(folder: Path, record: dict) -> None:
     """run.json: the run record as indented JSON."""
-    (folder / RECORD_JSON).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_text(folder / RECORD_JSON, json.dumps(record, indent=2, default=str) + "\n")

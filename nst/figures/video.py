@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from pathlib import Path
 
 from PIL import Image
+
+from nst.files import PART, written
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,8 @@ class Video:
     ``depth`` frames behind) and ``close`` waits for the last ones. Every frame is
     fitted to ``size``, the result's (on an even canvas: yuv420p needs even sides).
     Without PyAV or an H.264 encoder the frames are kept and ``close`` writes a GIF instead.
+    The video is encoded under a temporary name and renamed when complete (``nst.files``): a run that
+    stops, or a disk that fills, leaves no broken video behind.
     """
 
     def __init__(self, stem: Path, size: tuple[int, int], fps: int = 8, depth: int = 8):
@@ -29,6 +34,7 @@ class Video:
         self.failure: Exception | None = None
         self.queue: queue.Queue[Image.Image | None] = queue.Queue(maxsize=depth)
         self.thread: threading.Thread | None = None
+        self.partial = stem.with_name(f".{stem.name}.mp4{PART}")
 
     def add(self, frame: Image.Image) -> None:
         if self.thread is None:
@@ -49,13 +55,15 @@ class Video:
         if self.count < 2 or self.failure is not None:
             if self.failure is not None:
                 log.warning("no video: encoding %s failed: %s", mp4, self.failure)
-            mp4.unlink(missing_ok=True)
+            self.partial.unlink(missing_ok=True)
             return None
         if self.kept:
             path = self.stem.with_suffix(".gif")
-            self.kept[0].save(path, save_all=True, append_images=self.kept[1:], duration=int(1000 / self.fps),
-                              loop=0)
+            with written(path) as temporary:
+                self.kept[0].save(temporary, format="GIF", save_all=True, append_images=self.kept[1:],
+                                  duration=int(1000 / self.fps), loop=0)
             return path
+        os.replace(self.partial, mp4)
         return mp4
 
     def _frames(self):
@@ -67,7 +75,7 @@ class Video:
         try:
             import av  # PyAV (and its codecs) only when a video is written
 
-            container = av.open(str(self.stem.with_suffix(".mp4")), mode="w")
+            container = av.open(str(self.partial), mode="w", format="mp4")
             stream = container.add_stream("libx264", rate=self.fps)
             width, height = self.size
             stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"

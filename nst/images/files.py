@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nst.errors import ImageError
+from nst.files import written
 
 WHITE = (255, 255, 255)
 
@@ -66,11 +68,11 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
             opened.load()
             image = ImageOps.exif_transpose(opened)
             return to_rgb(image)
-    except Image.DecompressionBombError as exc:
-        raise ImageError(
-            f"{what} image {path}: too many pixels to open safely "
-            f"(Pillow's limit is {Image.MAX_IMAGE_PIXELS} pixels): {exc}"
-        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses twice its MAX_IMAGE_PIXELS (and warns above it)
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageError(f"{what} image {path}: {pixels[1] + ' pixels, ' if pixels else ''}more than Pillow "
+                         f"opens safely ({2 * Image.MAX_IMAGE_PIXELS} pixels, its guard against decompression "
+                         f"bombs): use a smaller image") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"{what} image {path}: not an image Pillow can read (JPEG, PNG, WebP, TIFF and BMP work)"
@@ -168,8 +170,8 @@ def load_mask(path: str | os.PathLike, height: int, width: int, what: str = "mas
 
 
 def save_png(tensor: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Save an image tensor as PNG (clamped to [0, 1]); parent folders are created."""
+    """Save an image tensor as PNG (clamped to [0, 1]), written whole; parent folders are created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensor_to_pil(tensor).save(path, format="PNG")
+    with written(path) as temporary:
+        tensor_to_pil(tensor).save(temporary, format="PNG")
     return path

@@ -22,7 +22,7 @@ from nst.engine.optimization import INIT_MODES, OPTIMIZERS, SPACES, OptimizerSet
 from nst.engine.spec import MemberSpec, RunSpec, SharedSpec, weighted
 from nst.errors import ConfigError
 from nst.jobs.schema import check_config
-from nst.tracking.store import TrackingSpec
+from nst.tracking.store import DEFAULT_EXPERIMENT, TrackingSpec
 
 
 def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, exclusive: bool = False,
@@ -308,10 +308,12 @@ def tracking_spec(cfg: DictConfig) -> TrackingSpec:
     def get(key: str, default=None):
         return OmegaConf.select(cfg, f"tracking.{key}", default=default)
 
-    uri, artifacts = get("uri"), get("artifact_location")
+    uri, artifacts, experiment = get("uri"), get("artifact_location"), get("experiment", DEFAULT_EXPERIMENT)
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ConfigError("tracking.experiment", experiment, f"an experiment's name (default {DEFAULT_EXPERIMENT})")
     return TrackingSpec(
         enabled=_flag(cfg, "tracking.enabled", False), uri=str(uri) if uri else None,
-        artifact_location=str(artifacts) if artifacts else None, experiment=str(get("experiment") or "nst"),
+        artifact_location=str(artifacts) if artifacts else None, experiment=experiment,
         resume=_flag(cfg, "tracking.resume", True),
         output_dir=str(OmegaConf.select(cfg, "paths.output_dir") or "outputs"))
 

@@ -22,17 +22,17 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nst.engine.inputs import load_inputs
+from nst.engine.inputs import Inputs, load_inputs
 from nst.engine.optimization import CONVERGED
 from nst.engine.run import Member, RunOutcome, execute_batch
 from nst.errors import NonFiniteLossError, NSTError, UnrecordedRunError
-from nst.jobs import hydra_state
+from nst.jobs import hydra_state, workers
 from nst.jobs.config import parse, tracking_spec
 from nst.messages import say
 from nst.tracking import tags
@@ -118,10 +118,12 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
             recorder = recording.begin(job, job.tracking, inputs)
             if recorder is not None:
                 folder = RunFolder.of(job.output_dir, inputs)
-                member = Member(inputs, job.output_dir, [*folder.callbacks, *recorder.callbacks], recorder.on_ready)
+                member = Member(inputs, job.output_dir, [*folder.callbacks, *recorder.callbacks], recorder.on_ready,
+                                partial(_end, folder, recorder, inputs, None if job.sweep_id else recorder.address))
                 started.append(_Started(position, member, recorder, folder))
         if started:
-            for entry, outcome in zip(started, _execute(started, jobs), strict=True):
+            ended = execute_batch([entry.member for entry in started])
+            for entry, outcome in zip(started, ended, strict=True):
                 outcomes[entry.position] = outcome
     except BaseException as exc:
         _end_interrupted(started, exc)
@@ -129,42 +131,38 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
     return outcomes
 
 
+def _end(folder: RunFolder, recorder: RunRecorder, inputs: Inputs, address: str | None,
+         outcome: RunOutcome | BaseException) -> RunOutcome | BaseException:
+    """A member's end once the engine has written its files: the video closed with the last image, then the
+    run recorded by its outcome (``Member.on_end``: an interrupt waits for it). A sweep says where its report is
+    when it ends, a single run where its page is (``address``)."""
+    if isinstance(outcome, NonFiniteLossError):
+        folder.finish(outcome.last_finite_image, outcome.evaluation - 1 if outcome.evaluation else None)
+        recorder.fail(str(outcome), final=outcome.last_finite_image)
+        return outcome
+    folder.finish(outcome.optimization.image, outcome.optimization.evaluations)
+    try:
+        recorder.finish(outcome, inputs)
+    except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
+        return exc
+    say_where(outcome, address)
+    return outcome
+
+
 def _end_interrupted(started: list[_Started], exc: BaseException) -> None:
-    """Every run this batch started and did not end: KILLED with its video and partial image on Ctrl-C
-    or SIGTERM, else FAILED with the error."""
+    """Every run this batch started and did not end: KILLED on Ctrl-C or SIGTERM, with its partial image,
+    losses and run.json (the engine wrote them), else FAILED with the error; its video closed either way
+    (a partly written one is removed)."""
     interrupted = isinstance(exc, KeyboardInterrupt)
     for entry in started:
         if entry.recorder.ended:
             continue
-        if interrupted:
-            try:  # the video so far, before the recorder logs the folder
-                entry.folder.finish()
-            except Exception as video_error:  # noqa: BLE001 - ending the run matters more
-                log.warning("no video for %s: %s", entry.folder.output_dir, video_error)
-        entry.recorder.fail("interrupted" if interrupted else f"{type(exc).__name__}: {exc}",
+        try:  # the video so far, before the recorder logs the folder
+            entry.folder.finish()
+        except Exception as video_error:  # noqa: BLE001 - ending the run matters more
+            log.warning("no video for %s: %s", entry.folder.output_dir, video_error)
+        entry.recorder.fail(f"interrupted ({exc or 'SIGINT'})" if interrupted else f"{type(exc).__name__}: {exc}",
                             "KILLED" if interrupted else "FAILED", partial=interrupted)
-
-
-def _execute(started: list[_Started], jobs: Sequence[Job]) -> list[RunOutcome | BaseException]:
-    """The batch through the engine, each run's recorder ended by its outcome."""
-    outcomes: list[RunOutcome | BaseException] = execute_batch([entry.member for entry in started])
-    for index, (entry, outcome) in enumerate(zip(started, outcomes, strict=True)):
-        # the video is on disk before the recorder logs the run's folder
-        if isinstance(outcome, NonFiniteLossError):
-            entry.folder.finish(outcome.last_finite_image, outcome.evaluation - 1 if outcome.evaluation else None)
-            entry.recorder.fail(str(outcome), final=outcome.last_finite_image)
-        elif isinstance(outcome, BaseException):
-            entry.recorder.fail(f"{type(outcome).__name__}: {outcome}")
-        else:
-            entry.folder.finish(outcome.optimization.image, outcome.optimization.evaluations)
-            try:
-                entry.recorder.finish(outcome, entry.member.inputs)
-            except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
-                outcomes[index] = exc
-                continue
-            # a sweep says where its report is when it ends, a single run where its page is
-            say_where(outcome, None if jobs[entry.position].sweep_id else entry.recorder.address)
-    return outcomes
 
 
 def say_where(outcome: RunOutcome, address: str | None) -> None:
@@ -200,7 +198,8 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     """
     in_sweep = hydra_state.in_multirun()
     try:
-        outcome = run(cfg, hydra_state.output_dir())
+        with workers.job():
+            outcome = run(cfg, hydra_state.output_dir())
     except NSTError as exc:
         report_error(exc)
         if in_sweep:

@@ -45,6 +45,7 @@ class Schema:
     options: dict[str, frozenset[str]]  # group -> its option files' names (groups with a folder in conf/)
     nullable: frozenset[str]  # groups whose default is null (experiment, sweep): null is an option
     multirun: frozenset[str]  # "sweep=ratio": options that set hydra.mode=MULTIRUN
+    numbers: frozenset[str]  # leaves that hold a number or a boolean in every file that sets them
 
     def knows(self, key: str) -> bool:
         """A key of the schema, or inside a value (``style.0``), which Hydra then checks itself."""
@@ -84,13 +85,13 @@ def _package(path: Path, group: str) -> str:
     return group
 
 
-def _dotted(node: object, prefix: str) -> Iterator[tuple[str, bool]]:
-    """(key, is_leaf) for every key under ``node``; Hydra's own settings and defaults lists are no keys."""
+def _dotted(node: object, prefix: str) -> Iterator[tuple[str, bool, object]]:
+    """(key, is_leaf, value) for every key under ``node``; Hydra's own settings and defaults lists are no keys."""
     if not isinstance(node, dict):
-        yield prefix, True
+        yield prefix, True, node
         return
     if prefix:
-        yield prefix, False
+        yield prefix, False, None
     for name, child in node.items():
         if not prefix and name in ("hydra", "defaults"):
             continue
@@ -125,10 +126,12 @@ def schema(config_dir: Path = CONFIG_DIR) -> Schema:
         found.extend(_dotted(nested, ""))
         if isinstance(nested, dict) and (nested.get("hydra") or {}).get("mode") == "MULTIRUN":
             multirun.add(f"{group}={option.stem}")
-    return Schema(frozenset(k for k, _ in found), frozenset(k for k, leaf in found if leaf), frozenset(groups),
+    numbers = {key for key, leaf, value in found if leaf and isinstance(value, int | float)}
+    numbers -= {key for key, leaf, value in found if leaf and value is not None and not isinstance(value, int | float)}
+    return Schema(frozenset(k for k, _, _ in found), frozenset(k for k, leaf, _ in found if leaf), frozenset(groups),
                   {group: frozenset(names) for group, names in options.items()},
                   frozenset(group for group, default in defaults.items() if default is None),
-                  frozenset(multirun))
+                  frozenset(multirun), frozenset(numbers))
 
 
 def check_config(cfg: DictConfig, config_dir: Path = CONFIG_DIR) -> None:
@@ -136,7 +139,7 @@ def check_config(cfg: DictConfig, config_dir: Path = CONFIG_DIR) -> None:
     or by a sweep's params); its first such key is named."""
     known = schema(config_dir)
     container = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
-    for key, _leaf in _dotted(container, ""):
+    for key, _leaf, _value in _dotted(container, ""):
         parent = key.rpartition(".")[0]
         if parent and not known.knows(parent):
             continue  # only the outermost unknown key is worth naming
@@ -175,12 +178,49 @@ def parse_overrides(args: Sequence[str], multirun: bool = False) -> list[Overrid
         try:
             parsed.extend(parser.parse_overrides([arg]))
         except OverrideParseException as exc:
-            if "=" not in arg or arg.partition("=")[2][:1] in ("'", '"'):
-                first = str(exc).strip().splitlines()[0]
-                raise OverrideError(f"cannot parse the override {arg}: {first}") from None
-            raise OverrideError(f"cannot parse the override {arg}: quote the value for Hydra, "
-                                f"e.g. {quoting_hint(arg, multirun)}") from None
+            hint = _working_hint(arg, multirun)
+            if hint is None:
+                raise OverrideError(f"cannot parse the override {arg}: {_why_unparsable(arg, exc)}") from None
+            raise OverrideError(f"cannot parse the override {arg}: quote the value for Hydra, e.g. {hint}") from None
     return parsed
+
+
+def _working_hint(arg: str, multirun: bool) -> str | None:
+    """``quoting_hint``'s override, if it parses and means what was typed: None when quoting would turn a
+    number, a boolean or nothing into text (``1,,2``, ``choice(1,2``, ``[1,2``), which the job would then
+    refuse."""
+    key, equals, value = arg.partition("=")
+    if not equals or value[:1] in ("'", '"') or key.lstrip("+~") in schema().numbers:
+        return None
+    hint = quoting_hint(arg, multirun)
+    parser = OverridesParser.create()
+    try:
+        (hinted,) = parser.parse_overrides(shlex.split(hint))
+    except OverrideParseException:
+        return None
+    values = sweep_values(hinted) if hinted.is_discrete_sweep() else [hinted._convert_value(hinted.value())]
+    for value in values if isinstance(values, list) else [values]:
+        for item in value if isinstance(value, list) else [value]:
+            if item == "":
+                return None
+            try:
+                (plain,) = parser.parse_overrides([f"{hinted.key_or_group}={item}"])
+            except OverrideParseException:
+                continue  # needs the quotes: they are the fix
+            if not isinstance(plain.value(), str):
+                return None
+    return hint
+
+
+def _why_unparsable(arg: str, exc: Exception) -> str:
+    """Why Hydra's grammar refuses ``arg``, in words where they can be found (brackets, empty values)."""
+    value = arg.partition("=")[2]
+    for opening, closing in ("()", "[]", "{}"):
+        if value.count(opening) != value.count(closing):
+            return f"its {opening} and {closing} do not pair up"
+    if re.search(r"(^|[,(\[])\s*(,|$)", value) and not value.startswith(("'", '"')):
+        return "it has an empty value between commas"
+    return str(exc).strip().splitlines()[0]
 
 
 def check_override_keys(overrides: Sequence[Override], config_dir: Path = CONFIG_DIR) -> None:
@@ -221,8 +261,14 @@ def check_override_values(overrides: Sequence[Override], multirun: bool,
                                 f"to pass one value quote it: {quoting_hint(line, False)}")
         if key in known.options and override.value_type != ValueType.GLOB_CHOICE_SWEEP:
             sweep = override.is_discrete_sweep()
-            for option in override.sweep_iterator() if sweep else [override.value()]:
+            for option in sweep_values(override) if sweep else [override.value()]:
                 known.check_option(key, option)
+
+
+def sweep_values(override: Override) -> list:
+    """The values a discrete sweep (``1,2``, ``choice(...)``, ``range(...)``) expands to, as plain values: a
+    quoted one is its text, not Hydra's ``QuotedString``."""
+    return [Override._convert_value(value) for value in override.sweep_iterator()]
 
 
 def values_of(overrides: Sequence[Override], prefixes: Sequence[str]) -> Iterator[tuple[str, object]]:
@@ -233,7 +279,7 @@ def values_of(overrides: Sequence[Override], prefixes: Sequence[str]) -> Iterato
         if override.is_delete() or not key.startswith(tuple(prefixes)):
             continue
         if override.is_discrete_sweep():
-            for value in override.sweep_iterator():
+            for value in sweep_values(override):
                 yield key, value
         elif not override.is_sweep_override():
             yield key, override.value()

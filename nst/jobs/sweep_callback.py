@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nst.errors import NSTError
+from nst.errors import ConfigError, NSTError
 from nst.figures import labels
 from nst.jobs import driver
 from nst.jobs.config import check_launch, tracking_spec
 from nst.jobs.hydra_state import sweep_id
+from nst.jobs.schema import sweep_values
 from nst.tracking import naming, ownership, store, tags
 from nst.tracking.steps import align_steps
 
 log = logging.getLogger(__name__)
+
+MAX_JOBS = 1000  # the most jobs of one sweep (NST_MAX_JOBS): a typo such as range(0,100000) is refused
 
 # The callback whose parent run is open in this process (closed by abort_open_sweep on a crash).
 _open: SweepCallback | None = None
@@ -42,6 +47,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
             check_launch(config)  # values from conf/local or a sweep file, which the CLI's pre-flight cannot see
+            check_job_count(swept_values(list(config.hydra.overrides.task), sweeper_params(config)))
             tracking = tracking_spec(config)
             if tracking.enabled:
                 self.open_parent(config, tracking)
@@ -57,8 +63,7 @@ class SweepCallback(Callback):
         """The store, the experiment and the sweep's parent run, kept alive by this process's heartbeat."""
         self.client, experiment_id = store.connect(tracking)
         sweep_dir = str(config.hydra.sweep.dir)
-        params = OmegaConf.select(config, "hydra.sweeper.params")
-        params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        params = sweeper_params(config)
         overrides = list(config.hydra.overrides.task)
         values = swept_values(overrides, params)
         swept = {key: labels.log_spaced(found) for key, found in values.items()}
@@ -144,17 +149,45 @@ class SweepCallback(Callback):
         self.close()
 
 
-def swept_values(overrides: list[str], sweeper_params: dict) -> dict[str, list]:
-    """Each swept key with its values, in the order given: the command line's sweeps
-    (``loss.style_weight=1,100``) and a sweep file's ``hydra.sweeper.params``."""
+def sweeper_params(config: DictConfig) -> dict:
+    """A sweep file's ``hydra.sweeper.params`` ({} when there are none)."""
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    return OmegaConf.to_container(params, resolve=True) if params is not None else {}
+
+
+def swept_values(overrides: list[str], params: dict) -> dict[str, list]:
+    """Each swept key with its values (plain values, as the jobs get them), in the order given: the command
+    line's sweeps (``loss.style_weight=1,100``) and a sweep file's ``hydra.sweeper.params``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    texts = [*overrides, *(f"{key}={value}" for key, value in sweeper_params.items())]
+    texts = [*overrides, *(f"{key}={value}" for key, value in params.items())]
     found: dict[str, list] = {}
     for override in OverridesParser.create().parse_overrides(texts):
         if override.is_discrete_sweep():
-            found[override.key_or_group] = list(override.sweep_iterator())
+            found[override.key_or_group] = sweep_values(override)
     return found
+
+
+def max_jobs() -> int:
+    """The most jobs one sweep may have: ``NST_MAX_JOBS``, else ``MAX_JOBS``."""
+    text = os.environ.get("NST_MAX_JOBS", str(MAX_JOBS))
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError("NST_MAX_JOBS", text, "a whole number of jobs >= 1")
+    return int(text)
+
+
+def check_job_count(values: dict[str, list]) -> None:
+    """A sweep whose values expand to no job, or to more than ``max_jobs``, is refused before anything runs
+    (Hydra would record an empty sweep, or spend minutes setting up a huge one)."""
+    empty = [key for key, found in values.items() if not found]
+    if empty:
+        raise ConfigError(empty[0], "an empty sweep", "values that give at least one job (range(start, stop) "
+                                                      "counts up from start and stops before stop)")
+    count = math.prod(len(found) for found in values.values())
+    if count > max_jobs():
+        sizes = " x ".join(f"{len(found)} {key.lstrip('+~')}" for key, found in values.items())
+        raise ConfigError("the sweep", f"{count} jobs ({sizes})",
+                          f"at most {max_jobs()} jobs in one sweep (NST_MAX_JOBS=<n> raises the limit)")
 
 
 def sweep_naming(client, experiment_id: str, config: DictConfig, overrides: list[str],
@@ -187,9 +220,9 @@ def describe(config: DictConfig, values: dict[str, list]) -> str:
     pair = " + ".join(str(OmegaConf.select(config, key, default="?")) for key in ("content", "style"))
     varied = "; ".join(f"{labels.name(key)} ({key.lstrip('+~')}) in {', '.join(labels.short(v) for v in found)}"
                        for key, found in values.items())
-    return (f"Sweep of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
-            f"{OmegaConf.select(config, 'image.size')} px, {OmegaConf.select(config, 'epochs')} epochs. "
-            f"Varied: {varied or 'nothing'}.")
+    return tags.literal(f"Sweep of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
+                        f"{OmegaConf.select(config, 'image.size')} px, {OmegaConf.select(config, 'epochs')} epochs. "
+                        f"Varied: {varied or 'nothing'}.")
 
 
 def job_numbers(sweep_dir: Path) -> list[int]:

@@ -126,7 +126,8 @@ def inspect(db: Path) -> str:
         if "file is not a database" in str(exc):
             raise TrackingError(f"{db} is not an MLflow store (not an SQLite database); nst never overwrites "
                                 f"it: move it aside, or choose another output folder (paths.output_dir=<folder>)") from exc
-        raise TrackingError(describe_problem(store_problem(exc) or "damaged", str(db), exc, 0.0)) from exc
+        problem = store_problem(exc) or ("unwritable" if read_only(db) else "damaged")
+        raise TrackingError(describe_problem(problem, str(db), exc, 0.0)) from exc
     if not tables:
         return "missing"
     if not {"experiments", "runs"} & tables:
@@ -134,6 +135,12 @@ def inspect(db: Path) -> str:
                             f"{', '.join(sorted(tables)[:5])}); nst never overwrites it: move it aside, or choose "
                             f"another output folder (paths.output_dir=<folder>)")
     return _schema_state(db, tables, revision[0] if revision else None)
+
+
+def read_only(db: Path) -> bool:
+    """Whether ``db`` or its folder cannot be written (a read-only disk or file): SQLite then cannot open a
+    store kept in write-ahead-log mode at all, and says only 'unable to open database file'."""
+    return not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK))
 
 
 def _schema_state(db: Path, tables: set[str], revision: str | None) -> str:
@@ -234,8 +241,9 @@ def describe_problem(problem: str, where: str, exc: BaseException, waited: float
                   f"be an open sqlite3 shell or a stuck process",
         "full": f"no space left on the device holding the MLflow store {where} ({cause}): free some space "
                 f"and run again",
-        "unwritable": f"the MLflow store {where} cannot be written ({cause}): fix the folder's permissions or "
-                      f"choose a writable output folder (paths.output_dir=<folder> or NST_OUTPUT_DIR)",
+        "unwritable": f"the MLflow store {where} cannot be written ({cause}; the file is not damaged): make it "
+                      f"and its folder writable, or choose a writable output folder (paths.output_dir=<folder> "
+                      f"or NST_OUTPUT_DIR)",
         "damaged": f"the MLflow store {where} is damaged ({cause}); nst never overwrites it: move it aside "
                    f"(runs recorded in it are lost to nst) or restore a backup",
         "io": f"the MLflow store {where} could not be read or written ({cause}): check the disk holding it",

@@ -29,13 +29,13 @@ from PIL import Image
 from nst.engine.inputs import Inputs
 from nst.engine.optimization import CONVERGED
 from nst.engine.run import RunOutcome
-from nst.engine.run_files import PARTIAL_PNG
 from nst.errors import TrackingError, UnrecordedRunError
 from nst.figures import labels
 from nst.figures.grid import triptych
 from nst.figures.plots import loss_curve
+from nst.files import is_partial
 from nst.images import measures
-from nst.images.files import save_png, tensor_to_pil
+from nst.images.files import tensor_to_pil
 from nst.messages import say
 from nst.tracking import store, tags
 from nst.tracking.naming import MAX_NAME, run_name
@@ -168,7 +168,7 @@ class RunRecorder:
         if last is not None:
             self.log_step_picture(last, steps)
         for path in sorted(self.output_dir.iterdir()):
-            if path.name != ".hydra":
+            if path.name != ".hydra" and not is_partial(path):
                 self.log_file(path, path.name if path.is_dir() else None)
         self.log_file(self.output_dir / ".hydra", ".hydra")
 
@@ -222,11 +222,11 @@ class RunRecorder:
         """End FAILED (or KILLED) with the reason; keep the last finite or partial image (at the slider's
         next step) and the files.
 
-        Called while something else went wrong: a store that refuses is reported, not raised (the run is
-        then ended FAILED by the next command that opens the store, once this process is gone).
+        Called while something else went wrong: when the store refuses the run's records (a full disk), the
+        reason and the status alone are tried; a store that refuses those too is reported, not raised (the
+        run is then ended FAILED by the next command that opens the store, once this process is gone).
         """
-        if partial and self.last_image is not None:
-            save_png(self.last_image, self.output_dir / PARTIAL_PNG)
+        if partial and self.last_image is not None:  # the engine wrote it as partial.png
             final = self.last_image
         keep = final is not None or partial
         last = tensor_to_pil(final) if final is not None else None
@@ -239,8 +239,12 @@ class RunRecorder:
         try:
             self.end_with(record, status)
         except TrackingError as exc:
-            print(f"nst: warning: the MLflow store did not record the end of run {self.run_id}: {exc}",
-                  file=sys.stderr)
+            try:  # its records did not all fit (a full disk): at least the reason and the end, two small writes
+                self.client.set_tag(self.run_id, tags.TAG_FAILURE, reason[:5000])
+                self.client.set_terminated(self.run_id, status)
+            except TrackingError:
+                print(f"nst: warning: the MLflow store did not record the end of run {self.run_id}: {exc}; the "
+                      f"next nst or nst-report that opens the store ends it FAILED", file=sys.stderr)
 
     def end_with(self, record: Callable[[], None], status: str) -> None:
         """The run's writes (those the store refused tried again), then ``record``, then the status; the

@@ -35,11 +35,12 @@ def relog(folder: Path) -> tuple[str, bool]:
     """Record the run whose files are in ``folder`` in the store its config names; its run id, and whether
     anything was recorded now (False: the run had ended by itself, and is left as it is).
 
-    A run ended FAILED only because its process was gone is completed as one that never ended.
+    A run ended FAILED only because its process was gone, or ended otherwise than its folder's run.json
+    says, is completed from the folder.
     """
     folder = Path(folder).resolve()
     tracking, frame_every = _settings(folder)
-    client, experiment_id = store.connect(tracking)
+    client, experiment_id = store.connect(tracking, create=False)
     return _record(client, experiment_id, folder, frame_every)
 
 
@@ -99,7 +100,7 @@ def _record(client, experiment_id: str, folder: Path, frame_every: int) -> tuple
 
     history = pd.read_csv(folder / LOSSES_CSV).to_dict("records") if (folder / LOSSES_CSV).is_file() else []
     run = _folder_run(client, experiment_id, folder)
-    if run is not None and run.info.status != "RUNNING" and not store.ended_as_dead(run):
+    if run is not None and not _needs_recording(run, record):
         return run.info.run_id, False
     if run is None:
         run_id = client.create_run(experiment_id, run_name=folder.name, tags={
@@ -134,6 +135,15 @@ def _record(client, experiment_id: str, folder: Path, frame_every: int) -> tuple
 
         recorder.end_with(failed, "FAILED")
     return run_id, True
+
+
+def _needs_recording(run, record: dict) -> bool:
+    """Whether the store's run lacks what the folder holds: it never ended, was ended only because its
+    process was gone, or ended otherwise than the folder's run.json says it did (a signal that came while
+    the run's end was recorded)."""
+    if run.info.status == "RUNNING" or store.ended_as_dead(run):
+        return True
+    return record.get("status") == "FINISHED" and run.info.status != "FINISHED"
 
 
 def _logged_inputs(client, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -75,6 +75,11 @@ def default_output_dir() -> Path:
     return Path(os.environ.get("NST_OUTPUT_DIR", "outputs"))
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server's address (it keeps artifacts where it was told to)."""
+    return uri.startswith(("http://", "https://"))
+
+
 def store_uri(uri: str | None = None, output_dir: str | os.PathLike | None = None) -> str:
     """The tracking URI: ``uri`` when given (a server, or a path: a ``.db`` file or the folder holding
     ``mlflow.db``), else the SQLite file under the output root."""
@@ -88,9 +93,13 @@ def store_uri(uri: str | None = None, output_dir: str | os.PathLike | None = Non
 
 
 def artifact_location(tracking: TrackingSpec) -> str | None:
-    """Where new experiments keep artifacts: as configured, else ``<output root>/mlartifacts`` for the
-    local store (a server decides for itself)."""
-    if tracking.uri:
+    """Where new experiments keep artifacts: as configured, else ``<output root>/mlartifacts`` for a
+    store nst writes to directly (the default one, or ``tracking.uri`` naming a database); a tracking
+    server decides for itself. Without a location MLflow would use ``./mlruns`` of whatever folder
+    the first run was started in."""
+    if is_server(store_uri(tracking.uri, tracking.output_dir)):
+        return tracking.artifact_location
+    if tracking.artifact_location and "://" in tracking.artifact_location:
         return tracking.artifact_location
     if tracking.artifact_location:
         return Path(tracking.artifact_location).expanduser().resolve().as_uri()
@@ -142,13 +151,14 @@ def guarded(uri: str, function, *args, **kwargs):
                                                           time.monotonic() - started)) from exc
 
 
-def connect(tracking: TrackingSpec):
-    """Open the store and return ``(client, experiment_id)``; create both on first use.
+def connect(tracking: TrackingSpec, create: bool = True):
+    """Open the store and return ``(client, experiment_id)``; create both on first use (the store only when
+    ``create``: a run recorded later belongs in the store it was run with, not in a new one).
 
     Fails fast, with the URI in the message, when the store cannot be reached or used.
     """
     uri = store_uri(tracking.uri, tracking.output_dir)
-    mlflow_client = open_store(uri, create=True, artifact_root=artifact_location(tracking))
+    mlflow_client = open_store(uri, create=create, artifact_root=artifact_location(tracking), option=None)
     experiment_id = _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
     _check_artifacts(mlflow_client.get_experiment(experiment_id), tracking)
     return mlflow_client, experiment_id
@@ -169,20 +179,23 @@ def _check_artifacts(experiment, tracking: TrackingSpec) -> None:
         database.make_folder(Path(urllib.parse.urlparse(location).path), "the artifact folder")
 
 
-def open_store(uri: str, create: bool = False, artifact_root: str | None = None) -> StoreClient:
+def open_store(uri: str, create: bool = False, artifact_root: str | None = None,
+               option: str | None = "--tracking-uri") -> StoreClient:
     """A client for the store at ``uri`` once it is usable; runs whose process died are ended FAILED.
 
     A local SQLite store is created (``create``) or checked first (``nst.tracking.database``); a server must
-    answer.
+    answer. ``option`` is the command's option that names another store, for the message when there is none
+    (None: the store was named by a run's config).
     """
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         check_server(uri)
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if create:
             database.ensure_store(db, artifact_root or (db.parent / "mlartifacts").as_uri())
         elif not db.exists():
-            raise TrackingError(f"no MLflow store at {db}: run nst first, or pass --uri")
+            raise TrackingError(f"no MLflow store at {db}: " + (f"run nst first, or name the store with {option}"
+                                if option else "is the disk that holds it mounted? (nst never creates one here)"))
         else:
             database.inspect(db)
     mlflow_client = StoreClient(uri)
@@ -197,7 +210,7 @@ def run_address(uri: str | None, experiment_id: str, run_id: str, artifact: str 
     page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
     if uri is None:
         return f"{page}?{WORKFLOW}"
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{ui.port(uri)}"
+    base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{ui.port(uri)}"
     return f"{base}/{page}?{WORKFLOW}"
 
 

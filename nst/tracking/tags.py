@@ -6,6 +6,9 @@ so a value here never changes; a new tag is added here, not spelled where it is 
 
 from __future__ import annotations
 
+import html
+import re
+
 # --- what a run is and where it belongs ---
 TAG_ROLE = "nst.role"  # "run" | "sweep" | nst-review's home run (nst.compare.review.ROLE)
 TAG_SWEEP = "nst.sweep_id"  # the multirun's id, on its parent and on each child
@@ -47,3 +50,21 @@ PARENT_TAG = "mlflow.parentRunId"
 # An experiment tag marking it as model training, so MLflow 3's UI opens it on the runs table, not its
 # GenAI pages (MLflow 3.17 reads the view from the address instead: nst.tracking.store.WORKFLOW).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+# MLflow renders a run's description as Markdown (raw HTML included): what a user named (a file, a filter)
+# goes into one through ``literal``, so it is shown as written and never becomes markup. An underscore
+# inside a word (starry_night) cannot start emphasis, so it is left as it is.
+_MARKUP = re.compile(r"[\\`*\[\]]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_ESCAPED = re.compile(r"\\([\\`*\[\]_])")
+
+
+def literal(text: str) -> str:
+    """``text`` as Markdown that renders to exactly ``text``: HTML's special characters as entities, Markdown's
+    markup characters escaped."""
+    return _MARKUP.sub(lambda match: "\\" + match[0], html.escape(str(text), quote=False))
+
+
+def unliteral(markdown: str) -> str:
+    """The text ``literal`` was given (a description shown on nst's own pages, which escape it themselves)."""
+    return html.unescape(_ESCAPED.sub(r"\1", markdown))

@@ -13,6 +13,7 @@ import pytest
 from nst.cli import nst_app
 from nst.errors import OverrideError, UnknownOptionError
 from tests.helpers.cli import NST, nst_environment, one_line_error, refused, single_run
+from tests.helpers.disks import fill_disk
 from tests.helpers.overrides import LONG_SWEEP, PAIR, QUICK_UNTRACKED, TRACKED_RUN
 from tests.helpers.store import all_runs, running_with_metrics, store_client
 from tests.helpers.waiting import wait_for
@@ -144,6 +145,20 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_run
     assert one_line_error(done.stderr) == (f"nst: error: the output folder {out} cannot be written ({reason}): "
                                            f"choose a writable output folder with paths.output_dir=<folder> "
                                            f"or NST_OUTPUT_DIR")
+
+
+@pytest.mark.parametrize("mode", ["single run", "sweep"])
+def test_an_output_folder_on_a_full_disk_is_one_line(small_disk, nst, mode):
+    """Hydra's own config files could not be written: its OSError traceback, and no nst line."""
+    out = small_disk(64) / "outputs"
+    out.mkdir()
+    fill_disk(out)
+    done = nst(out, *(["-m", "seed=1,2"] if mode == "sweep" else []), *QUICK_UNTRACKED, *PAIR)
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = one_line_error(done.stderr)
+    assert line.startswith("nst: error: no space left on the device"), line
+    assert line.endswith("free some space or choose a writable output folder (paths.output_dir=<folder> or "
+                         "NST_OUTPUT_DIR); finished runs are kept"), line
 
 
 # --- signals: Ctrl-C and SIGTERM end the runs KILLED and keep what they made ------------------------

@@ -80,3 +80,13 @@ def test_no_sweep_and_a_busy_port_are_one_line_each(review_world, tmp_path, caps
         assert nst_review.main(["--tracking-uri", review_world["uri"], "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"nst-review: error: cannot listen on 127.0.0.1:{port}") and "\n" not in err
+
+
+def test_no_store_names_nst_reviews_own_option(tmp_path, capsys):
+    """The line names --tracking-uri, nst-review's option (nst-report's is --uri)."""
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    assert nst_review.main(["--tracking-uri", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nst-review: error: no MLflow store at {missing}") and "\n" not in err
+    assert "--tracking-uri" in err and "--uri" not in err.replace("--tracking-uri", "")
+    assert not missing.parent.exists()  # nothing created

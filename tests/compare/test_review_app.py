@@ -1,14 +1,19 @@
 """nst-review's app (nst/compare/review_app.py) without a browser: the judgements it keeps, what it refuses,
 what it publishes, two apps at once, the ranking page."""
 
+import io
 import json
+import logging
 import re
+import socket
 import threading
 import uuid
 
+from werkzeug.serving import make_server
+
 from nst.compare import review, review_app
 from nst.tracking import store, tags
-from tests.helpers.reviews import judge
+from tests.helpers.reviews import damage, judge, published
 
 
 def _snapshot(review_world, chosen) -> dict:
@@ -154,3 +159,147 @@ def test_the_ranking_pages_mlflow_link_uses_the_uis_port(review_world, monkeypat
         page = app.test_client().get("/ranking").get_data(as_text=True)
         links = re.findall(r'href="(http[^"]+)"', page)
         assert links and all(link.startswith("http://127.0.0.1:5077/#/experiments/") for link in links), links
+
+
+def test_a_judgement_beside_a_damaged_file_is_recorded_and_published(review_world, review_client):
+    """A damaged judgement file among the home run's: each judgement after it answers 201 and the published
+    judgements.jsonl, count tag and human.* metrics have it."""
+    client, chosen = review_client
+    mlflow_client = review_world["client"]
+    sent = [uuid.uuid4().hex for _ in range(3)]
+    assert judge(client, chosen, "left", judgement_id=sent[0]).status_code == 201
+    damage(mlflow_client, chosen.home, b'{"id": "0123", "left": ')  # cut short
+    for k, judgement_id in enumerate(sent[1:], 1):
+        answer = judge(client, chosen, "right", judgement_id=judgement_id, pair=tuple(chosen.ids[k:k + 2]))
+        assert answer.status_code == 201, answer.get_json()
+        assert answer.get_json()["count"] == k + 1
+    assert published(mlflow_client, chosen.home) == sent
+    assert mlflow_client.get_run(chosen.home).data.tags[tags.TAG_JUDGEMENTS] == "3"
+    comparisons = sum(mlflow_client.get_run(run).data.metrics["human.comparisons"] for run in chosen.ids)
+    assert comparisons == 2 * 3
+
+
+def test_damaged_judgement_files_are_skipped_named_and_warned_about_once(review_world, review_client, caplog):
+    """Cut short, nested 100,000 deep, not UTF-8: every page and API answers 200 on the one good judgement, the
+    pages and /api/pair name the three files, and each is warned about once however many requests read it."""
+    client, chosen = review_client
+    mlflow_client = review_world["client"]
+    assert judge(client, chosen, "left").status_code == 201
+    damaged = sorted(damage(mlflow_client, chosen.home, content)
+                     for content in (b'{"left": "', b"[" * 100_000, b"\xff\xfe\x00not text"))
+    caplog.set_level(logging.WARNING, logger="nst.compare.review")
+    for _ in range(2):
+        answers = {path: client.get(path) for path in ("/", "/ranking", "/api/pair", "/api/ranking")}
+        assert {path: answer.status_code for path, answer in answers.items()} == dict.fromkeys(answers, 200)
+    for path in ("/", "/ranking"):
+        page = answers[path].get_data(as_text=True)
+        assert f"3 damaged judgement files skipped: {', '.join(damaged)}" in page, path
+    assert "1 judgements; the top three" in answers["/ranking"].get_data(as_text=True)
+    assert answers["/api/pair"].get_json()["damaged"] == damaged and answers["/api/pair"].get_json()["count"] == 1
+    assert sum(row["comparisons"] for row in answers["/api/ranking"].get_json()) == 2
+    for name in damaged:
+        warnings = [r for r in caplog.records if name in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, name
+        assert "damaged and skipped" in warnings[0].getMessage()
+    assert review.read(mlflow_client, chosen.home) == review.kept(mlflow_client, chosen.home).judgements
+
+
+class _Body(io.RawIOBase):
+    """A request body of ``size`` spaces, made as it is read, counting the bytes read (seekable: the test
+    client measures a stream's length by seeking to its end and back)."""
+
+    def __init__(self, size: int):
+        self.size, self.position, self.read_bytes = size, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.position = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence] + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.size - self.position))
+        buffer[:count] = b" " * count
+        self.position += count
+        self.read_bytes += count
+        return count
+
+
+def test_an_oversized_body_is_refused_413_before_it_is_read(review_world, review_client):
+    client, chosen = review_client
+    before = _snapshot(review_world, chosen)
+    body = _Body(60 * 2**20)
+    answer = client.post("/api/judgements", input_stream=body, content_type="application/json")
+    assert answer.status_code == 413 and answer.is_json and "Too Large" in answer.get_json()["error"]
+    assert body.read_bytes == 0
+    assert _snapshot(review_world, chosen) == before
+
+
+def test_the_server_answers_413_to_an_oversized_body_before_it_is_sent(review_world):
+    """Over a socket to the real server: the headers of a 60 MB judgement and its first KiB get the 413 at once."""
+    chosen = review.select(review_world["client"], "nst")
+    app = review_app.create_app(review_world["client"], chosen, review_world["uri"], review_world["folder"])
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as connection:
+            connection.sendall(b"POST /api/judgements HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n" % (60 * 2**20) + b" " * 1024)
+            answer = b""
+            while not answer.endswith(b"}\n") and (chunk := connection.recv(65536)):
+                answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 413 ") and b"application/json" in head
+        assert "Too Large" in json.loads(body)["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_server_error(review_world, review_client):
+    """Under the size bound, nested 30,000 deep (Python's parser recursed until RecursionError, a 500 page);
+    a string left open is not JSON; brackets inside a reviewer's name are text."""
+    client, chosen = review_client
+    before = _snapshot(review_world, chosen)
+    for raw in ("[" * 30_000 + "]" * 30_000, '{"a":' * 10_000 + "1" + "}" * 10_000):
+        assert len(raw) <= review_app.BODY_MAX
+        answer = client.post("/api/judgements", data=raw, content_type="application/json")
+        assert answer.status_code == 400 and answer.is_json, answer.get_data(as_text=True)[:200]
+        assert "nested thousands of levels deep" in answer.get_json()["error"]
+    answer = client.post("/api/judgements", data='["' + '\\"' * 30_000, content_type="application/json")
+    assert answer.status_code == 400 and "exactly the fields" in answer.get_json()["error"]
+    assert _snapshot(review_world, chosen) == before
+    assert judge(client, chosen, reviewer="[[[[[[[[{{{{{{{{ ana").status_code == 201
+
+
+def test_api_errors_answer_one_line_of_json_and_a_failure_logs_its_traceback(review_world, caplog):
+    chosen = review.select(review_world["client"], "nst")
+    app = review_app.create_app(review_world["client"], chosen, review_world["uri"], review_world["folder"])
+    app.add_url_rule("/api/broken", "broken", lambda: {}["missing"])  # an API route with a bug
+    app.add_url_rule("/broken", "broken_page", lambda: {}["missing"])  # a page's: Flask's own 500 page
+    client = app.test_client()
+    caplog.set_level(logging.ERROR, logger=app.logger.name)
+    answers = {
+        400: client.post("/api/judgements", data="[]", content_type="application/json"),
+        404: client.get("/api/nothing"),
+        405: client.get("/api/judgements"),
+        413: client.post("/api/judgements", data=b" " * (review_app.BODY_MAX + 1), content_type="application/json"),
+        500: client.get("/api/broken"),
+    }
+    for code, answer in answers.items():
+        assert answer.status_code == code and answer.is_json, (code, answer.get_data(as_text=True)[:200])
+        error = answer.get_json()["error"]
+        assert error and "\n" not in error and "<" not in error, (code, error)
+    assert "KeyError: 'missing'" in answers[500].get_json()["error"]
+    page = client.get("/broken")
+    assert page.status_code == 500 and page.mimetype == "text/html"
+    logged = [r for r in caplog.records if r.exc_info]
+    assert [(r.exc_info[0], r.getMessage()) for r in logged] == [(KeyError, "GET /api/broken failed"),
+                                                                  (KeyError, "GET /broken failed")]

@@ -4,12 +4,18 @@ judgement API called as the page calls it."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 from PIL import Image
 
+from nst.compare import review
 from nst.images import measures
 from nst.tracking import store, tags
 
@@ -50,13 +56,15 @@ def synthetic_sweep(client, experiment_id: str, betas=BETAS, measured: bool = Tr
 
 
 def review_world(tmp_path: Path) -> dict:
-    """A store with experiment nst holding one 4-run sweep, and experiment other holding one run."""
+    """A store with experiment nst holding one 4-run sweep, and experiment other holding one run; their
+    artifacts under ``tmp_path`` too."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = store.open_store(uri, create=True, artifact_root=(tmp_path / "mlartifacts").as_uri())
-    experiment = client.create_experiment("nst")
+    experiment = client.create_experiment("nst", artifact_location=(tmp_path / "mlartifacts" / "nst").as_uri())
     (tmp_path / "sweep").mkdir()
     parent, children = synthetic_sweep(client, experiment, folder=tmp_path / "sweep")
-    other = client.create_run(client.create_experiment("other")).info.run_id
+    other = client.create_run(client.create_experiment(
+        "other", artifact_location=(tmp_path / "mlartifacts" / "other").as_uri())).info.run_id
     return {"uri": uri, "client": client, "experiment": experiment, "parent": parent, "children": children,
             "other": other, "folder": tmp_path / "images"}
 
@@ -66,3 +74,23 @@ def judge(client, chosen, answer="left", reviewer="ana", judgement_id=None, pair
     left, right = pair or chosen.ids[:2]
     return client.post("/api/judgements", json={"id": judgement_id or uuid.uuid4().hex, "left": left,
                                                 "right": right, "answer": answer, "reviewer": reviewer})
+
+
+def damage(client, home: str, content: bytes, age_s: float = 60) -> str:
+    """A damaged judgement file holding ``content`` on run ``home``, last written ``age_s`` seconds ago (not one
+    another app is still copying); its path under the run's artifacts, ``judgements/<id>.json``."""
+    name = f"{uuid.uuid4().hex}.json"
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / name).write_bytes(content)
+        client.log_artifact(home, str(Path(scratch) / name), review.JUDGEMENTS)
+    stored = Path(url2pathname(urlparse(client.get_run(home).info.artifact_uri).path)) / review.JUDGEMENTS / name
+    then = time.time() - age_s
+    os.utime(stored, (then, then))
+    return f"{review.JUDGEMENTS}/{name}"
+
+
+def published(client, home: str) -> list[str]:
+    """The ids in the home run's published ``human/judgements.jsonl``, in its order."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(client.download_artifacts(home, f"{review.HUMAN}/judgements.jsonl", scratch))
+        return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line]

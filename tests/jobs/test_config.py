@@ -324,6 +324,9 @@ def test_frame_every_must_be_an_integer_from_1(tmp_path, value, shown, nst):
     ("video=maybe", "video='maybe' is not allowed: true or false"),
     ("tracking.resume=1", "tracking.resume=1 is not allowed: true or false"),
     ("tracking.enabled=yes please", "tracking.enabled='yes please' is not allowed: true or false"),
+    # an empty name silently became the default experiment
+    ("tracking.experiment=''", "tracking.experiment='' is not allowed: an experiment's name (default nst)"),
+    ("tracking.experiment=' '", "tracking.experiment=' ' is not allowed: an experiment's name (default nst)"),
 ])
 def test_launch_checks_refuse_untyped_values(override, line):
     # the composed config, as a job or the sweep callback reads it (no CLI pre-flight)

@@ -2,14 +2,17 @@
 run leaves nothing behind; a sweep run again
 skips the jobs whose identical config FINISHED and runs the failed ones again."""
 
+import json
+import os
 import shutil
+import signal
 
 import pytest
 
 from nst.compare import sweep_report
 from nst.tracking import store, tags
-from tests.helpers.cli import left_nothing, one_line_error
-from tests.helpers.overrides import SWEEP_JOB
+from tests.helpers.cli import left_nothing, one_line_error, single_run
+from tests.helpers.overrides import SWEEP_JOB, TRACKED_RUN
 from tests.helpers.store import artifact_paths, runs, store_client
 
 
@@ -65,3 +68,53 @@ def test_failed_job_is_failed_and_runs_again(tmp_path, nst):
     assert second.returncode == 1
     assert second.stdout.count("skipped, identical config already FINISHED") == 1
     assert len(runs(client, "run", "FAILED")) == 2 and len(runs(client, "run", "FINISHED")) == 1
+
+
+# --- a run's end, whatever a signal interrupts ---------------------------------------------------------
+
+
+def test_a_sigterm_while_the_runs_end_is_recorded_waits_for_it(tmp_path, nst, monkeypatch):
+    """SIGTERM just after result.png and run.json were written used to leave the store saying KILLED, without
+    the result, the triptych or the evaluation count, while the folder said FINISHED."""
+    from nst.tracking.recorder import RunRecorder
+
+    real_log_result = RunRecorder.log_result
+
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives as the run's end is being recorded
+        return real_log_result(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunRecorder, "log_result", signalled)
+    done = single_run(nst, tmp_path, *TRACKED_RUN)
+    assert done.returncode == 130, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    (run,) = runs(store_client(tmp_path / "outputs"))
+    assert record["status"] == run.info.status == "FINISHED"
+    assert run.data.metrics["evaluations"] == record["evaluations"]
+    assert {"result/result.png", "result/triptych.png"} <= set(artifact_paths(store_client(tmp_path / "outputs"),
+                                                                               run.info.run_id, "result"))
+
+
+def test_an_interrupted_run_keeps_its_losses_and_run_json_with_its_status(tmp_path, nst, monkeypatch):
+    """Ctrl-C mid-run left MLflow right but no losses.csv or run.json on disk."""
+    from nst.tracking.run_folder import RunFolder
+
+    real_on_evaluation = RunFolder.on_evaluation
+
+    def interrupted(self, record, image):
+        real_on_evaluation(self, record, image)
+        if record["evaluation"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunFolder, "on_evaluation", interrupted)
+    done = single_run(nst, tmp_path, *TRACKED_RUN)
+    assert done.returncode == 130, done.stderr[-3000:]
+    folder = tmp_path / "run"
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "KILLED" and record["failure"].startswith("interrupted")
+    rows = (folder / "losses.csv").read_text().splitlines()[1:]
+    assert len(rows) == record["evaluations"] >= 4
+    assert (folder / "partial.png").is_file() and not (folder / "result.png").exists()
+    (run,) = runs(store_client(tmp_path / "outputs"))
+    assert run.info.status == "KILLED"
+    assert "run.json" in artifact_paths(store_client(tmp_path / "outputs"), run.info.run_id)

@@ -100,3 +100,16 @@ def test_the_suggested_quoting_runs(tmp_path, assets_dir, nst, name, problem):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "result.png").is_file()
     assert OmegaConf.load(tmp_path / "run" / "config.yaml").content == str(photo)
+
+
+@pytest.mark.parametrize(("arg", "multirun", "why"), [
+    ("loss.style_weight=choice(1,2", True, "its ( and ) do not pair up"),
+    ("loss.style_weight=1,,2", True, "it has an empty value between commas"),
+    ("loss.style_weight=[1,2", False, "its [ and ] do not pair up"),
+    ("loss.style_weight=1,", True, "it has an empty value between commas"),
+])
+def test_no_quoting_is_suggested_that_would_turn_numbers_into_text(arg, multirun, why):
+    """Quoting these parses, but each job would then refuse '1' as a weight: the line says what is wrong."""
+    with pytest.raises(OverrideError) as caught:
+        schema.parse_overrides([arg], multirun=multirun)
+    assert str(caught.value) == f"cannot parse the override {arg}: {why}"

@@ -137,3 +137,17 @@ def test_store_problems_are_told_apart(exc, problem):
     wrapper = RuntimeError("MLflow's wrapper")
     wrapper.__cause__ = exc
     assert database.store_problem(wrapper) == problem
+
+
+def test_a_read_only_store_is_told_apart_from_a_damaged_one(small_disk, nst):
+    """A store on a disk remounted read-only: SQLite says only 'unable to open database file', which was
+    reported as damage ('move it aside, runs recorded in it are lost to nst') though the file is intact."""
+    disk = small_disk(4096)
+    out = disk / "outputs"
+    assert nst(out, *TRACKED_RUN).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    done = report(out)
+    assert done.returncode == 2
+    line = one_line_error(done.stderr.replace("nst-report: error:", "nst: error:"))
+    assert f"the MLflow store {out / 'mlflow.db'} cannot be written (" in line, line
+    assert "the file is not damaged" in line and "damaged (" not in line and "lost" not in line, line

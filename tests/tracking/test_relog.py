@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from nst.errors import TrackingError
 from nst.tracking import tags
 from nst.tracking.relog import relog
-from tests.helpers.cli import one_line_error, start_nst
+from tests.helpers.cli import one_line_error, single_run, start_nst
 from tests.helpers.config import compose_config
 from tests.helpers.overrides import LONG_RUN, TRACKED_RUN
 from tests.helpers.store import all_runs, hold_lock, metrics_logged, store_client
@@ -78,3 +79,31 @@ def test_a_lock_held_beyond_the_wait_keeps_the_files_and_relog_records_them(tmp_
     artifacts = [a.path for a in store_client(out).list_artifacts(recorded.info.run_id, "result")]
     assert {"result/result.png", "result/triptych.png", "result/loss_curve.png"} <= set(artifacts)
     assert "optimisation.mp4" in [a.path for a in store_client(out).list_artifacts(recorded.info.run_id)]
+
+
+def test_a_run_the_store_ended_otherwise_than_its_folder_is_recorded_as_the_folder_says(tmp_path, nst):
+    """A signal while the run's end was recorded left the store saying KILLED, without the result, while the
+    folder's run.json says FINISHED: relog completes it (it answered 'already recorded' before)."""
+    done = single_run(nst, tmp_path, *TRACKED_RUN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = store_client(tmp_path / "outputs")
+    (run,) = all_runs(tmp_path / "outputs")
+    client.set_tag(run.info.run_id, tags.TAG_FAILURE, "interrupted (signal SIGTERM)")
+    client.set_terminated(run.info.run_id, "KILLED")
+    assert relog(tmp_path / "run") == (run.info.run_id, True)
+    ended = client.get_run(run.info.run_id)
+    assert ended.info.status == "FINISHED" and tags.TAG_FAILURE not in ended.data.tags
+    assert relog(tmp_path / "run") == (run.info.run_id, False)
+
+
+def test_relog_never_creates_a_store(tmp_path, nst):
+    """The store's disk unmounted (the store gone from where the config says): relog says so, and does not
+    make a new, empty store there."""
+    done = single_run(nst, tmp_path, *TRACKED_RUN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = tmp_path / "outputs" / "mlflow.db"
+    for path in db.parent.glob("mlflow.db*"):
+        path.unlink()
+    with pytest.raises(TrackingError, match=f"no MLflow store at {db}: is the disk that holds it mounted"):
+        relog(tmp_path / "run")
+    assert not db.exists()

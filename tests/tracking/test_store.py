@@ -11,8 +11,10 @@ import time
 import pytest
 
 from nst.errors import TrackingError
+from nst.files import is_partial
 from nst.tracking import database, store, tags, ui
 from tests.helpers.cli import one_line_error, report, start_nst
+from tests.helpers.disks import fill_disk
 from tests.helpers.overrides import LONG_RUN, QUICK, SWEEP_JOB, TRACKED_RUN
 from tests.helpers.store import (
     all_runs,
@@ -159,22 +161,44 @@ def test_a_lock_held_beyond_the_wait_before_the_start_is_one_line(tmp_path, nst)
 
 
 @pytest.mark.slow
+def test_a_disk_that_fills_while_a_run_optimises_leaves_whole_files_and_says_what_the_store_lacks(small_disk):
+    """The disk fills mid-run: one error line, exit 1, and no empty or half-written file (the video's partial
+    file removed). A store on that disk cannot record the run's end either: the process says so and what
+    will end it, and once there is space the next command does."""
+    out = small_disk(8192) / "outputs"
+    victim = start_nst(out, *LONG_RUN, "frame_every=1")
+    wait_for(lambda: metrics_logged(out))
+    filler = fill_disk(out)
+    _, stderr = victim.communicate(timeout=300)
+    assert victim.returncode == 1, stderr[-3000:]
+    line = one_line_error(stderr)
+    assert "no space left" in line.lower(), line
+    left = [p for p in out.rglob("*") if p.is_file() and p != filler and not p.name.startswith("mlflow.db")
+            and p.suffix != ".log"]  # Hydra's log: empty when nothing was logged before the disk filled
+    assert not [p for p in left if p.stat().st_size == 0 or is_partial(p)], left
+    (running,) = all_runs(out, None)
+    if running.info.status == "RUNNING":  # nothing could be written: the process said so
+        assert "the next nst or nst-report that opens the store ends it FAILED" in stderr, stderr[-3000:]
+    filler.unlink()
+    assert report(out).returncode == 0
+    (failed,) = all_runs(out, None)
+    assert failed.info.status == "FAILED"
+
+
+@pytest.mark.slow
 def test_a_disk_that_fills_up_during_a_run_gives_one_line_and_leaves_nothing_running(small_disk, nst):
     out = small_disk(2048) / "outputs"
     out.mkdir()
     database.ensure_store(out / "mlflow.db", (out / "mlartifacts").as_uri())  # about 950 KiB
-    filler = out / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-        except OSError:
-            pass
+    filler = fill_disk(out)
     os.truncate(filler, max(0, filler.stat().st_size - 40 * 1024))  # leave about 40 KiB free
     done = nst(out, *TRACKED_RUN)
     assert done.returncode in (1, 2)
     line = one_line_error(done.stderr)
     assert "no space left" in line.lower() or "No space left on device" in line, line
+    # every file is whole or absent: no empty result.png or optimisation.mp4, no file left half-written
+    left = [p for p in out.rglob("*") if p.is_file() and p != filler and not p.name.startswith("mlflow.db")]
+    assert not [p for p in left if p.stat().st_size == 0 or is_partial(p)], left
     filler.unlink()  # space again: the store is usable, nothing is left RUNNING
     assert "Traceback" not in report(out).stderr
     assert nst(out, *TRACKED_RUN, "seed=1").returncode == 0
@@ -263,3 +287,18 @@ def test_eight_jobs_on_four_workers_record_eight_children(tmp_path, nst_process)
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
     assert sorted(float(r.data.params["loss.style_weight"]) for r in runs) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert "database is locked" not in done.stderr
+
+
+def test_a_named_database_keeps_artifacts_under_the_output_root_not_the_working_folder(tmp_path, nst):
+    """With tracking.uri naming an SQLite file, MLflow put the experiment's artifacts in ./mlruns of whatever
+    folder the first run started in, and every later run followed."""
+    out, elsewhere = tmp_path / "outputs", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = nst(out, *TRACKED_RUN, f"tracking.uri=sqlite:///{tmp_path / 'team.db'}", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = store.StoreClient(f"sqlite:///{tmp_path / 'team.db'}")
+    experiment = client.get_experiment_by_name("nst")
+    assert experiment.artifact_location == (out / "mlartifacts").resolve().as_uri()
+    assert not (elsewhere / "mlruns").exists()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert "result/result.png" in {a.path for a in client.list_artifacts(run.info.run_id, "result")}
