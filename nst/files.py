@@ -7,7 +7,7 @@ finds the target absent, as it was, or complete; never empty or half-written.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +21,13 @@ def written(path: str | os.PathLike) -> Iterator[Path]:
     if it raises (the block may also remove it, to leave ``path`` as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
-    os.close(fd)
-    temporary = Path(name)
+    while True:  # created as open() would (its mode from the umask), unlike mkstemp's owner-only file
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PART}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield temporary
         if temporary.exists():

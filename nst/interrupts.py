@@ -1,4 +1,5 @@
-"""Interrupts held while a run's end is written, so that its folder and its record in the store agree."""
+"""Ctrl-C and SIGTERM as nst's commands take them: raised as ``KeyboardInterrupt``, never lost, and held while
+a run's end is written, so that its folder and its record in the store agree."""
 
 from __future__ import annotations
 
@@ -8,6 +9,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[str] = []  # the signals ``interrupt`` raised, in this process
+
+
+def interrupt(number: int, _frame) -> None:
+    """The commands' handler of Ctrl-C and SIGTERM: raises ``KeyboardInterrupt`` and remembers it, since
+    Python drops an exception raised while it runs a garbage-collection callback; ``check`` raises it again."""
+    _received.append(signal.Signals(number).name)
+    raise KeyboardInterrupt(f"signal {_received[-1]}")
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if a signal was received (and may have been dropped)."""
+    if _received:
+        raise KeyboardInterrupt(f"signal {_received[-1]}")
+
+
+def received() -> str | None:
+    """The last signal ``interrupt`` took, if any."""
+    return _received[-1] if _received else None
+
+
+def forget() -> None:
+    """Forget the signals taken (a command that handled them has ended)."""
+    _received.clear()
+
+
+def take_over() -> None:
+    """Make ``interrupt`` the handler of Ctrl-C and SIGTERM in this process (a command's start)."""
+    forget()
+    for number in SIGNALS:
+        signal.signal(number, interrupt)
 
 
 @contextmanager

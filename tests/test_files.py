@@ -1,6 +1,8 @@
 """Files written whole (nst/files.py): the target is absent, as it was, or complete."""
 
 import errno
+import os
+import stat
 
 import pytest
 
@@ -26,6 +28,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.png"]
 
 
-def test_write_text(tmp_path):
-    write_text(tmp_path / "a.txt", "text")
+def test_a_file_gets_the_mode_open_would_give_it(tmp_path):
+    """The temporary file was mkstemp's, owner-only (0600): results others could not read."""
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "text")
+    finally:
+        os.umask(umask)
     assert (tmp_path / "a.txt").read_text() == "text"
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import re
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.plugins.completion_plugin import CompletionPlugin
 from omegaconf import DictConfig, OmegaConf
 
+from nst import interrupts
 from nst.cli import failures
 from nst.errors import NSTError
 from nst.images.samples import ASSETS
@@ -120,10 +120,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return driver.run_hydra_job(cfg)
 
 
-def _terminate(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
 def _hydra_args(argv: list[str]) -> argparse.Namespace | None:
     """The command line as Hydra will read it; None where Hydra would refuse it (it says why)."""
     if "--version" in argv:
@@ -174,7 +170,7 @@ def main() -> None:
     SIGTERM is handled like Ctrl-C: the running MLflow run ends KILLED with its
     partial image, and an open sweep's parent is closed, so re-running resumes it.
     """
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupts.take_over()
     workers.mark_launcher()
     # a pool's semaphore tracker (a process of its own) warns at exit about semaphores of a worker that was killed,
     # after nst's one line: a worker's death is said once, by nst
@@ -191,6 +187,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what reaches it (else it prints a traceback itself)
     try:
         hydra_main()
+        interrupts.check()  # a signal Python dropped (it came during a garbage-collection callback)
     except KeyboardInterrupt as exc:
         _abort_sweep("KILLED", f"interrupted ({exc or 'SIGINT'})")
         print("nst: interrupted; finished runs are kept, re-run the same command to resume",

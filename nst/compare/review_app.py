@@ -66,7 +66,9 @@ def create_app(client, chosen: review.Review, uri: str, folder: Path, seed: int 
     def judge():
         body = request.get_data(cache=False)  # 413 past BODY_MAX, before a byte is read
         try:
-            judgement = review.check(chosen, client, review.parse(body) if request.is_json else None)
+            if not request.is_json:
+                raise review.BadJudgement("send a judgement as JSON (Content-Type: application/json)")
+            judgement = review.check(chosen, client, review.parse(body))
             count, skipped = review.tally(judgements.add(judgement))
         except review.Replayed as exc:  # kept already (e.g. sent again after a failed publication)
             return jsonify(error=str(exc), kept=True), 409

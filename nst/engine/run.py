@@ -172,6 +172,7 @@ class Trail:
     def __call__(self, record: dict, image: torch.Tensor) -> None:
         self.history.append(record)
         self.image = image
+        interrupts.check()  # an interrupt Python dropped stops the run at the next evaluation
 
 
 def _write_interrupted(member: Member, record: dict, trail: Trail, interrupt: KeyboardInterrupt) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nst import interrupts
 from nst.engine.inputs import Inputs, load_inputs
 from nst.engine.optimization import CONVERGED
 from nst.engine.run import Member, RunOutcome, execute_batch
@@ -135,17 +136,19 @@ def _end(folder: RunFolder, recorder: RunRecorder, inputs: Inputs, address: str 
          outcome: RunOutcome | BaseException) -> RunOutcome | BaseException:
     """A member's end once the engine has written its files: the video closed with the last image, then the
     run recorded by its outcome (``Member.on_end``: an interrupt waits for it). A sweep says where its report is
-    when it ends, a single run where its page is (``address``)."""
+    when it ends, a single run where its page is (``address``, None in a sweep)."""
     if isinstance(outcome, NonFiniteLossError):
         folder.finish(outcome.last_finite_image, outcome.evaluation - 1 if outcome.evaluation else None)
         recorder.fail(str(outcome), final=outcome.last_finite_image)
         return outcome
     folder.finish(outcome.optimization.image, outcome.optimization.evaluations)
+    say_result(outcome)  # before the folder is logged, so that the log MLflow keeps has it
     try:
         recorder.finish(outcome, inputs)
     except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
         return exc
-    say_where(outcome, address)
+    if address:
+        say(f"nst: MLflow run {address}  (make ui serves it)", log)
     return outcome
 
 
@@ -165,14 +168,12 @@ def _end_interrupted(started: list[_Started], exc: BaseException) -> None:
                             "KILLED" if interrupted else "FAILED", partial=interrupted)
 
 
-def say_where(outcome: RunOutcome, address: str | None) -> None:
-    """A run's last lines: its result image with its numbers and, when given, its page in the MLflow UI."""
+def say_result(outcome: RunOutcome) -> None:
+    """A run's result line: its image with its numbers."""
     optimization = outcome.optimization
     ended = "converged" if optimization.stopped == CONVERGED else "budget spent before it converged"
     say(f"nst: result {outcome.result_png} ({optimization.evaluations} evaluations, {ended}, "
         f"{optimization.elapsed_s:.1f} s, final loss {optimization.final.get('total', float('nan')):.4g})", log)
-    if address:
-        say(f"nst: MLflow run {address}  (make ui serves it)", log)
 
 
 # --- outcomes as Hydra wants them ------------------------------------------------------------
@@ -197,6 +198,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     recorded FAILED and the other jobs go on (the CLI exits 1 at the end).
     """
     in_sweep = hydra_state.in_multirun()
+    interrupts.check()  # one dropped while the previous job ended: no further job starts
     try:
         with workers.job():
             outcome = run(cfg, hydra_state.output_dir())

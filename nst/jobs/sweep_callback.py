@@ -20,6 +20,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nst.engine.run_files import RECORD_JSON
 from nst.errors import ConfigError, NSTError
 from nst.figures import labels
 from nst.jobs import driver
@@ -27,6 +28,7 @@ from nst.jobs.config import check_launch, tracking_spec
 from nst.jobs.hydra_state import sweep_id
 from nst.jobs.schema import sweep_values
 from nst.tracking import naming, ownership, store, tags
+from nst.tracking.relog import relog
 from nst.tracking.steps import align_steps
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ class SweepCallback(Callback):
         """End the children left RUNNING with ``status`` and ``reason`` (a child whose worker process is gone:
         "process died ...", naming it)."""
         for run in store.child_runs(self.client, self.parent):
-            if run.info.status == "RUNNING":
+            if run.info.status == "RUNNING" and not _recorded_from_folder(run):
                 why = ownership.owner_gone(run.data.tags, run.info.start_time) or reason
                 self.client.set_tag(run.info.run_id, tags.TAG_FAILURE, why)
                 self.client.set_terminated(run.info.run_id, status)
@@ -153,6 +155,23 @@ def sweeper_params(config: DictConfig) -> dict:
     """A sweep file's ``hydra.sweeper.params`` ({} when there are none)."""
     params = OmegaConf.select(config, "hydra.sweeper.params")
     return OmegaConf.to_container(params, resolve=True) if params is not None else {}
+
+
+def _recorded_from_folder(run) -> bool:
+    """Whether ``run``, left RUNNING by a worker that died after writing its result, was recorded from its folder
+    (``nst-report --relog``'s way): its run.json says FINISHED, so the store must not say FAILED."""
+    folder = Path(run.data.tags.get(tags.TAG_OUTPUT_DIR, ""))
+    try:
+        finished = json.loads((folder / RECORD_JSON).read_text()).get("status") == "FINISHED"
+    except (OSError, ValueError):
+        return False
+    if finished:
+        try:
+            relog(folder)
+            return True
+        except NSTError as exc:
+            log.warning("could not record %s from its folder: %s", folder, exc)
+    return False
 
 
 def swept_values(overrides: list[str], params: dict) -> dict[str, list]:

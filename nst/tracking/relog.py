@@ -133,7 +133,7 @@ def _record(client, experiment_id: str, folder: Path, frame_every: int) -> tuple
             client.set_tag(run_id, tags.TAG_FAILURE, reason[:5000])
             recorder.keep_outputs(None, [])
 
-        recorder.end_with(failed, "FAILED")
+        recorder.end_with(failed, "KILLED" if record.get("status") == "KILLED" else "FAILED")
     return run_id, True
 
 

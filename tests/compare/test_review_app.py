@@ -303,3 +303,12 @@ def test_api_errors_answer_one_line_of_json_and_a_failure_logs_its_traceback(rev
     logged = [r for r in caplog.records if r.exc_info]
     assert [(r.exc_info[0], r.getMessage()) for r in logged] == [(KeyError, "GET /api/broken failed"),
                                                                   (KeyError, "GET /broken failed")]
+
+
+def test_a_judgement_sent_as_text_is_told_its_content_type(review_client):
+    client, chosen = review_client
+    body = json.dumps({"id": uuid.uuid4().hex, "left": chosen.ids[0], "right": chosen.ids[1], "answer": "left",
+                       "reviewer": "ana"})
+    answer = client.post("/api/judgements", data=body, content_type="text/plain")
+    assert answer.status_code == 400 and answer.get_json()["error"] == (
+        "send a judgement as JSON (Content-Type: application/json)")

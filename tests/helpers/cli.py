@@ -39,18 +39,20 @@ def _exit_status(code: object) -> int:
 @contextlib.contextmanager
 def _process_state(environment: dict[str, str], cwd: Path) -> Iterator[None]:
     """The process-wide state a command changes, set for it and put back after: environment, working
-    folder, logging (Hydra configures the root logger per run), SIGTERM's handler, Hydra's globals,
+    folder, logging (Hydra configures the root logger per run), the handlers of SIGINT and SIGTERM and the
+    signals taken (nst.interrupts), Hydra's globals,
     nst's failed-job list and open sweep; threads the command started are waited for."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    from nst import interrupts
     from nst.jobs import driver, sweep_callback
     from nst.tracking import ownership
 
     saved_environ, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
     root = logging.getLogger()
     handlers, level, raise_exceptions = root.handlers[:], root.level, logging.raiseExceptions
-    sigterm = signal.getsignal(signal.SIGTERM)
+    handlers_of = {number: signal.getsignal(number) for number in interrupts.SIGNALS}
     threads = set(threading.enumerate())
     os.environ.update(environment)
     try:
@@ -64,7 +66,9 @@ def _process_state(environment: dict[str, str], cwd: Path) -> Iterator[None]:
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.raiseExceptions = raise_exceptions
-        signal.signal(signal.SIGTERM, sigterm)
+        for number, handler in handlers_of.items():
+            signal.signal(number, handler)
+        interrupts.forget()
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
         driver.failed_jobs.clear()

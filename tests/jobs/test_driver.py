@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import weakref
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +120,39 @@ def test_an_interrupted_run_keeps_its_losses_and_run_json_with_its_status(tmp_pa
     (run,) = runs(store_client(tmp_path / "outputs"))
     assert run.info.status == "KILLED"
     assert "run.json" in artifact_paths(store_client(tmp_path / "outputs"), run.info.run_id)
+
+
+def test_a_signal_python_drops_in_a_garbage_collection_callback_still_stops_the_run(tmp_path, nst, monkeypatch):
+    """SIGTERM handled while Python ran a weakref callback (SQLAlchemy's, in the field): the KeyboardInterrupt
+    was printed as 'Exception ignored' and dropped, and the run went on to FINISHED with exit status 0."""
+    from nst.tracking.run_folder import RunFolder
+
+    real_on_evaluation = RunFolder.on_evaluation
+
+    class Collected:
+        pass
+
+    def signalled_in_a_callback(self, record, image):
+        real_on_evaluation(self, record, image)
+        if record["evaluation"] == 3:
+            doomed = Collected()
+            keep = weakref.ref(doomed, lambda _ref: os.kill(os.getpid(), signal.SIGTERM))
+            del doomed  # the callback runs, the handler raises inside it, Python drops that
+            assert keep() is None
+
+    monkeypatch.setattr(RunFolder, "on_evaluation", signalled_in_a_callback)
+    done = single_run(nst, tmp_path, *TRACKED_RUN)
+    assert done.returncode == 130, done.stderr[-3000:]
+    (run,) = runs(store_client(tmp_path / "outputs"))
+    assert run.info.status == "KILLED"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "KILLED"
+
+
+def test_the_log_mlflow_keeps_has_the_result_line(tmp_path, nst):
+    """The run's cli.log was logged to MLflow before anything was written to it (0 bytes)."""
+    done = single_run(nst, tmp_path, *TRACKED_RUN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = store_client(tmp_path / "outputs")
+    (run,) = runs(client)
+    logged = Path(client.download_artifacts(run.info.run_id, "cli.log", str(tmp_path)))
+    assert "nst: result " in logged.read_text()

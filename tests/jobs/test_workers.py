@@ -1,13 +1,16 @@
 """A joblib sweep's worker processes (nst/jobs/workers.py, and what nst says when one dies): a killed worker
 is one line, not a traceback; workers whose launching process was killed finish their job and exit."""
 
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from nst.tracking import tags
 from tests.helpers.cli import one_line_error, start_nst
 from tests.helpers.overrides import LONG_SWEEP
 from tests.helpers.store import all_runs, metrics_logged, running_with_metrics
@@ -44,7 +47,13 @@ def test_a_killed_worker_is_one_line_and_its_runs_end_failed(tmp_path):
     assert stderr.rstrip().endswith(line), stderr[-3000:]  # the last word, no pool's warning after it
     assert line.startswith("nst: error: a worker process died (exit codes {"), line
     assert "re-running the same command runs the others" in line
-    assert "RUNNING" not in {run.info.status for run in all_runs(out, None)}
+    ended = all_runs(out, None)
+    assert "RUNNING" not in {run.info.status for run in ended}
+    for run in all_runs(out):  # a run whose folder says FINISHED is FINISHED in the store too (kill -9: no run.json)
+        path = Path(run.data.tags[tags.TAG_OUTPUT_DIR]) / "run.json"
+        record = json.loads(path.read_text()) if path.is_file() else {"status": None}
+        assert record["status"] == "FINISHED" or run.info.status != "FINISHED", record
+        assert run.info.status == "FINISHED" or record["status"] != "FINISHED", run.data.tags.get(tags.TAG_FAILURE)
 
 
 @pytest.mark.slow
