@@ -84,7 +84,7 @@ ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT
 review: ## Judge the latest sweep's results two at a time, blind, on http://127.0.0.1:5001 (REVIEW_PORT=...)
 	$(VENV)/bin/nst-review --tracking-uri sqlite:///$(abspath $(OUTPUT_DIR))/mlflow.db --port $(REVIEW_PORT)
 
-bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality, ratio-sweep race (~7 min)
+bench: ## Benchmark vs a plain reference: ms/eval and roofline, time to quality, ratio-sweep race; a run's phases, a sweep into a new store (~12 min)
 	$(PY) -m nst.bench $(ARGS)
 
 report: ## Table of the latest sweep: make report ARGS="--format csv"

@@ -41,11 +41,26 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def store_template() -> Path:
+    """The MLflow store template (``nst.tracking.database``), built once per session in the session's cache:
+    each test's private cache gets a copy, as a user's cache has one after their first store."""
+    from nst.tracking import database
+
+    database.ensure_store(Path(SESSION_CACHE) / "first-store" / "mlflow.db", Path(SESSION_CACHE).as_uri())
+    return database.template_path()
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory, monkeypatch):
-    """No network, a private (empty) nst cache and the shared sample images, for every test."""
+def _isolated_env(tmp_path_factory, monkeypatch, store_template):
+    """No network, a private nst cache (holding only the store template) and the shared sample images, for
+    every test."""
+    cache = tmp_path_factory.mktemp("nst-cache")
+    kept = cache / store_template.relative_to(SESSION_CACHE)
+    kept.parent.mkdir(parents=True)
+    shutil.copyfile(store_template, kept)
     monkeypatch.setenv("NST_OFFLINE", "1")
-    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path_factory.mktemp("nst-cache")))
+    monkeypatch.setenv("NST_CACHE_DIR", str(cache))
     monkeypatch.setenv("NST_ASSETS_DIR", os.environ["NST_ASSETS_DIR"])
 
 

@@ -23,7 +23,7 @@ def test_every_module_is_in_a_layer():
 def test_the_top_level_shows_the_packages():
     """``ls nst/`` shows the packages and a handful of foundation modules, nothing else."""
     top = sorted(path.stem for path in (REPO / "nst").glob("*.py") if path.stem != "__init__")
-    assert top == ["downloads", "errors", "files", "interrupts", "messages"]
+    assert top == ["downloads", "errors", "files", "interrupts", "messages", "phases"]
 
 
 def test_a_run_does_not_import_pandas_or_scipy_at_start_up():

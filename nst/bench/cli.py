@@ -8,11 +8,15 @@ Prints markdown tables, each row as soon as it is measured:
   recoloured start) reach the best loss of a reference run + 5 %;
 * optionally (``--run-size``) one L-BFGS run of ``--run-evals`` evaluations;
 * the 6-member ratio sweep: six reference processes against ``nst -m`` (one job after another,
-  and ``hydra/launcher=batched``).
+  and ``hydra/launcher=batched``);
+* the phases of one run (``nst.bench.run_phases``): the ``nst`` command tracked and untracked, where its
+  seconds go (run.json's phases) and how many lie outside the optimisation;
+* the ratio sweep tracked into a new store: its wall time against its jobs' optimisation seconds.
 
 bf16 rows appear only on devices with bfloat16 hardware (``--bf16 always``).
 
-    python -m nst.bench                      # default: about 7 min on 2 CPU cores
+    python -m nst.bench                      # default: about 12 min on 2 CPU cores
+    python -m nst.bench --sizes --quality-size 0 --sweep-size 0    # only the rows around the optimisation
     python -m nst.bench --sizes 128 256 --evals 5 --quality-size 256 --sweep-size 256
     python -m nst.bench --device cuda --sizes 128 256 512 --evals 20 --quality-size 512 \\
         --run-size 512 --run-evals 500 --sweep-size 512 --sweep-evals 300
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,14 +41,17 @@ from nst.bench.races import (
     reference_sweep_job,
     run_race,
     save_quality_images,
+    store_sweep_race,
     sweep_race,
     time_to_quality,
 )
 from nst.bench.reference import CONTENT_LAYERS, STYLE_LAYERS, evaluation_flops, matmul_gflops
+from nst.bench.run_phases import BUDGET, medians, phases_race
 from nst.engine import cuda_graphs
 from nst.engine.backbones import SPECS, layer_table
 from nst.engine.calibration import CALIBRATIONS
 from nst.engine.devices import native_bf16, tune
+from nst.phases import ORDER
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_run_race(args, race_backbone, with_bf16)
     if args.sweep_size:
         _print_sweep_race(args, race_backbone, with_bf16)
+    if args.phases_size:
+        _print_phases(args, race_backbone)
+    if args.store_sweep_size:
+        _print_store_sweep(args, race_backbone)
     return 0
 
 
@@ -88,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-evals", type=int, default=500, help="evaluations of the one-run race")
     parser.add_argument("--sweep-size", type=int, default=128, help="0 skips the sweep race")
     parser.add_argument("--sweep-evals", type=int, default=60, help="evaluations per sweep member")
+    parser.add_argument("--phases-size", type=int, default=256,
+                        help="image.size of the phases-of-one-run table; 0 skips it")
+    parser.add_argument("--phases-runs", type=int, default=3, help="runs per mode (tracked, untracked) of that table")
+    parser.add_argument("--store-sweep-size", type=int, default=128,
+                        help="image.size of the tracked ratio sweep into a new store; 0 skips it")
+    parser.add_argument("--store-sweep-runs", type=int, default=3, help="repetitions of that sweep, each a new store")
     parser.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
                         help="bf16 rows; auto: only where the device has bfloat16 hardware (emulated bf16 is slow)")
     # one measurement in a process of its own, for the parent bench (nst.bench.races)
@@ -198,6 +216,52 @@ def _print_sweep_race(args: argparse.Namespace, backbone: str, with_bf16: bool) 
                                    f"{row['optimising']:.1f}" if row.get("optimising") else "-",
                                    f"{row['seconds'] / row['optimising']:.1f}" if row.get("optimising") else "-",
                                    f"{base / row['seconds']:.2f}x"])
+
+
+def _print_phases(args: argparse.Namespace, backbone: str) -> None:
+    """The phases of one run, a row per run as it ends, then each mode's medians."""
+    print(f"\n## Phases of one run: nst content=tubingen style=starry_night model={backbone} "
+          f"image.size={args.phases_size} {' '.join(BUDGET)} progress=false; {args.phases_runs} runs per mode, "
+          f"tracked and untracked (tracking=none) alternately; tracked: into an existing store (created by an "
+          f"untimed tracked run first); seconds; wall: measured around the process\n")
+    columns = ["run", "mode", *ORDER, "wall", "optimisation loop (elapsed_s)", "outside the optimisation",
+               "start + exit (wall - phases)"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    rows = []
+    for row in phases_race(backbone, args.phases_size, args.phases_runs, args.device):
+        rows.append(row)
+        print(_phases_row(row), flush=True)
+    for mode in dict.fromkeys(row["mode"] for row in rows):
+        print(_phases_row(medians(rows, mode)), flush=True)
+
+
+def _phases_row(row: dict) -> str:
+    """One run's (or a mode's medians') cells: its phases in ``nst.phases.ORDER``, then its totals."""
+    cells = [str(row["run"]), row["mode"], *(_fmt(row["phases"].get(name), ".2f") for name in ORDER),
+             *(f"{row[key]:.2f}" for key in ("wall", "elapsed", "outside", "exit"))]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _print_store_sweep(args: argparse.Namespace, backbone: str) -> None:
+    """The tracked ratio sweep into a new store, a row per repetition as it ends, then the medians."""
+    print(f"\n## Ratio sweep into a new store: nst sweep=ratio content=tubingen style=starry_night "
+          f"model={backbone} image.size={args.store_sweep_size} epochs=2 progress=false, tracked (the local "
+          f"store, new each repetition); wall / optimising: target <= 1.5\n")
+    print("| repetition | wall s | optimising s (sum of the 6 jobs' elapsed_s) | wall / optimising |")
+    print("|---|---|---|---|")
+    rows = []
+    for index, row in enumerate(store_sweep_race(backbone, args.store_sweep_size, args.store_sweep_runs,
+                                                 args.device), start=1):
+        rows.append(row)
+        print(_store_sweep_row(str(index), row["seconds"], row["optimising"]), flush=True)
+    print(_store_sweep_row("median", statistics.median(row["seconds"] for row in rows),
+                           statistics.median(row["optimising"] for row in rows)), flush=True)
+
+
+def _store_sweep_row(label: str, wall: float, optimising: float) -> str:
+    """One repetition's (or the medians') cells: the ratio from the two seconds it shows beside it."""
+    return f"| {label} | {wall:.2f} | {optimising:.2f} | {wall / optimising:.2f} |"
 
 
 def _race_table(columns: list[str], rows: Iterator[dict], cells: Callable[[dict, float], list[str]]) -> None:

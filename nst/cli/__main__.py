@@ -1,5 +1,5 @@
 """``python -m nst.cli``: the ``nst`` command."""
 
-from nst.cli.nst_app import main
+from nst.cli.nst_app import console
 
-main()
+console()

@@ -27,14 +27,15 @@ from hydra._internal.utils import get_args_parser
 from hydra.plugins.completion_plugin import CompletionPlugin
 from omegaconf import DictConfig, OmegaConf
 
-from nst import interrupts
-from nst.cli import failures
+from nst import interrupts, phases
+from nst.cli import exits, failures
+from nst.engine import reuse
 from nst.errors import NSTError
 from nst.images.samples import ASSETS
 from nst.jobs import driver, schema, sweep_callback, workers
 from nst.jobs.config import check_launch
 from nst.tracking import database
-from nst.tracking.store import default_output_dir
+from nst.tracking.store import default_output_dir, forget_connections
 
 # The configs live in the repository's top-level conf/ (nst is installed editable by `make install`);
 # conf/sweep/<name>.yaml is the option `sweep=<name>`.
@@ -170,6 +171,9 @@ def main() -> None:
     SIGTERM is handled like Ctrl-C: the running MLflow run ends KILLED with its
     partial image, and an open sweep's parent is closed, so re-running resumes it.
     """
+    phases.command_started()
+    forget_connections()
+    reuse.forget()
     interrupts.take_over()
     workers.mark_launcher()
     # a pool's semaphore tracker (a process of its own) warns at exit about semaphores of a worker that was killed,
@@ -218,5 +222,7 @@ def _abort_sweep(status: str, reason: str) -> None:
               file=sys.stderr)
 
 
+console = exits.fast(main)  # the ``nst`` command
+
 if __name__ == "__main__":
-    main()
+    console()

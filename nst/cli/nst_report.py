@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nst.cli import failures
+from nst.cli import exits, failures
 from nst.compare import across, ranking, review
 from nst.compare.sweep_report import runs_table, summarise_sweep, sweep_table
 from nst.errors import TrackingError
@@ -113,5 +113,7 @@ def human(client, args) -> int:
     return 0
 
 
+console = exits.fast(main)  # the ``nst-report`` command
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

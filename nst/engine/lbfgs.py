@@ -13,8 +13,8 @@ two small triangular solves and two more products, with no read-back. The outer
 loop (first step, tolerances, fixed step or strong-Wolfe line search via torch's
 own ``_strong_wolfe``, evaluation budget) is torch's, so both optimisers follow
 the same trajectory up to rounding (tested). On the CPU the two-loop recursion
-reads less memory and is cheaper, so nst keeps torch's class there
-(``OptimizerSettings.build``).
+reads less memory and is cheaper, so nst keeps torch's direction there: ``LBFGS``,
+torch's class less its import of the compiler (``OptimizerSettings.build``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,24 @@ import torch
 from torch.optim.lbfgs import _strong_wolfe
 
 
-class CompactLBFGS(torch.optim.LBFGS):
+def _unwrapped(method):
+    """The function torch wrapped in ``torch._disable_dynamo`` (the method itself where it is not wrapped)."""
+    return getattr(method, "__wrapped__", method)
+
+
+class LBFGS(torch.optim.LBFGS):
+    """``torch.optim.LBFGS`` whose first use does not import ``torch._dynamo``.
+
+    torch wraps ``Optimizer.add_param_group`` and ``zero_grad`` so that ``torch.compile`` leaves them
+    alone, and that wrapper imports the compiler on its first call: seconds of a CPU run's start-up.
+    nst never compiles an optimiser step, so it calls the functions torch wrapped.
+    """
+
+    add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
+    zero_grad = _unwrapped(torch.optim.Optimizer.zero_grad)
+
+
+class CompactLBFGS(LBFGS):
     """``torch.optim.LBFGS`` with the compact-form direction; same arguments, same state semantics."""
 
     @torch.no_grad()

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nst.engine.color import match_histogram
-from nst.engine.lbfgs import CompactLBFGS
+from nst.engine.lbfgs import LBFGS, CompactLBFGS
 from nst.engine.losses import LossTerms
 from nst.errors import NonFiniteLossError
 
@@ -109,7 +109,7 @@ class OptimizerSettings:
     def build(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         if self.name == "lbfgs":
             # on a GPU the two-loop recursion's per-pair read-backs cost more than the network pass
-            lbfgs = torch.optim.LBFGS if params[0].device.type == "cpu" else CompactLBFGS
+            lbfgs = LBFGS if params[0].device.type == "cpu" else CompactLBFGS
             return lbfgs(params, lr=self.lr, max_iter=self.max_iter, max_eval=self.evaluation_budget,
                          history_size=self.history_size, tolerance_grad=self.tolerance_grad,
                          tolerance_change=self.tolerance_change, line_search_fn=self.line_search)

@@ -9,6 +9,7 @@ knows nothing of Hydra or MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 from collections.abc import Callable, Sequence
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from nst import interrupts
+from nst import interrupts, phases
+from nst.engine import reuse
 from nst.engine.backbones import Backbone
 from nst.engine.calibration import calibrate
 from nst.engine.inputs import Inputs, check_batch_memory
@@ -158,6 +160,7 @@ def _run_batch(members: Sequence[Member], records: list[dict], trails: list[Trai
                 record["stuck_layers"] = watch.found
             with writing(member.output_dir):
                 outcome = _write_outcome(member, record, backbone, result)
+            phases.lap(phases.FILES)
             outcomes.append(member.on_end(outcome) if member.on_end is not None else outcome)
     return outcomes
 
@@ -200,14 +203,21 @@ def member_weights(inputs: Inputs) -> dict:
 
 
 def _load_backbone(inputs: Inputs) -> Backbone:
-    """The network cut after the deepest layer in use, calibrated, recorded with what was asked for and why."""
+    """The network cut after the deepest layer in use, calibrated, recorded with what was asked for and why;
+    built once for the batches of this process that share it (``nst.engine.reuse``)."""
+    built = reuse.backbones.get(inputs.spec.batch_key, lambda: _build_backbone(inputs))
+    return dataclasses.replace(built, requested=inputs.spec.shared.model,
+                               notes=inputs.backbone_notes + built.notes)
+
+
+def _build_backbone(inputs: Inputs) -> Backbone:
     shared = inputs.spec.shared
     layers = [*inputs.content_layers, *inputs.style_layers]
     backbone = load_backbone(inputs.backbone_name, layers, shared.pooling, inputs.device, inputs.spec.member.seed)
-    backbone.requested = shared.model
-    backbone.notes = inputs.backbone_notes + backbone.notes
+    phases.lap(phases.BACKBONE)
     backbone.calibration = calibrate(backbone, shared.calibration, [inputs.content, *inputs.styles],
                                      [inputs.content_path, *inputs.style_paths]).record()
+    phases.lap(phases.CALIBRATION)
     return backbone
 
 

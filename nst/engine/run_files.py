@@ -63,3 +63,14 @@ def write_losses(path: Path, history: Sequence[dict]) -> None:
 def write_record(folder: Path, record: dict) -> None:
     """run.json: the run record as indented JSON."""
     write_text(folder / RECORD_JSON, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def add_to_record(folder: Path, **fields) -> None:
+    """``fields`` added to the run.json in ``folder``, if it has one (nothing is written otherwise)."""
+    path = Path(folder) / RECORD_JSON
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    with writing(folder):
+        write_record(folder, {**record, **fields})

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from nst.engine import cuda_graphs
+from nst import phases
+from nst.engine import cuda_graphs, reuse
 from nst.engine.backbones import Backbone
 from nst.engine.color import network_images, recombine
 from nst.engine.inputs import Inputs
@@ -70,10 +71,10 @@ def _optimize_scale(members: Sequence[Inputs], callbacks: Sequence[Sequence[Eval
     """One scale for the members still running: targets at this size, each from its start image."""
     first = members[0]
     content, styles = _scale_images(first, size)
-    loss = StyleTransferLoss(
+    loss = reuse.targets.get((first.spec.batch_key, size), lambda: StyleTransferLoss(
         backbone.extractor, content, styles, content_layers=first.content_layers,
         style_layers=first.style_layers, normalization=first.spec.shared.normalization,
-        precision=first.spec.shared.precision, style_blend=first.style_blend, style_masks=first.masks)
+        precision=first.spec.shared.precision, style_blend=first.style_blend, style_masks=first.masks))
     inits = []
     for i in active:
         member = members[i].spec.member
@@ -92,6 +93,7 @@ def _optimize_scale(members: Sequence[Inputs], callbacks: Sequence[Sequence[Eval
         with torch.no_grad():
             start = loss(torch.cat(inits))
         silent = {i: silent_layers(start.scalars(row), loss.silent_terms) for row, i in enumerate(active)}
+    phases.lap(phases.TARGETS)
 
     def member_loss(batch: torch.Tensor, rows: list[int]):
         key = tuple(active[row] for row in rows)
@@ -104,7 +106,7 @@ def _optimize_scale(members: Sequence[Inputs], callbacks: Sequence[Sequence[Eval
     def watch(i: int) -> EvaluationCallback:
         return lambda record, _image: silent.__setitem__(i, silent_layers(record, loss.silent_terms))
 
-    return optimize_batch(
+    results = optimize_batch(
         cuda_graphs.CapturedLoss(member_loss) if capture else member_loss,
         inits, [members[i].spec.member.optimizer for i in active],
         [members[i].spec.member.scale_epochs[step] for i in active],
@@ -112,6 +114,8 @@ def _optimize_scale(members: Sequence[Inputs], callbacks: Sequence[Sequence[Eval
           *([] if capture else [watch(i)])]
          for i in active],
         progress=first.spec.member.progress, preprocess=backbone.extractor.preprocess)
+    phases.lap(phases.OPTIMISATION)
+    return results
 
 
 def silent_layers(record: dict, silent_terms: dict[str, float]) -> set[str]:

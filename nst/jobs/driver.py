@@ -28,10 +28,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nst import interrupts
+from nst import interrupts, phases
 from nst.engine.inputs import Inputs, load_inputs
 from nst.engine.optimization import CONVERGED
 from nst.engine.run import Member, RunOutcome, execute_batch
+from nst.engine.run_files import add_to_record
 from nst.errors import NonFiniteLossError, NSTError, UnrecordedRunError
 from nst.jobs import hydra_state, workers
 from nst.jobs.config import parse, tracking_spec
@@ -102,9 +103,10 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
     """Run compatible jobs as one batch; per job its ``RunOutcome``, None (skipped) or its error.
 
     Only errors that stop the whole batch (an unusable store, an interrupt) are raised, and
-    then every run this batch created has ended (FAILED or KILLED) first.
+    then every run this batch created has ended (FAILED or KILLED) first. The store is opened
+    once the first job's inputs are checked, before any heavy work.
     """
-    recording = Recording(jobs[0].tracking) if jobs[0].tracking.enabled else NoRecording()
+    recording: Recording | NoRecording | None = None
     outcomes: list[JobOutcome] = [None] * len(jobs)
     started: list[_Started] = []
     try:
@@ -113,10 +115,14 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
                 inputs = load_inputs(parse(job.cfg))
             except NSTError as exc:
                 if job.sweep_id is not None:  # a sweep's table shows its refused jobs; a single run has its line
+                    recording = recording or _recording(job)
                     recording.refused(job, job.tracking, exc)
                 outcomes[position] = exc
                 continue
+            phases.lap(phases.CONFIG)
+            recording = recording or _recording(job)
             recorder = recording.begin(job, job.tracking, inputs)
+            phases.lap(phases.STORE)
             if recorder is not None:
                 folder = RunFolder.of(job.output_dir, inputs)
                 member = Member(inputs, job.output_dir, [*folder.callbacks, *recorder.callbacks], recorder.on_ready,
@@ -129,7 +135,20 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
     except BaseException as exc:
         _end_interrupted(started, exc)
         raise
+    _keep_phases([entry.member.output_dir for entry in started])
     return outcomes
+
+
+def _recording(job: Job) -> Recording | NoRecording:
+    return Recording(job.tracking) if job.tracking.enabled else NoRecording()
+
+
+def _keep_phases(folders: Sequence[Path]) -> None:
+    """The batch's phases (``nst.phases``: it ends there) in each run's run.json, and in the debug log."""
+    timings = phases.take()
+    log.debug("phases: %s", phases.summary(timings))
+    for folder in folders:
+        add_to_record(folder, phases=timings)
 
 
 def _end(folder: RunFolder, recorder: RunRecorder, inputs: Inputs, address: str | None,
@@ -140,6 +159,7 @@ def _end(folder: RunFolder, recorder: RunRecorder, inputs: Inputs, address: str 
     if isinstance(outcome, NonFiniteLossError):
         folder.finish(outcome.last_finite_image, outcome.evaluation - 1 if outcome.evaluation else None)
         recorder.fail(str(outcome), final=outcome.last_finite_image)
+        phases.lap(phases.RECORD)
         return outcome
     folder.finish(outcome.optimization.image, outcome.optimization.evaluations)
     say_result(outcome)  # before the folder is logged, so that the log MLflow keeps has it
@@ -149,6 +169,7 @@ def _end(folder: RunFolder, recorder: RunRecorder, inputs: Inputs, address: str 
         return exc
     if address:
         say(f"nst: MLflow run {address}  (make ui serves it)", log)
+    phases.lap(phases.RECORD)
     return outcome
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nst import phases
 from nst.engine.run_files import RECORD_JSON
 from nst.errors import ConfigError, NSTError
 from nst.figures import labels
@@ -52,7 +53,9 @@ class SweepCallback(Callback):
             check_job_count(swept_values(list(config.hydra.overrides.task), sweeper_params(config)))
             tracking = tracking_spec(config)
             if tracking.enabled:
+                phases.lap(phases.CONFIG)
                 self.open_parent(config, tracking)
+                phases.lap(phases.STORE)  # the first job's
         except NSTError as exc:
             # Hydra turns an exception raised by a callback into a warning and runs every job anyway
             # (each failing, its error only in its log, exit status 0): stop here
@@ -96,8 +99,8 @@ class SweepCallback(Callback):
         try:
             # every job has returned: a child still RUNNING belonged to a worker that died (a launcher
             # such as Ray may have run that job again; the summary keeps each job's latest run)
-            self.end_orphans("FAILED", "its worker process died before the run ended")
-            align_steps(self.client, store.child_runs(self.client, self.parent))
+            children = self.end_orphans("FAILED", "its worker process died before the run ended")
+            align_steps(self.client, children)
             summary = sweep_report.summarise_sweep(self.client, self.parent, self.sweep_dir)
             failed = [f"job {job} {state}" for job, state in zip(summary.table["job"], summary.table["status"],
                                                                    strict=True) if state != "FINISHED"]
@@ -121,14 +124,18 @@ class SweepCallback(Callback):
             self.client.set_terminated(self.parent, status)
             self.close()
 
-    def end_orphans(self, status: str, reason: str) -> None:
+    def end_orphans(self, status: str, reason: str) -> list:
         """End the children left RUNNING with ``status`` and ``reason`` (a child whose worker process is gone:
-        "process died ...", naming it)."""
-        for run in store.child_runs(self.client, self.parent):
-            if run.info.status == "RUNNING" and not _recorded_from_folder(run):
+        "process died ...", naming it); return the children as they now are, asking the store again only
+        when one was left RUNNING (the end of a sweep then queries its children once, not twice)."""
+        children = store.child_runs(self.client, self.parent)
+        orphans = [run for run in children if run.info.status == "RUNNING"]
+        for run in orphans:
+            if not _recorded_from_folder(run):
                 why = ownership.owner_gone(run.data.tags, run.info.start_time) or reason
                 self.client.set_tag(run.info.run_id, tags.TAG_FAILURE, why)
                 self.client.set_terminated(run.info.run_id, status)
+        return store.child_runs(self.client, self.parent) if orphans else children
 
     def close(self) -> None:
         store.let_go(self.parent)

@@ -8,6 +8,9 @@ Here:
 
 - one process at a time creates, upgrades or checks the file (``ensure_store``),
   under ``mlflow.db.lock`` (``filelock``);
+- a new store is a copy of a template that MLflow's own migrations built once per
+  machine and MLflow schema, in nst's cache (``mlflow/``), given the new store's
+  default experiment; without a usable cache, MLflow builds each store itself;
 - a new schema is built in ``.mlflow.db.creating-<pid>`` beside the target and
   renamed over it, so the target is either absent or complete (a rename within a
   folder is atomic); an older schema is upgraded the same way, on a copy;
@@ -28,9 +31,16 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from nst.downloads import cache_dir
 from nst.errors import TrackingError
 
+log = logging.getLogger(__name__)
+
 CREATING = ".creating-"
+# Part of the template's name: raised when nst builds the template differently, so an older one is not used
+TEMPLATE_FORMAT = 1
+# The artifact root MLflow is given when building the template (each copy is given its store's own)
+TEMPLATE_ARTIFACT_ROOT = "file:///nst-store-template/mlartifacts"
 # How long nst waits for the store (a lock held by another process) before it gives up: seconds
 DEFAULT_WAIT_S = 120.0
 
@@ -182,12 +192,15 @@ def _is_known_revision(revision: str) -> bool:
 
 
 def _build(db: Path, artifact_root: str, upgrade_from: Path | None = None) -> None:
-    """A complete store at ``db``, built beside it and renamed over it (from a copy when upgrading)."""
+    """A complete store at ``db``, built beside it and renamed over it (a new one from the template, an
+    upgraded one from a copy of ``upgrade_from``)."""
     temporary = db.with_name(f".{db.name}{CREATING}{os.getpid()}")
     try:
         if upgrade_from is not None:
             _copy_consistent(upgrade_from, temporary)
-        _initialise(temporary, artifact_root, upgrade=upgrade_from is not None)
+            _initialise(temporary, artifact_root, upgrade=True)
+        else:
+            _create(temporary, artifact_root)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         for stale in _sidecars(db):  # a -wal/-shm left beside the target belongs to no database now
@@ -274,6 +287,104 @@ def _initialise(path: Path, artifact_root: str, upgrade: bool) -> None:
             engine.dispose()
     built = SqlAlchemyStore(uri, artifact_root)  # creates the tables and the Default experiment
     built.engine.dispose()
+
+
+def _create(path: Path, artifact_root: str) -> None:
+    """A new, complete store at ``path`` whose default experiment keeps its artifacts under ``artifact_root``:
+    a copy of the template when there is one, else MLflow's own creation. Copying a built schema takes
+    milliseconds where MLflow's dozens of migrations take seconds, for every new output folder."""
+    if _copy_template(path) and _adopt(path, artifact_root):
+        return
+    path.unlink(missing_ok=True)
+    _initialise(path, artifact_root, upgrade=False)
+
+
+def template_path() -> Path:
+    """The template for the installed MLflow: one per MLflow version and schema revision, in nst's cache."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.version import VERSION
+
+    head = _get_latest_schema_revision()
+    return cache_dir("mlflow", f"store-template-mlflow{VERSION}-{head}-v{TEMPLATE_FORMAT}.db")
+
+
+def _copy_template(path: Path) -> bool:
+    """Copy the template to ``path``, building it first when it is missing or unusable; False (nothing
+    written) when the cache cannot be used: a new store never fails because of the cache."""
+    try:
+        template = template_path()
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_path(template)), timeout=store_wait_s()):
+            problem = template_problem(template)
+            if problem is not None:
+                log.info("building the MLflow store template %s (%s)", template, problem)
+                _build_template(template)
+            source = open(template, "rb")  # noqa: SIM115 - the file is copied after the lock is let go
+    except Exception as exc:  # noqa: BLE001 - any failure of the cache: MLflow builds the store itself
+        log.info("creating the MLflow store without a template: %s", exc)
+        return False
+    with source, open(path, "wb") as target:  # a failure here is the new store's (its disk), not the cache's
+        shutil.copyfileobj(source, target)
+    return True
+
+
+def template_problem(template: Path) -> str | None:
+    """What makes ``template`` unusable (missing, unreadable, damaged, another schema, not empty), or None."""
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    if not template.is_file():
+        return "missing"
+    try:
+        with closing(sqlite3.connect(f"{template.as_uri()}?mode=ro", uri=True)) as connection:
+            if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                return "damaged"
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            experiments = connection.execute("SELECT experiment_id, name FROM experiments").fetchall()
+            (runs,) = connection.execute("SELECT count(*) FROM runs").fetchone()
+    except (sqlite3.Error, TypeError, ValueError) as exc:  # TypeError, ValueError: no row, or several
+        return f"unreadable: {exc}"
+    if revision != _get_latest_schema_revision():
+        return f"schema {revision}"
+    if not set(Base.metadata.tables) <= tables or any(name.startswith("_alembic_tmp") for name in tables):
+        return "incomplete schema"
+    return None if experiments == [(0, "Default")] and runs == 0 else "not empty"
+
+
+def _build_template(template: Path) -> None:
+    """The template, by MLflow's own creation, built beside it and renamed over it (readers see the old
+    file or the new one); one file, without a write-ahead log, so that a byte copy is a whole store."""
+    if template.exists() and not template.is_file():  # checked first: MLflow's creation takes seconds
+        raise IsADirectoryError(errno.EISDIR, "not a file: it cannot be replaced", str(template))
+    for leftover in template.parent.glob(f".{template.name}.*.part*"):  # of a killed process (we hold the lock)
+        leftover.unlink(missing_ok=True)
+    part = template.with_name(f".{template.name}.{os.getpid()}.part")
+    try:
+        _initialise(part, TEMPLATE_ARTIFACT_ROOT, upgrade=False)
+        with closing(sqlite3.connect(part)) as connection:
+            connection.execute("PRAGMA journal_mode=DELETE")
+        with open(part, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(part, template)
+    finally:
+        for path in (part, *_sidecars(part)):
+            path.unlink(missing_ok=True)
+
+
+def _adopt(path: Path, artifact_root: str) -> bool:
+    """Give the copied template's default experiment (id 0) what MLflow's creation would have written for
+    this store: its artifact location under ``artifact_root`` and the time of creation; False when the copy
+    has no such experiment."""
+    from mlflow.utils.time import get_current_time_millis
+    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
+    location = str(append_to_uri_path(resolve_uri_if_local(artifact_root), "0"))
+    now = get_current_time_millis()
+    with closing(sqlite3.connect(path)) as connection, connection:
+        changed = connection.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, "
+                                     "last_update_time = ? WHERE experiment_id = 0", (location, now, now)).rowcount
+    return changed == 1
 
 
 def _copy_consistent(source: Path, target: Path) -> None:

@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -151,17 +152,50 @@ def guarded(uri: str, function, *args, **kwargs):
                                                           time.monotonic() - started)) from exc
 
 
+# connect's answers in this process: (client, experiment id, the store file's identity) by what they depend on
+_connections: dict[tuple, tuple[StoreClient, str, tuple[int, int] | None]] = {}
+_connecting = threading.Lock()
+
+
 def connect(tracking: TrackingSpec, create: bool = True):
     """Open the store and return ``(client, experiment_id)``; create both on first use (the store only when
     ``create``: a run recorded later belongs in the store it was run with, not in a new one).
 
-    Fails fast, with the URI in the message, when the store cannot be reached or used.
+    Fails fast, with the URI in the message, when the store cannot be reached or used. Opened once per
+    command: a later call for the same store, experiment, artifact location and ``create`` returns the same
+    client (safe to use from several threads), so the jobs of a sweep do not each repeat the store's checks;
+    a local store's file deleted or replaced since is opened again.
     """
     uri = store_uri(tracking.uri, tracking.output_dir)
-    mlflow_client = open_store(uri, create=create, artifact_root=artifact_location(tracking), option=None)
-    experiment_id = _experiment_id(mlflow_client, tracking.experiment, artifact_location(tracking))
-    _check_artifacts(mlflow_client.get_experiment(experiment_id), tracking)
-    return mlflow_client, experiment_id
+    artifacts = artifact_location(tracking)
+    key = (uri, tracking.experiment, artifacts, bool(tracking.artifact_location), create)
+    with _connecting:
+        known = _connections.get(key)
+        if known is None or known[2] != _file_identity(uri):
+            mlflow_client = open_store(uri, create=create, artifact_root=artifacts, option=None)
+            experiment_id = _experiment_id(mlflow_client, tracking.experiment, artifacts)
+            _check_artifacts(mlflow_client.get_experiment(experiment_id), tracking)
+            known = _connections[key] = (mlflow_client, experiment_id, _file_identity(uri))
+    return known[0], known[1]
+
+
+def forget_connections() -> None:
+    """The next ``connect`` opens its store afresh; called as each command starts, so that every command
+    checks its store again and ends the runs of processes that died meanwhile."""
+    with _connecting:
+        _connections.clear()
+
+
+def _file_identity(uri: str) -> tuple[int, int] | None:
+    """The device and inode of a local store's file (None: a server, or no file): another file under the
+    same name is another store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    try:
+        found = os.stat(uri.removeprefix("sqlite:///"))
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _check_artifacts(experiment, tracking: TrackingSpec) -> None:

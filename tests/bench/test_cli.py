@@ -18,7 +18,8 @@ def test_bench_prints_every_table(tmp_path):
     done = subprocess.run([sys.executable, "-m", "nst.bench", "--sizes", "64", "--evals", "1",
                            "--backbones", "random", "--quality-size", "64", "--quality-evals", "30",
                            "--quality-images", str(tmp_path),
-                           "--run-size", "64", "--run-evals", "6", "--sweep-size", "64", "--sweep-evals", "4", "--bf16", "always"],
+                           "--run-size", "64", "--run-evals", "6", "--sweep-size", "64", "--sweep-evals", "4", "--bf16", "always",
+                           "--phases-size", "0", "--store-sweep-size", "0"],  # test_runs_around_the_optimisation
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
@@ -53,7 +54,8 @@ def test_quality_variants_pick_nsts_rows_and_their_traces_are_saved(capsys, tmp_
     # the machine line's matmul rate on 256^2 (4096^2 took 9 s on one core; test_bench_prints_every_table has it)
     monkeypatch.setattr(cli, "matmul_gflops", lambda device="cpu": reference.matmul_gflops(256, 1, device))
     assert main(["--sizes", "--backbones", "random", "--quality-size", "64", "--quality-evals", "10",
-                 "--sweep-size", "0", "--quality-variants", "recolored", "fp32",
+                 "--sweep-size", "0", "--phases-size", "0", "--store-sweep-size", "0",
+                 "--quality-variants", "recolored", "fp32",
                  "--quality-images", str(tmp_path)]) == 0
     table = [line.split("|") for line in capsys.readouterr().out.splitlines()
              if line.startswith(("| reference", "| nst"))]

@@ -1,9 +1,13 @@
 """CompactLBFGS follows torch.optim.LBFGS's trajectory; nst picks it only off the CPU."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
-from nst.engine.lbfgs import CompactLBFGS
+from nst.engine.lbfgs import LBFGS, CompactLBFGS
 from nst.engine.optimization import OptimizerSettings
 
 
@@ -77,5 +81,29 @@ def test_build_keeps_torch_lbfgs_on_the_cpu_and_compact_elsewhere():
     settings = OptimizerSettings(name="lbfgs")
     on_cpu = settings.build([torch.zeros(3, requires_grad=True)])
     elsewhere = settings.build([torch.zeros(3, device="meta", requires_grad=True)])
-    assert type(on_cpu) is torch.optim.LBFGS
+    assert type(on_cpu) is LBFGS and type(on_cpu).step is torch.optim.LBFGS.step
     assert type(elsewhere) is CompactLBFGS
+
+
+def test_nsts_lbfgs_runs_without_importing_the_compiler():
+    """torch.optim's first add_param_group or zero_grad imports torch._dynamo (seconds); nst's class does not,
+    and takes torch's steps."""
+    script = textwrap.dedent("""
+        import sys, torch
+        from nst.engine.lbfgs import LBFGS
+        def run(cls):
+            x = torch.linspace(-1, 1, 20, dtype=torch.float64, requires_grad=True)
+            optimizer = cls([x], max_iter=6, line_search_fn="strong_wolfe")
+            def closure():
+                optimizer.zero_grad()
+                value = ((x - 0.3) ** 4).sum() + (x ** 2).sum()
+                value.backward()
+                return value
+            optimizer.step(closure)
+            return x.detach()
+        ours = run(LBFGS)
+        assert "torch._dynamo" not in sys.modules, "nst's LBFGS imported torch._dynamo"
+        assert torch.equal(ours, run(torch.optim.LBFGS))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -2,10 +2,12 @@
 renamed, upgraded keeping its runs; damaged, foreign and half-migrated files named and never touched."""
 
 import errno
+import os
 import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import pytest
 
@@ -36,12 +38,19 @@ def test_two_runs_two_sweeps_and_make_ui_started_together_share_one_new_store(tm
 
 
 @pytest.mark.slow
-def test_a_process_killed_while_creating_the_store_leaves_no_store(tmp_path, nst):
+@pytest.mark.parametrize("how", ["from the template", "by MLflow's migrations"])
+def test_a_process_killed_while_creating_the_store_leaves_no_store(tmp_path, nst, how):
     out = tmp_path / "outputs"
     out.mkdir()
-    code = (f"from nst.tracking import database; from pathlib import Path; "
+    if how == "from the template":  # a copy takes milliseconds: the process is stopped once it is made
+        slow = "adopt = database._adopt; database._adopt = lambda *a: (time.sleep(600), adopt(*a))[1]; "
+        env = os.environ
+    else:  # a cache that cannot be written
+        (tmp_path / "a-file").write_text("")
+        slow, env = "", {**os.environ, "NST_CACHE_DIR": str(tmp_path / "a-file" / "cache")}
+    code = (f"import time; from nst.tracking import database; from pathlib import Path; {slow}"
             f"database.ensure_store(Path({str(out / 'mlflow.db')!r}), 'file:///tmp/a')")
-    creator = subprocess.Popen([sys.executable, "-c", code])
+    creator = subprocess.Popen([sys.executable, "-c", code], env=env)
     wait_for(lambda: list(out.glob(".mlflow.db.creating-*")), timeout=60)
     creator.kill()
     creator.wait()
@@ -151,3 +160,126 @@ def test_a_read_only_store_is_told_apart_from_a_damaged_one(small_disk, nst):
     line = one_line_error(done.stderr.replace("nst-report: error:", "nst: error:"))
     assert f"the MLflow store {out / 'mlflow.db'} cannot be written (" in line, line
     assert "the file is not damaged" in line and "damaged (" not in line and "lost" not in line, line
+
+
+# --- new stores: copies of a template built once by MLflow's migrations -----------------------------------------
+
+
+def _clauses(sql: str | None) -> list[str] | None:
+    """A CREATE statement's lines (each column or constraint), sorted: MLflow's migrations list a rebuilt
+    table's constraints in an order that changes from one creation to the next."""
+    return None if sql is None else sorted(line.strip().removesuffix(",").strip() for line in sql.splitlines())
+
+
+def _contents(db):
+    """What a new store holds that does not depend on when it was made: its schema (tables, indexes,
+    triggers), its schema version, its experiments without their creation times, and every other row."""
+    with closing(sqlite3.connect(db)) as connection:
+        schema = sorted(((kind, name, table, _clauses(sql)) for kind, name, table, sql
+                         in connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")), key=repr)
+        tables = [name for (kind, name, _, _) in schema if kind == "table" and name != "experiments"]
+        rows = {name: sorted(connection.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in tables}
+        experiments = connection.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage, workspace "
+                                         "FROM experiments").fetchall()
+        times = connection.execute("SELECT creation_time, last_update_time FROM experiments").fetchall()
+    return schema, rows, experiments, times
+
+
+def _migrations(monkeypatch) -> list:
+    """The stores (or templates) MLflow's own creation is run on from now on, in order."""
+    built = []
+    initialise = database._initialise
+
+    def counted(path, artifact_root, upgrade):
+        built.append(path)
+        initialise(path, artifact_root, upgrade)
+
+    monkeypatch.setattr(database, "_initialise", counted)
+    return built
+
+
+def _records_a_run(db) -> None:
+    """MLflow creates an experiment, a run and a metric in the store ``db``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    assert client.create_experiment("nst") == "1"
+    run = client.create_run("1").info.run_id
+    client.log_metric(run, "total", 1.5, step=0)
+    client.set_terminated(run)
+    assert client.get_run(run).data.metrics == {"total": 1.5}
+
+
+def test_a_store_made_from_the_template_equals_one_made_by_mlflows_migrations(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "an empty cache"))
+    built = _migrations(monkeypatch)
+    artifacts = (tmp_path / "an artifact folder").as_uri()
+    (tmp_path / "copied").mkdir()
+    started = int(time.time() * 1000)
+    database.ensure_store(tmp_path / "copied" / "mlflow.db", artifacts)
+    assert built and built[0].parent == database.template_path().parent  # the template, not the store
+    database._initialise(tmp_path / "migrated.db", artifacts, upgrade=False)
+    copied, migrated = _contents(tmp_path / "copied" / "mlflow.db"), _contents(tmp_path / "migrated.db")
+    assert copied[:3] == migrated[:3]
+    assert copied[2] == [(0, "Default", f"{artifacts}/0", "active", "default")]
+    (creation, update), = copied[3]
+    assert creation == update and started <= creation <= time.time() * 1000
+    _records_a_run(tmp_path / "copied" / "mlflow.db")
+
+
+def test_the_template_is_built_once_and_each_store_gets_its_own_default_experiment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "an empty cache"))
+    built = _migrations(monkeypatch)
+    for name in ("first", "second"):
+        database.ensure_store(tmp_path / name / "mlflow.db", (tmp_path / name / "mlartifacts").as_uri())
+    assert len(built) == 1
+    for name in ("first", "second"):
+        db = tmp_path / name / "mlflow.db"
+        assert database.inspect(db) == "complete"
+        assert _contents(db)[2] == [(0, "Default", (tmp_path / name / "mlartifacts").as_uri() + "/0", "active",
+                                     "default")]
+    _records_a_run(tmp_path / "second" / "mlflow.db")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "another schema", "not empty",
+                                    "a directory"])
+def test_a_damaged_template_is_rebuilt_and_the_store_is_still_right(tmp_path, monkeypatch, damage):
+    database.ensure_store(tmp_path / "first" / "mlflow.db", (tmp_path / "first" / "mlartifacts").as_uri())
+    template = database.template_path()
+    if damage == "garbage":
+        template.write_bytes(b"not a database\n" * 1000)
+    elif damage == "truncated":
+        template.write_bytes(template.read_bytes()[: template.stat().st_size // 3])
+    elif damage == "empty":
+        template.write_bytes(b"")
+    elif damage == "a directory":  # cannot be replaced: MLflow builds the store itself
+        template.unlink()
+        (template / "inside").mkdir(parents=True)
+    else:
+        with closing(sqlite3.connect(template)) as connection, connection:
+            if damage == "another schema":
+                connection.execute("UPDATE alembic_version SET version_num = 'c48cb773bb87'")  # an older revision
+            else:
+                connection.execute("INSERT INTO experiments (experiment_id, name, lifecycle_stage) "
+                                   "VALUES (7, 'left over', 'active')")
+    built = _migrations(monkeypatch)
+    db = tmp_path / "second" / "mlflow.db"
+    database.ensure_store(db, (tmp_path / "second" / "mlartifacts").as_uri())
+    assert len(built) == 1
+    assert database.inspect(db) == "complete"
+    assert _contents(db)[:2] == _contents(tmp_path / "first" / "mlflow.db")[:2]
+    assert _contents(db)[2] == [(0, "Default", (tmp_path / "second" / "mlartifacts").as_uri() + "/0", "active",
+                                 "default")]
+    assert (database.template_problem(template) is None) == (damage != "a directory")
+    _records_a_run(db)
+
+
+def test_a_cache_folder_that_cannot_be_written_leaves_mlflow_to_build_the_store(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    built = _migrations(monkeypatch)
+    db = tmp_path / "outputs" / "mlflow.db"
+    database.ensure_store(db, (tmp_path / "mlartifacts").as_uri())
+    assert built == [db.with_name(f".mlflow.db{database.CREATING}{os.getpid()}")]
+    assert database.inspect(db) == "complete"
+    assert not list(db.parent.glob(".mlflow.db*"))

@@ -2,11 +2,13 @@
 disks named, runs whose process died ended FAILED, the artifact folder checked before any run; several
 processes writing at once lose nothing (real processes, real SQLite)."""
 
+import dataclasses
 import errno
 import os
 import signal
 import sqlite3
 import time
+from contextlib import closing
 
 import pytest
 
@@ -302,3 +304,60 @@ def test_a_named_database_keeps_artifacts_under_the_output_root_not_the_working_
     assert not (elsewhere / "mlruns").exists()
     (run,) = client.search_runs([experiment.experiment_id])
     assert "result/result.png" in {a.path for a in client.list_artifacts(run.info.run_id, "result")}
+
+
+# --- opened once per command ----------------------------------------------------------------------
+
+
+def _ensured(monkeypatch) -> list:
+    """The stores ``database.ensure_store`` is asked to create or check from now on, in order."""
+    asked = []
+    ensure = database.ensure_store
+
+    def counted(db, artifact_root):
+        asked.append(db)
+        ensure(db, artifact_root)
+
+    monkeypatch.setattr(database, "ensure_store", counted)
+    return asked
+
+
+def test_the_jobs_of_a_sweep_open_the_store_once_and_the_next_command_checks_it_again(tmp_path, monkeypatch, nst):
+    out = tmp_path / "outputs"
+    asked = _ensured(monkeypatch)
+    done = nst(out, "-m", *SWEEP_JOB, "loss.style_weight=1,100")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert asked == [out.resolve() / "mlflow.db"]  # the sweep's parent opened it; its two jobs did not again
+    with closing(sqlite3.connect(out / "mlflow.db")) as connection:  # not MLflow: its engine keeps the file open
+        assert connection.execute("SELECT count(*) FROM runs").fetchone() == (3,)  # the parent and two jobs
+    for path in out.glob("mlflow.db*"):  # deleted between two commands: the next one makes a new one
+        path.unlink()
+    done = nst(out, *TRACKED_RUN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(asked) == 2
+    assert [r.info.status for r in all_runs(out)] == ["FINISHED"]
+    assert nst(out, *TRACKED_RUN, "seed=1").returncode == 0
+    assert len(asked) == 3  # each command checks it again
+
+
+def test_connect_returns_the_same_client_until_forgotten_or_the_store_file_is_replaced(tmp_path, monkeypatch):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setattr(store, "_connections", {})
+    asked = _ensured(monkeypatch)
+    spec = store.TrackingSpec(enabled=True, uri=None, artifact_location=None, experiment="nst", resume=False,
+                              output_dir=str(tmp_path / "outputs"))
+    client, experiment_id = store.connect(spec)
+    assert store.connect(spec)[0] is client and len(asked) == 1
+    other = store.connect(dataclasses.replace(spec, experiment="other"))
+    assert other[0] is not client and other[1] != experiment_id and len(asked) == 2
+    assert store.connect(spec, create=False)[0] is not client and len(asked) == 2  # checked, not created
+    store.forget_connections()
+    assert store.connect(spec)[0] is not client and len(asked) == 3
+    db = tmp_path / "outputs" / "mlflow.db"
+    for path in db.parent.glob("mlflow.db*"):
+        path.unlink()
+    SqlAlchemyStore._engine_map[f"sqlite:///{db}"].dispose()  # as when a command ends (tests.helpers.cli)
+    client, experiment_id = store.connect(spec)
+    assert len(asked) == 4 and database.inspect(db) == "complete"
+    assert client.get_experiment(experiment_id).name == "nst"
