@@ -60,14 +60,9 @@ def lap(name: str) -> None:
     _last = now
 
 
-def current() -> dict[str, float]:
-    """The phases of the job being run so far, in ``ORDER``, rounded to milliseconds."""
-    return {name: round(_seconds[name], 3) for name in sorted(_seconds, key=_rank)}
-
-
 def take() -> dict[str, float]:
-    """The job's phases (``current``), ending it: the next lap starts the next job's."""
-    phases = current()
+    """The job's phases in ``ORDER``, rounded to milliseconds, ending it: the next lap starts the next job's."""
+    phases = {name: round(_seconds[name], 3) for name in sorted(_seconds, key=_rank)}
     _seconds.clear()
     return phases
 

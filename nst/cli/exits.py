@@ -1,7 +1,7 @@
 """Ending a command's process as soon as its work is done.
 
 When a command returns, the interpreter tears down every module it imported, one object at a
-time; with torch and MLflow loaded that takes over a second, after everything the user asked for
+time; with torch and MLflow loaded that is a wait the user notices, after everything they asked for
 is on disk and recorded. ``fast`` ends the process instead once the threads it waits for have
 ended, the exit handlers have run (MLflow's, joblib's, logging's) and the output is flushed.
 """

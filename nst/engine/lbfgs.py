@@ -32,7 +32,7 @@ class LBFGS(torch.optim.LBFGS):
     """``torch.optim.LBFGS`` whose first use does not import ``torch._dynamo``.
 
     torch wraps ``Optimizer.add_param_group`` and ``zero_grad`` so that ``torch.compile`` leaves them
-    alone, and that wrapper imports the compiler on its first call: seconds of a CPU run's start-up.
+    alone, and that wrapper imports the whole compiler on its first call, in every run's start-up.
     nst never compiles an optimiser step, so it calls the functions torch wrapped.
     """
 

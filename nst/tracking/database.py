@@ -292,7 +292,7 @@ def _initialise(path: Path, artifact_root: str, upgrade: bool) -> None:
 def _create(path: Path, artifact_root: str) -> None:
     """A new, complete store at ``path`` whose default experiment keeps its artifacts under ``artifact_root``:
     a copy of the template when there is one, else MLflow's own creation. Copying a built schema takes
-    milliseconds where MLflow's dozens of migrations take seconds, for every new output folder."""
+    a file where MLflow replays dozens of migrations, for every new output folder."""
     if _copy_template(path) and _adopt(path, artifact_root):
         return
     path.unlink(missing_ok=True)
