@@ -23,10 +23,12 @@ export NST_UI_PORT := $(UI_PORT)
 endif
 SERVER_PORT ?= 5000
 REVIEW_PORT ?= 5001
+# make cluster's folder: configs, data and logs of its SLURM cluster and MLflow server
+CLUSTER_DIR ?= /tmp/nst-cluster
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint docs run sweep ratio examples controls fidelity server ui review bench report clean
+.PHONY: help install test test-slow test-all lint docs run sweep ratio examples controls fidelity server cluster cluster-stop ui review bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -75,6 +77,12 @@ server: ## MLflow tracking server on 127.0.0.1:5000 (SERVER_PORT=...; SQLite + a
 	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) \
 		--backend-store-uri sqlite:///$(abspath $(OUTPUT_DIR))/server/mlflow.db \
 		--artifacts-destination $(abspath $(OUTPUT_DIR))/server/artifacts
+
+cluster: ## Start a single-node SLURM cluster and an MLflow server on PostgreSQL on 127.0.0.1 (root; CLUSTER_DIR=...)
+	$(PY) -m nst.cli.cluster start --folder $(CLUSTER_DIR)
+
+cluster-stop: ## Stop what make cluster started
+	$(PY) -m nst.cli.cluster stop --folder $(CLUSTER_DIR)
 
 ui: ## Serve the MLflow UI for the local store on http://127.0.0.1:5000 (UI_PORT=... to change; remembered)
 	port=$$($(PY) -m nst.cli.create_store $(abspath $(OUTPUT_DIR))/mlflow.db) && \

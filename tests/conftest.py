@@ -198,3 +198,25 @@ def review_client(review_world):
     flask_app = review_app.create_app(review_world["client"], chosen, review_world["uri"], review_world["folder"],
                                       seed=0)
     return flask_app.test_client(), chosen
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A single-node SLURM cluster and an MLflow server on PostgreSQL (``nst.cli.cluster.Cluster``): the one
+    ``make cluster`` started, or, where none is running, one this session starts in a temporary folder and
+    stops at its end."""
+    from nst.cli import cluster as team
+
+    running = team.load(team.DEFAULT_FOLDER)
+    if running:
+        yield running
+        return
+    if os.geteuid() != 0:
+        pytest.fail("the SLURM and PostgreSQL tests need the cluster of `make cluster`, which runs as root")
+    # not under pytest's private temporary folder: PostgreSQL, running as postgres, must reach its folder
+    folder = Path(tempfile.mkdtemp(prefix="nst-cluster-", dir="/tmp"))
+    try:
+        yield team.start(folder)
+    finally:
+        team.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -11,6 +11,11 @@ try:
 except ImportError:  # hydra-ray-launcher not installed: no hydra/launcher=ray
     _PluginRayLauncher = None
 
+try:
+    from nst.jobs.slurm import SlurmLauncher as _SlurmLauncher
+except ImportError:  # hydra-submitit-launcher not installed (nst's cluster extra): no hydra/launcher=slurm
+    _SlurmLauncher = None
+
 
 class BatchedLauncher(_BatchedLauncher):
     """``hydra/launcher=batched``: see ``nst.launcher``."""
@@ -30,3 +35,9 @@ if _PluginRayLauncher is not None:
                 env_vars.update(ray_environment(self.config))
                 self.ray_cfg.init.runtime_env.env_vars = env_vars
             return super().launch(job_overrides, initial_job_idx)
+
+
+if _SlurmLauncher is not None:
+
+    class SlurmLauncher(_SlurmLauncher):
+        """``hydra/launcher=slurm``: see ``nst.jobs.slurm``."""

@@ -131,11 +131,24 @@ class SweepCallback(Callback):
         children = store.child_runs(self.client, self.parent)
         orphans = [run for run in children if run.info.status == "RUNNING"]
         for run in orphans:
-            if not _recorded_from_folder(run):
-                why = ownership.owner_gone(run.data.tags, run.info.start_time) or reason
-                self.client.set_tag(run.info.run_id, tags.TAG_FAILURE, why)
-                self.client.set_terminated(run.info.run_id, status)
+            self._end_run(run, status, ownership.owner_gone(run.data.tags, run.info.start_time) or reason)
         return store.child_runs(self.client, self.parent) if orphans else children
+
+    def end_job(self, job: int, status: str, reason: str) -> list[str]:
+        """End with ``status`` and ``reason`` the runs of sweep job ``job`` left RUNNING (a launcher saw the job's
+        process end without ending them); the ids of those ended, the runs that ended themselves untouched."""
+        running = [run for run in store.child_runs(self.client, self.parent)
+                   if run.info.status == "RUNNING" and run.data.tags.get(tags.TAG_JOB) == str(job)]
+        return [run.info.run_id for run in running if self._end_run(run, status, reason)]
+
+    def _end_run(self, run, status: str, reason: str) -> bool:
+        """End a RUNNING child with ``status`` and ``reason``, unless its folder says it FINISHED (then it is
+        recorded from there); whether it was ended so."""
+        if _recorded_from_folder(run):
+            return False
+        self.client.set_tag(run.info.run_id, tags.TAG_FAILURE, reason)
+        self.client.set_terminated(run.info.run_id, status)
+        return True
 
     def close(self) -> None:
         store.let_go(self.parent)
@@ -254,6 +267,12 @@ def describe(config: DictConfig, values: dict[str, list]) -> str:
 def job_numbers(sweep_dir: Path) -> list[int]:
     """The jobs Hydra set up in ``sweep_dir``: its numbered folders holding a ``.hydra`` folder."""
     return sorted(int(path.parent.name) for path in sweep_dir.glob("*/.hydra") if path.parent.name.isdigit())
+
+
+def end_open_job(job: int, status: str, reason: str) -> list[str]:
+    """End the runs of job ``job`` of this process's open sweep left RUNNING (``SweepCallback.end_job``); the ids
+    of those ended, none without an open sweep."""
+    return _open.end_job(job, status, reason) if _open is not None and _open.parent is not None else []
 
 
 def abort_open_sweep(status: str, reason: str) -> None:

@@ -283,7 +283,7 @@ def test_progress_bar_counts_evaluations_with_content_and_style(tmp_path, nst):
 # ~3e-6 relative); over a few steps the trajectories stay this close.
 TOLERANCE = 2e-3
 # Adam's normalised step turns a rounding difference into a whole step early on: 2.0e-3 after 8 steps
-# on an AMD EPYC, under 2e-3 on a Xeon
+# on an AMD EPYC
 ADAM_TOLERANCE = 4e-3
 
 
@@ -310,7 +310,9 @@ def test_batched_adam_equals_independent_runs(batch_setup):
     for beta, s, result in zip(betas, settings, together, strict=True):
         alone = independent(loss, content, backbone, beta, s, 1)
         assert result.evaluations == alone.evaluations == 8 + 1  # 8 steps, then the kept image's losses
-        assert (result.image - alone.image).abs().max() < TOLERANCE
+        # Adam moves every pixel by about lr a step, whatever its gradient's size: a rounding difference in a
+        # gradient near zero can flip a step, so a pixel may differ by up to one step (7.9e-3 at lr 0.01 on a Xeon)
+        assert (result.image - alone.image).abs().max() < s.lr
         assert result.final["total"] == pytest.approx(alone.final["total"], rel=1e-3)
     # the members really differ: a larger beta ends with a lower style loss
     assert together[2].final["style"] < together[0].final["style"]

@@ -1,6 +1,6 @@
 """Sweeps beyond one machine: a Ray cluster runs the jobs, an MLflow tracking server holds the runs.
 
-Starts a Ray head and an ``mlflow server`` (SQLite backend, served artifacts) on 127.0.0.1, runs
+Starts a Ray head and an ``mlflow server`` on PostgreSQL (served artifacts; ``nst.cli.cluster``) on 127.0.0.1, runs
 4-job sweeps through ``hydra/launcher=ray`` with ``tracking=server``, and reads everything back
 through the server. Both are stopped at the end.
 
@@ -19,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from nst.cli import cluster as team
 from nst.tracking import tags
 from tests.helpers.waiting import free_port
 
@@ -42,32 +42,23 @@ def cluster(tmp_path_factory):
     assert interfaces == ["lo"], f"run through tests/system/test_distributed.py (loopback only), not with {interfaces}"
     root = tmp_path_factory.mktemp("cluster")
     ray_temp = tempfile.mkdtemp(prefix="nstray", dir="/tmp")  # Ray's socket paths must stay short
-    mlflow_port, ray_port = free_port(), free_port()
-    uri = f"http://127.0.0.1:{mlflow_port}"
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                               "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-                              stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    # PostgreSQL runs as its own user, which must reach its folder: not under pytest's private one
+    database = Path(tempfile.mkdtemp(prefix="nst-ray-postgres-", dir="/tmp"))
+    database.chmod(0o755)
+    ray_port = free_port()
     ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     try:
         subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ray_port}",
                         "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={ray_temp}",
                         "--disable-usage-stats"], check=True, capture_output=True, env=ray_env, timeout=180)
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        yield {"uri": uri, "ray": f"127.0.0.1:{ray_port}", "root": root}
+        uri = team.start_tracking_server(root / "mlflow",
+                                         team.start_database(database / "postgres", free_port()), free_port())
+        yield {"uri": uri, "ray": f"127.0.0.1:{ray_port}", "root": root / "mlflow"}
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=ray_env, timeout=120)
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        team.stop_tracking_server(root / "mlflow")
+        team.stop_database(database / "postgres")
+        shutil.rmtree(database, ignore_errors=True)
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
