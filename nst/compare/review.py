@@ -169,10 +169,9 @@ def _settings(run, keys: list[str]) -> dict[str, str]:
 def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_string, create: bool) -> str:
     """The run keeping the judgements of this set of runs: found by the set's key, else created FINISHED."""
     key = hashlib.sha1(" ".join(sorted(run_ids)).encode()).hexdigest()[:16]
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{tags.TAG_ROLE}` = '{ROLE}' and "
-                                                               f"tags.`{tags.TAG_REVIEW_KEY}` = '{key}'", max_results=1)
+    found = _review_runs(client, experiment_id, key)
     if found:
-        return found[0].info.run_id
+        return found[0]
     if not create:
         raise TrackingError(f"these {len(run_ids)} runs have not been reviewed: judge them with nst-review first")
     what = "; ".join(filter(None, [f"sweeps {', '.join(sweeps)}" if sweeps else "",
@@ -181,7 +180,19 @@ def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_s
         tags.TAG_ROLE: ROLE, tags.TAG_REVIEW_KEY: key,
         tags.TAG_DESCRIPTION: tags.literal(f"Human judgements of {len(run_ids)} runs ({what}), made with nst-review.")})
     client.set_terminated(run.info.run_id, "FINISHED")  # it holds records; nothing runs in it
-    return run.info.run_id
+    # an app started at the same moment for the same runs (another reviewer's, on a shared tracking server) may
+    # have created one too: every app keeps the oldest, so that their judgements land on one run
+    home = _review_runs(client, experiment_id, key)[0]
+    if home != run.info.run_id:
+        client.delete_run(run.info.run_id)
+    return home
+
+
+def _review_runs(client, experiment_id: str, key: str) -> list[str]:
+    """The ids of the review runs of the set of runs ``key``, oldest first (start time, then id)."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{tags.TAG_ROLE}` = '{ROLE}' and "
+                                                               f"tags.`{tags.TAG_REVIEW_KEY}` = '{key}'", max_results=100)
+    return [run.info.run_id for run in sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))]
 
 
 # --- the judgements ---------------------------------------------------------------------------
@@ -209,7 +220,7 @@ def kept(client, home: str) -> Kept:
             try:
                 found.append(ranking.Judgement.from_json(path.read_text(encoding="utf-8")))
             except (OSError, ValueError, TypeError, RecursionError) as exc:  # not UTF-8, not JSON, nested deep
-                if not _still_writing(path):
+                if not _still_writing(home, path):
                     damaged.append(f"{JUDGEMENTS}/{path.name}")
                     _warn_once(home, damaged[-1], exc)
     return Kept(sorted(found, key=lambda j: (j.time, j.id)), tuple(damaged))
@@ -234,8 +245,16 @@ def _warn_once(home: str, name: str, reason: Exception) -> None:
                 name, home, str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
 
 
-def _still_writing(path: Path) -> bool:
-    return time.time() - path.stat().st_mtime < 5
+_unreadable_since: dict[tuple[str, str], float] = {}  # (home run, file name): when this process first found it so
+
+
+def _still_writing(home: str, path: Path) -> bool:
+    """Whether the unreadable judgement file ``path`` (downloaded) may still be being copied: its copy is from the
+    last seconds, and so is the first time this process found it unreadable. The copy's time is the file's own
+    for a local store, the download's for a tracking server (so it alone would never tell a damaged file)."""
+    now = time.time()
+    first = _unreadable_since.setdefault((home, path.name), now)
+    return now - path.stat().st_mtime < 5 and now - first < 5
 
 
 def recorded_ids(client, home: str) -> set[str]:

@@ -37,7 +37,7 @@ from nst.errors import NonFiniteLossError, NSTError, UnrecordedRunError
 from nst.jobs import hydra_state, workers
 from nst.jobs.config import parse, tracking_spec
 from nst.messages import say
-from nst.tracking import tags
+from nst.tracking import store, tags
 from nst.tracking.recorder import NoRecording, Recording, RunRecorder
 from nst.tracking.run_folder import RunFolder
 from nst.tracking.store import TrackingSpec
@@ -168,7 +168,7 @@ def _end(folder: RunFolder, recorder: RunRecorder, inputs: Inputs, address: str 
     except UnrecordedRunError as exc:  # its files are on disk; the other members still get recorded
         return exc
     if address:
-        say(f"nst: MLflow run {address}  (make ui serves it)", log)
+        say(f"nst: MLflow run {address}{store.served_by(recorder.client.tracking_uri)}", log)
     phases.lap(phases.RECORD)
     return outcome
 

@@ -113,7 +113,8 @@ class SweepCallback(Callback):
                       f"finish: {', '.join(failed)}", file=sys.stderr)
             address = store.run_address(self.client.tracking_uri, self.experiment_id, self.parent)
             print(f"nst: sweep report {summary.page}")
-            print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}  (make ui serves it)")
+            print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}"
+                  f"{store.served_by(self.client.tracking_uri)}")
         except Exception as exc:
             status = "FAILED"
             driver.failed_jobs.append(f"the sweep's summary: {exc}")

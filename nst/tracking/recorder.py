@@ -269,11 +269,19 @@ class RunRecorder:
 class Recording:
     """The MLflow side of a batch of jobs: one store connection, one run per job.
 
-    The store is opened first, so an unreachable server fails before any work.
+    The store is opened with the first job, before any work, so an unreachable server fails a single run at
+    once; a job of a sweep waits for it (``NST_STORE_WAIT``) instead, since the command that launched the sweep
+    found it answering: a server restarted while a launcher (SLURM) starts jobs in new processes.
     """
 
     def __init__(self, tracking: TrackingSpec):
-        self.client, self.experiment_id = store.connect(tracking)
+        self.tracking = tracking
+        self.client, self.experiment_id = None, ""
+
+    def open(self, job: JobInfo) -> None:
+        """Connect for ``job``'s run, the first time."""
+        if self.client is None:
+            self.client, self.experiment_id = store.connect(self.tracking, wait=job.sweep_id is not None)
 
     def start(self, job: JobInfo, tracking: TrackingSpec, extra: dict[str, str],
               inputs: Inputs | None = None) -> RunRecorder:
@@ -282,6 +290,7 @@ class Recording:
         A sweep's child is named by its swept values (``nst.tracking.naming``) and has them as ``sweep.*``
         params. From the moment the run exists, a failure ends it FAILED with the reason before it is raised.
         """
+        self.open(job)
         member = inputs.spec.member if inputs else None
         grid = StepGrid.planned(member.frame_every if member else 1, member.planned_evaluations if member else 1)
         run_tags = {tags.TAG_ROLE: "run", **store.environment_tags(), **job.tags,
@@ -316,6 +325,7 @@ class Recording:
 
     def reuse(self, job: JobInfo, tracking: TrackingSpec, config_hash: str) -> bool:
         """Resume: whether a sweep job with this fingerprint already FINISHED (then the parent notes it)."""
+        self.open(job)
         if job.sweep_id is None or not tracking.resume:
             return False
         existing = store.find_finished(self.client, self.experiment_id, config_hash)

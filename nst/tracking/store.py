@@ -13,10 +13,11 @@ artifacts would otherwise land relative to whatever the working directory is).
 All calls go through ``MlflowClient`` with explicit run ids rather than the
 fluent API's process-global "active run", because a multirun executes several
 runs in one process and a joblib sweep in several. The client is wrapped in
-``StoreClient``: a write that meets another process's lock waits (with back-off,
+``StoreClient``: a write that meets another process's lock, or a tracking server
+that does not answer (restarted, briefly down), waits (with back-off,
 ``NST_STORE_WAIT`` seconds at most) instead of failing, and a store that cannot
-be used (locked beyond the wait, disk full, read-only, damaged) is one
-``TrackingError`` line naming it. Opening the store (``connect``, ``open_store``)
+be used (locked or unreachable beyond the wait, disk full, read-only, damaged) is
+one ``TrackingError`` line naming it. Opening the store (``connect``, ``open_store``)
 creates it safely (``nst.tracking.database``) and ends the runs whose process died
 (``nst.tracking.ownership``).
 """
@@ -108,17 +109,25 @@ def artifact_location(tracking: TrackingSpec) -> str | None:
 
 
 class StoreClient:
-    """An ``MlflowClient`` whose calls wait out another process's lock and fail as one ``TrackingError``.
+    """An ``MlflowClient`` whose calls wait out another process's lock, or a tracking server that does not
+    answer, and fail as one ``TrackingError``.
 
     A call that meets the lock is retried with back-off for ``NST_STORE_WAIT`` seconds, so another
     process's lock delays a run instead of killing it; a failed SQLite write leaves nothing behind,
-    so trying it again records it once.
+    so trying it again records it once. A tracking server that stops answering is waited for the same way
+    (``_Outages``): what nst writes is safe to send twice (a tag, a param, a metric at its step and time, an
+    artifact under its name), all but a new run: a server killed between creating one and answering leaves
+    it RUNNING, a twin that the next command ends FAILED (``end_dead_runs``).
     """
 
     def __init__(self, uri: str):
         from mlflow import MlflowClient  # MLflow takes seconds to import: only when a store is used
 
         database.quiet_mlflow()
+        if is_server(uri):
+            for name, value in MLFLOW_SERVER_SETTINGS.items():
+                os.environ.setdefault(name, value)
+            logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its "Retrying" lines
         self.tracking_uri = uri
         self._client = guarded(uri, MlflowClient, tracking_uri=uri)
 
@@ -132,15 +141,21 @@ class StoreClient:
 
 
 def guarded(uri: str, function, *args, **kwargs):
-    """``function(*args, **kwargs)``, retried while the store is locked; store failures as ``TrackingError``."""
+    """``function(*args, **kwargs)``, retried while the store is locked or its server does not answer; store
+    failures as ``TrackingError``."""
     wait, started, pause = database.store_wait_s(), time.monotonic(), 0.05
     while True:
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
         except TrackingError:
             raise
         except Exception as exc:
-            problem = database.store_problem(exc)
+            silent = server_silent(exc) if is_server(uri) else None
+            if silent is not None:
+                pause = OUTAGES.wait(uri, silent, started, pause)
+                started = time.monotonic()
+                continue
+            problem = "locked" if is_server(uri) and _raced(exc) else database.store_problem(exc)
             if problem is None:
                 raise
             if problem == "locked" and time.monotonic() - started + pause <= wait:
@@ -150,6 +165,97 @@ def guarded(uri: str, function, *args, **kwargs):
                 continue
             raise TrackingError(database.describe_problem(problem, uri.removeprefix("sqlite:///"), exc,
                                                           time.monotonic() - started)) from exc
+        if is_server(uri):
+            OUTAGES.answered(uri)
+        return result
+
+
+# MLflow's REST client tries a request to a server that does not answer 7 more times over about 4 minutes,
+# for every call, saying nothing but urllib3's warnings, then raises a traceback's worth. nst lets it try
+# twice more (a hiccup costs seconds) and does the waiting itself (``_Outages``): one line, one deadline
+# for all the calls of one outage. Nor does it let MLflow print each ended run's address (one more request
+# per run; nst prints its own). A value set in the environment is kept.
+MLFLOW_SERVER_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                          "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+# How requests to a tracking server that is down, restarting or behind a proxy whose backend is away fail
+# (requests' and urllib3's words, within MLflow's exception)
+_SILENT = ("Connection refused", "Connection reset", "Connection aborted", "Remote end closed connection",
+           "timed out", "too many 502 error responses", "too many 503 error responses",
+           "too many 504 error responses")
+
+
+def server_silent(exc: BaseException | None) -> str | None:
+    """How a tracking server failed to answer (``Connection refused``, ...) when ``exc`` or what caused it
+    says it did not; else None (it answered: an error of the request itself is not waited for)."""
+    while exc is not None:
+        found = silent_phrase(str(exc))
+        if found is not None:
+            return found
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+# What a tracking server on PostgreSQL (MySQL) answers when two clients wrote the same row at once (two nst-review
+# apps setting the home run's judgement count): MLflow writes a tag or a run's latest metric by reading, then
+# inserting, so the later insert fails, and the write is refused whole. SQLite, which takes one writer at a
+# time, meets the same two writers as a lock; tried again, the write is made.
+_RACED = ("duplicate key value violates unique constraint", "Duplicate entry")
+
+
+def _raced(exc: BaseException | None) -> bool:
+    """Whether a server refused ``exc``'s write because another client wrote the same row at the same moment."""
+    while exc is not None:
+        if any(phrase in str(exc) for phrase in _RACED):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def silent_phrase(text: str) -> str | None:
+    """The words of ``_SILENT`` in ``text``, if any."""
+    return next((phrase for phrase in _SILENT if phrase in text), None)
+
+
+class _Outages:
+    """The tracking servers this process found not answering, each since when (the start of the first call that
+    failed): every call of one outage, from any thread (the recorder's writer, the heartbeat, the run's own), waits
+    for the same deadline, ``NST_STORE_WAIT`` seconds after that start, and the user is told once. Past the
+    deadline a call is tried once and fails, so a server that stays down costs each later call a try, not a
+    wait; the first call that gets an answer ends the outage."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: dict[str, float] = {}
+
+    def wait(self, uri: str, silent: str, started: float, pause: float) -> float:
+        """Sleep ``pause`` before the next try, or raise ``TrackingError`` past the deadline; the next pause."""
+        wait = database.store_wait_s()
+        with self.lock:
+            first = uri not in self.since
+            since = self.since.setdefault(uri, started)
+        waited = time.monotonic() - since
+        if first and waited + pause <= wait:
+            print(f"nst: warning: the MLflow tracking server {uri} is not answering ({silent}); nst tries again "
+                  f"for up to {wait:g} s (NST_STORE_WAIT), keeping what it has to record", file=sys.stderr,
+                  flush=True)
+        if waited + pause > wait:
+            raise TrackingError(f"the MLflow tracking server {uri} has not answered for {waited:.0f} s ({silent}; "
+                                f"nst waits NST_STORE_WAIT={wait:g} s): start it again, or check tracking.uri")
+        time.sleep(pause)
+        return min(max(2 * pause, 0.5), 5.0)
+
+    def answered(self, uri: str) -> None:
+        """``uri`` answered: the end of its outage, if there was one (said in one line)."""
+        if uri not in self.since:  # the usual case, without the lock
+            return
+        with self.lock:
+            since = self.since.pop(uri, None)
+        if since is not None:
+            print(f"nst: the MLflow tracking server {uri} answers again (after {time.monotonic() - since:.0f} s); "
+                  f"recording goes on", file=sys.stderr, flush=True)
+
+
+OUTAGES = _Outages()
 
 
 # connect's answers in this process: (client, experiment id, the store file's identity) by what they depend on
@@ -157,11 +263,12 @@ _connections: dict[tuple, tuple[StoreClient, str, tuple[int, int] | None]] = {}
 _connecting = threading.Lock()
 
 
-def connect(tracking: TrackingSpec, create: bool = True):
+def connect(tracking: TrackingSpec, create: bool = True, wait: bool = False):
     """Open the store and return ``(client, experiment_id)``; create both on first use (the store only when
     ``create``: a run recorded later belongs in the store it was run with, not in a new one).
 
-    Fails fast, with the URI in the message, when the store cannot be reached or used. Opened once per
+    Fails fast, with the URI in the message, when the store cannot be reached or used; with ``wait``, a tracking
+    server that does not answer is waited for first, as every later call waits for it (``guarded``). Opened once per
     command: a later call for the same store, experiment, artifact location and ``create`` returns the same
     client (safe to use from several threads), so the jobs of a sweep do not each repeat the store's checks;
     a local store's file deleted or replaced since is opened again.
@@ -172,7 +279,7 @@ def connect(tracking: TrackingSpec, create: bool = True):
     with _connecting:
         known = _connections.get(key)
         if known is None or known[2] != _file_identity(uri):
-            mlflow_client = open_store(uri, create=create, artifact_root=artifacts, option=None)
+            mlflow_client = open_store(uri, create=create, artifact_root=artifacts, option=None, wait=wait)
             experiment_id = _experiment_id(mlflow_client, tracking.experiment, artifacts)
             _check_artifacts(mlflow_client.get_experiment(experiment_id), tracking)
             known = _connections[key] = (mlflow_client, experiment_id, _file_identity(uri))
@@ -214,15 +321,15 @@ def _check_artifacts(experiment, tracking: TrackingSpec) -> None:
 
 
 def open_store(uri: str, create: bool = False, artifact_root: str | None = None,
-               option: str | None = "--tracking-uri") -> StoreClient:
+               option: str | None = "--tracking-uri", wait: bool = False) -> StoreClient:
     """A client for the store at ``uri`` once it is usable; runs whose process died are ended FAILED.
 
     A local SQLite store is created (``create``) or checked first (``nst.tracking.database``); a server must
-    answer. ``option`` is the command's option that names another store, for the message when there is none
-    (None: the store was named by a run's config).
+    answer (``wait``: within ``NST_STORE_WAIT`` seconds). ``option`` is the command's option that names another
+    store, for the message when there is none (None: the store was named by a run's config).
     """
     if is_server(uri):
-        check_server(uri)
+        check_server(uri, wait=wait)
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if create:
@@ -246,6 +353,11 @@ def run_address(uri: str | None, experiment_id: str, run_id: str, artifact: str 
         return f"{page}?{WORKFLOW}"
     base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{ui.port(uri)}"
     return f"{base}/{page}?{WORKFLOW}"
+
+
+def served_by(uri: str) -> str:
+    """What to add after a run's address: where a local store's UI comes from (``make ui``); nothing for a server."""
+    return "" if is_server(uri) else "  (make ui serves it)"
 
 
 def end_dead_runs(mlflow_client) -> list[str]:
@@ -299,17 +411,32 @@ def _experiment_id(mlflow_client, name: str, artifacts: str | None) -> str:
     return experiment.experiment_id
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """A tracking server must answer /health within seconds (MLflow's own client retries for minutes)."""
+def check_server(uri: str, timeout: float = 5.0, wait: bool = False) -> None:
+    """A tracking server must answer /health within seconds (MLflow's own client retries for minutes); with
+    ``wait``, one that does not answer at all (restarting) is waited for as ``guarded`` waits."""
+    problem = _health(uri, timeout)
+    if problem is not None and wait and silent_phrase(problem):
+        problem = guarded(uri, _answered_health, uri, timeout)
+    if problem is not None:
+        raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({problem}); start it "
+                            f"(`make server` for a local one) or choose another tracking.uri")
+
+
+def _health(uri: str, timeout: float) -> str | None:
+    """What is wrong with the server's /health (None: it answered 200)."""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
+            return None if response.status == 200 else f"HTTP {response.status}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        problem = str(getattr(exc, "reason", exc))
-    raise TrackingError(f"the MLflow tracking server {uri} is not reachable ({problem}); start it "
-                        f"(`make server` for a local one) or choose another tracking.uri")
+        return str(getattr(exc, "reason", exc))
+
+
+def _answered_health(uri: str, timeout: float) -> str | None:
+    """``_health``'s answer, raised when the server did not answer at all (for ``guarded`` to wait)."""
+    problem = _health(uri, timeout)
+    if problem is not None and silent_phrase(problem):
+        raise ConnectionError(problem)
+    return problem
 
 
 # --- what a run is: params, fingerprint, environment ----------------------------------------

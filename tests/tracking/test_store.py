@@ -361,3 +361,8 @@ def test_connect_returns_the_same_client_until_forgotten_or_the_store_file_is_re
     client, experiment_id = store.connect(spec)
     assert len(asked) == 4 and database.inspect(db) == "complete"
     assert client.get_experiment(experiment_id).name == "nst"
+
+
+def test_only_a_local_stores_address_points_at_make_ui():
+    assert store.served_by("sqlite:////tmp/out/mlflow.db") == "  (make ui serves it)"
+    assert store.served_by("http://127.0.0.1:5000") == ""  # the server serves its own pages
