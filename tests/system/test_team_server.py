@@ -356,13 +356,17 @@ def test_two_processes_writing_one_tag_at_once_both_succeed(cluster):
         except Exception as exc:  # noqa: BLE001 - collected for the assertion below
             errors.append(exc)
 
-    for round_ in range(10):
-        together = threading.Barrier(2, timeout=60)
-        writers = [threading.Thread(target=write, args=(together, f"nst.test_{round_}", value)) for value in range(2)]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join(timeout=120)
+    try:
+        for round_ in range(10):
+            together = threading.Barrier(2, timeout=60)
+            writers = [threading.Thread(target=write, args=(together, f"nst.test_{round_}", value))
+                       for value in range(2)]
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(timeout=120)
+    finally:
+        client.set_terminated(run, "FINISHED")  # a run of the test's own, not left RUNNING on the server
     assert errors == []
     assert {key for key in client.get_run(run).data.tags if key.startswith("nst.test_")} == {
         f"nst.test_{round_}" for round_ in range(10)}
