@@ -466,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
           f"nst cluster: MLflow server {cluster.tracking_uri} on {cluster.database_uri}\n"
           f"nst cluster: use it with: source {cluster.path / 'env'}; nst -m ... hydra/launcher=slurm tracking=server "
           f"hydra.launcher.cpus_per_task=1\n"
+          f"nst cluster: read it with: nst-report --uri {cluster.tracking_uri}; nst-review --tracking-uri "
+          f"{cluster.tracking_uri}\n"
           f"nst cluster: stop it with: make cluster-stop")
     return 0
 
