@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -150,7 +149,9 @@ def start_tracking_server(folder: Path, database_uri: str, port: int) -> str:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (folder / "server.pid").write_text(str(server.pid))
     uri = f"http://127.0.0.1:{port}"
-    _wait(lambda: server.poll() is None and _answers(uri + "/health"), "the MLflow server", folder / "server.log",
+    from nst.tracking.store import health_problem
+
+    _wait(lambda: server.poll() is None and health_problem(uri, 2) is None, "the MLflow server", folder / "server.log",
           failed=lambda: server.poll() is not None)
     return uri
 
@@ -386,14 +387,6 @@ def _tail(log: Path) -> str:
         return " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
     except OSError:
         return "(no log)"
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _munge_answers() -> bool:

@@ -414,7 +414,7 @@ def _experiment_id(mlflow_client, name: str, artifacts: str | None) -> str:
 def check_server(uri: str, timeout: float = 5.0, wait: bool = False) -> None:
     """A tracking server must answer /health within seconds (MLflow's own client retries for minutes); with
     ``wait``, one that does not answer at all (restarting) is waited for as ``guarded`` waits."""
-    problem = _health(uri, timeout)
+    problem = health_problem(uri, timeout)
     if problem is not None and wait and silent_phrase(problem):
         problem = guarded(uri, _answered_health, uri, timeout)
     if problem is not None:
@@ -422,7 +422,7 @@ def check_server(uri: str, timeout: float = 5.0, wait: bool = False) -> None:
                             f"(`make server` for a local one) or choose another tracking.uri")
 
 
-def _health(uri: str, timeout: float) -> str | None:
+def health_problem(uri: str, timeout: float) -> str | None:
     """What is wrong with the server's /health (None: it answered 200)."""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
@@ -432,8 +432,8 @@ def _health(uri: str, timeout: float) -> str | None:
 
 
 def _answered_health(uri: str, timeout: float) -> str | None:
-    """``_health``'s answer, raised when the server did not answer at all (for ``guarded`` to wait)."""
-    problem = _health(uri, timeout)
+    """``health_problem``'s answer, raised when the server did not answer at all (for ``guarded`` to wait)."""
+    problem = health_problem(uri, timeout)
     if problem is not None and silent_phrase(problem):
         raise ConnectionError(problem)
     return problem

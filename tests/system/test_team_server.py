@@ -12,7 +12,6 @@ import re
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,17 +53,13 @@ def _environment_put_back(monkeypatch):
         monkeypatch.setenv(name, os.environ.get(name, value))
 
 
+def _answers(uri: str) -> bool:
+    return store.health_problem(uri, 2) is None
+
+
 def _experiment(name: str) -> str:
     """A name no earlier session used on this server (it keeps every experiment)."""
     return f"team-{name}-{uuid.uuid4().hex[:8]}"
-
-
-def _answers_health(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(uri + "/health", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
 
 
 def _recording(client, experiment: str, min_step: int = 10):
@@ -142,7 +137,7 @@ def test_a_sweep_job_that_starts_while_the_server_restarts_waits_for_it(cluster,
         recording.open(SimpleNamespace(sweep_id="0123abcd"))
         back.join()
     finally:
-        if not _answers_health(cluster.tracking_uri):
+        if not _answers(cluster.tracking_uri):
             cluster.start_server()
         store.forget_connections()
     assert recording.client.get_experiment(recording.experiment_id).name == spec.experiment
