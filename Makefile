@@ -28,7 +28,7 @@ CLUSTER_DIR ?= /tmp/nst-cluster
 # CPU-friendly defaults for the reproductions; the seed's full settings: ARGS="experiment=seed_presentation"
 REPRO ?= model=vgg16_hed image.size=256 epochs=15
 
-.PHONY: help install test test-slow test-all lint docs run sweep ratio examples controls fidelity server cluster cluster-stop ui review bench report clean
+.PHONY: help install test test-slow test-all lint docs run sweep ratio examples controls fidelity search-comparison server cluster cluster-stop ui review bench report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ examples: ## Figures 6-9 with public-domain pairs, then the perceptual-controls 
 
 fidelity: ## Check the ratio experiment reproduces: SSIM to the content falls with beta, on three pairs (~8 min)
 	$(PY) -m nst.cli.fidelity $(ARGS)
+
+search-comparison: ## The Pareto search against random settings and the ratio grid, vgg16_hed, 128 px, two pairs (~30 min)
+	$(PY) -m nst.cli.search_comparison $(ARGS)
 
 controls: ## Gallery of the perceptual controls (conf/experiment/), one grid.png in the sweep folder
 	$(VENV)/bin/nst sweep=controls $(REPRO) $(ARGS)

@@ -1,10 +1,11 @@
-"""Hydra registers launchers only from the ``hydra_plugins`` package, by the module that defines
-them; nst's launchers are written in ``nst.launcher`` and declared here."""
+"""Hydra registers launchers and sweepers only from the ``hydra_plugins`` package, by the module that
+defines them; nst's are written in ``nst.jobs`` and declared here."""
 
 from omegaconf import open_dict
 
 from nst.jobs.launcher import BatchedLauncher as _BatchedLauncher
 from nst.jobs.launcher import ray_environment
+from nst.jobs.search import ParetoSweeper as _ParetoSweeper
 
 try:
     from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as _PluginRayLauncher
@@ -41,3 +42,7 @@ if _SlurmLauncher is not None:
 
     class SlurmLauncher(_SlurmLauncher):
         """``hydra/launcher=slurm``: see ``nst.jobs.slurm``."""
+
+
+class ParetoSweeper(_ParetoSweeper):
+    """``hydra/sweeper=pareto`` (``sweep=pareto``): see ``nst.jobs.search``."""

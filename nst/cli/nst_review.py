@@ -3,6 +3,7 @@
     nst-review                                # the latest sweep of experiment "nst", local store
     nst-review --sweep <parent run id> --sweep latest
     nst-review --filter "params.content = 'tubingen'" --port 5002
+    nst-review --pareto                       # only the latest sweep's content-style Pareto front
     nst-review --tracking-uri http://127.0.0.1:5000
 """
 
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a sweep's parent run id or 'latest' (repeat for several; default: the latest)")
     parser.add_argument("--filter", help="also the FINISHED runs matching this MLflow filter string, "
                                          "e.g. \"params.content = 'tubingen'\"")
+    parser.add_argument("--pareto", action="store_true",
+                        help="review only the runs on the content-style Pareto front of the "
+                             "chosen sweeps/filter: the FINISHED runs no other chosen run beats "
+                             "on both auto.ssim_content (higher) and auto.gram_distance_style "
+                             "(lower); their judgements are kept on a review run of their own")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port}: a port is 0..65535")
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = store.store_uri(args.tracking_uri)
         client = store.open_store(uri, option="--tracking-uri")
-        chosen = review.select(client, args.experiment, args.sweep, args.filter)
+        chosen = review.select(client, args.experiment, args.sweep, args.filter,
+                               pareto=args.pareto)
         with tempfile.TemporaryDirectory(prefix="nst-review-") as scratch:
             chosen = review.prepare(client, chosen, Path(scratch))
             check_address(args.host, args.port)

@@ -27,6 +27,7 @@ ROLE = "comparison"
 REPORT = "compare/report.html"  # on the comparison's run
 TAG_SELECTION = "nst.compared"  # what a comparison's run shows: its sweeps and filter (JSON)
 SHOWN = (("content", "content"), ("style", "style"), ("auto.ssim_content", "SSIM"),
+         ("auto.gram_distance_style", "Gram distance"),
          ("auto.color_distance_style", "colour distance"))  # under each image: metric, name
 IGNORED = ("run.", "sweep.")  # params that say where a run ran, or repeat its swept values
 

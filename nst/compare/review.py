@@ -4,7 +4,8 @@
 store, so ``nst-report --human`` reads the same judgements the same way.
 
 Where judgements live. Each judgement is one artifact, ``judgements/<id>.json``, on the review's
-*home* run: the sweep's parent when one sweep is reviewed, otherwise a run of role ``review``
+*home* run: the sweep's parent when one sweep is reviewed, otherwise (several sweeps, a filter,
+or only the runs on a Pareto front: ``nst-review --pareto``) a run of role ``review``
 found again by the runs it covers (``nst.review_key``). One file per judgement is what makes
 two reviewers at once safe: two writers never touch the same file, so nothing is lost, and a
 judgement sent twice has the same id, so it lands on the same name and is never counted twice
@@ -43,6 +44,7 @@ from filelock import FileLock
 from PIL import Image
 
 from nst.compare import ranking, sweep_report
+from nst.compare.pareto import MAXIMIZE, OBJECTIVES, non_dominated
 from nst.errors import TrackingError
 from nst.figures import labels
 from nst.images import measures
@@ -52,7 +54,8 @@ JUDGEMENTS = "judgements"  # the folder of one <id>.json per judgement, on the h
 HUMAN = "human"  # ranking.csv, ranking.md, judgements.jsonl on the home run
 ROLE = "review"
 IMAGES = {"result": "result/result.png", "content": "inputs/content.png", "style": "inputs/style.png"}
-MEASURE_NAMES = tuple(m.name for m in measures.MEASURES)
+MEASURE_NAMES = tuple(m.name for m in measures.EVERY)  # shown and correlated with the human ranking
+IMAGE_MEASURES = tuple(m.name for m in measures.MEASURES)  # computable from a run's logged images
 _ID = re.compile(r"^[0-9a-f]{32}$")
 REVIEWER_MAX = 64
 
@@ -124,36 +127,67 @@ def _finished(pairs) -> list:
 
 
 def select(client, experiment: str, sweeps: Sequence[str] = (), filter_string: str | None = None,
-           create: bool = True) -> Review:
-    """The runs of ``sweeps`` (parent ids or ``latest``; the latest sweep when nothing is named) and of
-    the runs of ``experiment`` matching the MLflow ``filter_string``, FINISHED ones only. Runs not of one
-    sweep keep their judgements on a run of role ``review``, created if ``create``."""
+           create: bool = True, pareto: bool = False) -> Review:
+    """The runs of ``sweeps`` (parent ids or ``latest``; the latest sweep when nothing is named) and
+    of the runs of ``experiment`` matching the MLflow ``filter_string``, FINISHED ones only; with
+    ``pareto``, only those on their content-style Pareto front (``front_runs``). Runs not of one
+    sweep, and a front, keep their judgements on a run of role ``review``, created if ``create``."""
     sweeps = list(sweeps) or ([] if filter_string else ["latest"])
     parents, runs = [], []
     for sweep in sweeps:
         parent = store.named_sweep(client, experiment, sweep)
         parents.append(parent)
-        runs += _finished(store.sweep_runs(client, parent))
+        for member in store.study_parents(client, parent) if pareto else [parent]:  # a search's whole study
+            runs += _finished(store.sweep_runs(client, member))
     if filter_string:
         runs += [run for run in store.filtered_runs(client, experiment, filter_string)
                  if run.info.status == "FINISHED"]
     runs = list({run.info.run_id: run for run in runs}.values())
-    if len(runs) < 2:
+    chosen = front_runs(runs) if pareto else runs
+    if len(chosen) < 2:
         what = " and ".join(filter(None, [f"sweep {', '.join(parents)}" if parents else "",
                                           f"filter {filter_string!r}" if filter_string else ""]))
-        raise TrackingError(f"a review compares at least two FINISHED runs; {what} has {len(runs)}")
-    keys = sweep_report.swept_keys([(None, run) for run in runs])
+        if pareto:
+            what = f"the Pareto front ({_front_terms()}) of {len(runs)} runs of {what}"
+        raise TrackingError(f"a review compares at least two FINISHED runs; {what} has "
+                            f"{len(chosen)}")
+    keys = sweep_report.swept_keys([(None, run) for run in chosen])
     candidates = tuple(Candidate(run.info.run_id, sweep_report.label(run, keys), _settings(run, keys),
                                  {k: v for k, v in run.data.metrics.items() if k in MEASURE_NAMES})
-                       for run in runs)
-    experiment_id = runs[0].info.experiment_id
-    if len(parents) == 1 and not filter_string:
-        home = parents[0]
-        title = sweep_report.page_title(client, home, sweep_report.sweep_table(client, home))[0]
+                       for run in chosen)
+    experiment_id = chosen[0].info.experiment_id
+    one_sweep = len(parents) == 1 and not filter_string
+    if one_sweep:
+        title = sweep_report.page_title(client, parents[0],
+                                        sweep_report.sweep_table(client, parents[0]))[0]
     else:
-        home = _review_run(client, experiment_id, [c.run_id for c in candidates], sweeps, filter_string, create)
-        title = f"{len(candidates)} runs" + labels.SEPARATOR + sweep_report.title([(None, run) for run in runs])
-    return Review(home, experiment_id, title, candidates)
+        title = labels.SEPARATOR.join([f"{len(runs)} runs",
+                                       sweep_report.title([(None, run) for run in runs])])
+    if one_sweep and not pareto:
+        return Review(parents[0], experiment_id, title, candidates)
+    home = _review_run(client, experiment_id, [c.run_id for c in candidates], sweeps, filter_string,
+                       create, front=pareto)
+    return Review(home, experiment_id, f"Pareto front of {title}" if pareto else title, candidates)
+
+
+def front_runs(runs: Sequence, objectives: dict[str, str] | None = None) -> list:
+    """The runs no other of ``runs`` beats on every objective (by default
+    ``nst.compare.pareto.OBJECTIVES``: higher auto.ssim_content, lower auto.gram_distance_style), in
+    their order; a run without a finite value of every objective is left out, since it cannot be
+    placed against the others."""
+    objectives = objectives or OBJECTIVES
+    placed = [run for run in runs
+              if all(labels.finite_number(run.data.metrics.get(name)) is not None
+                     for name in objectives)]
+    points = [[run.data.metrics[name] for name in objectives] for run in placed]
+    kept = non_dominated(points, list(objectives.values()))
+    return [run for run, keep in zip(placed, kept, strict=True) if keep]
+
+
+def _front_terms() -> str:
+    """The default objectives and which way each is better, as the error of a small front says."""
+    return ", ".join(f"{name} {'higher' if direction == MAXIMIZE else 'lower'}"
+                     for name, direction in OBJECTIVES.items())
 
 
 SETTINGS = ("content", "style", "loss.content_weight", "loss.style_weight", "image.size", "run.backbone")
@@ -166,8 +200,10 @@ def _settings(run, keys: list[str]) -> dict[str, str]:
             if key in run.data.params and key not in swept}
 
 
-def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_string, create: bool) -> str:
-    """The run keeping the judgements of this set of runs: found by the set's key, else created FINISHED."""
+def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_string,
+                create: bool, front: bool = False) -> str:
+    """The run keeping the judgements of this set of runs: found by the set's key, else created
+    FINISHED (its description says when the runs are the Pareto front of those chosen)."""
     key = hashlib.sha1(" ".join(sorted(run_ids)).encode()).hexdigest()[:16]
     found = _review_runs(client, experiment_id, key)
     if found:
@@ -176,6 +212,7 @@ def _review_run(client, experiment_id: str, run_ids: list[str], sweeps, filter_s
         raise TrackingError(f"these {len(run_ids)} runs have not been reviewed: judge them with nst-review first")
     what = "; ".join(filter(None, [f"sweeps {', '.join(sweeps)}" if sweeps else "",
                                    f"filter {filter_string}" if filter_string else ""]))
+    what = f"the Pareto front of {what}" if front else what
     run = client.create_run(experiment_id, run_name=f"human review · {len(run_ids)} runs", tags={
         tags.TAG_ROLE: ROLE, tags.TAG_REVIEW_KEY: key,
         tags.TAG_DESCRIPTION: tags.literal(f"Human judgements of {len(run_ids)} runs ({what}), made with nst-review.")})
@@ -410,7 +447,7 @@ def correlations(review: Review, table: pd.DataFrame) -> pd.DataFrame:
     """Spearman's ρ of each automatic measure with the human scores, with what the measure means."""
     human = dict(zip(table["run_id"], table["score"], strict=True))
     rows = []
-    for found in measures.MEASURES:
+    for found in measures.EVERY:
         result = ranking.rank_correlation(human, {c.run_id: c.metrics.get(found.name) for c in review.runs})
         rows.append({"measure": found.name, "meaning": found.meaning, "closer_when": found.closer,
                      "rho": result.rho, "p": result.pvalue, "runs": result.n})
@@ -435,12 +472,12 @@ def prepare(client, review: Review, folder: Path) -> Review:
     for run in review.runs:
         result = image_bytes(client, run.run_id, "result", folder)
         found = dict(run.metrics)
-        if not all(name in found for name in MEASURE_NAMES):
+        if not all(name in found for name in IMAGE_MEASURES):
             pictures = [Image.open(io.BytesIO(image_bytes(client, run.run_id, kind, folder)))
                         for kind in ("result", "content", "style")]
             found.update(measures.measure(*pictures))
             now = int(time.time() * 1000)
-            client.log_batch(run.run_id, metrics=[Metric(name, found[name], now, 0) for name in MEASURE_NAMES])
+            client.log_batch(run.run_id, metrics=[Metric(name, found[name], now, 0) for name in IMAGE_MEASURES])
         runs.append(replace(run, metrics=found, digest=hashlib.sha1(result).hexdigest()))
     return replace(review, runs=tuple(runs))
 

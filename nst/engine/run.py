@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from nst import interrupts, phases
-from nst.engine import reuse
+from nst.engine import reuse, yardstick
 from nst.engine.backbones import Backbone
 from nst.engine.calibration import calibrate
 from nst.engine.inputs import Inputs, check_batch_memory
@@ -39,7 +39,8 @@ from nst.engine.run_files import (
 from nst.engine.scales import optimize_scales
 from nst.engine.weights import load_backbone
 from nst.errors import NonFiniteLossError
-from nst.images.files import save_png
+from nst.images import measures
+from nst.images.files import save_png, tensor_to_pil
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +241,18 @@ def _write_outcome(member: Member, record: dict, backbone: Backbone,
     write_losses(folder / LOSSES_CSV, result.history)
     record.update(status="FINISHED", result=output, evaluations=result.evaluations, stopped=result.stopped,
                   elapsed_s=round(result.elapsed_s, 3),
-                  final_losses={k: v for k, v in result.final.items() if k not in ("evaluation", "epoch")})
+                  final_losses={k: v for k, v in result.final.items() if k not in ("evaluation", "epoch")},
+                  measures=measure_result(member.inputs, backbone, result.image))
     write_record(folder, record)
     log.debug("wrote %s", image)  # the job driver says where the result is, once
     return RunOutcome(folder, result, backbone, record)
+
+
+def measure_result(inputs: Inputs, backbone: Backbone, image: torch.Tensor) -> dict[str, float]:
+    """The result's automatic measures (``nst.images.measures`` and ``nst.engine.yardstick``), by metric name:
+    the same numbers for every run, whatever its weights and layers, so that runs and searches compare."""
+    pictures = (tensor_to_pil(x) for x in (image, inputs.content, inputs.style))
+    return {**measures.measure(*pictures), **yardstick.measure(inputs, backbone, image)}
 
 
 def run_record(inputs: Inputs, backbone: Backbone) -> dict:

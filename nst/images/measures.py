@@ -87,21 +87,28 @@ def color_distance_to_style(result: Image.Image, style: Image.Image) -> float:
 
 class Measure(NamedTuple):
     name: str  # the MLflow metric
-    function: Callable[[Image.Image, Image.Image], float]  # (result, reference)
+    function: Callable[[Image.Image, Image.Image], float] | None  # (result, reference); None: the engine's
     reference: str  # "content" or "style": what the result is compared with
     meaning: str
     closer: str  # "higher" or "lower": which way is closer to the reference
 
 
-MEASURES: tuple[Measure, ...] = (
-    Measure("auto.ssim_content", ssim_to_content, "content",
-            "structural similarity (grayscale SSIM) of the result to the content image", "higher"),
-    Measure("auto.color_distance_style", color_distance_to_style, "style",
-            "2-Wasserstein distance of the result's CIELAB colour statistics to the style image's", "lower"),
-)
+SSIM_CONTENT = Measure("auto.ssim_content", ssim_to_content, "content",
+                       "structural similarity (grayscale SSIM) of the result to the content image", "higher")
+COLOR_DISTANCE = Measure("auto.color_distance_style", color_distance_to_style, "style",
+                         "2-Wasserstein distance of the result's CIELAB colour statistics to the style image's",
+                         "lower")
+MEASURES: tuple[Measure, ...] = (SSIM_CONTENT, COLOR_DISTANCE)  # computed from the images alone
+
+
+# the style yardstick: computed by the engine on the run's backbone (nst.engine.yardstick), logged beside them
+GRAM_DISTANCE = Measure("auto.gram_distance_style", None, "style",
+                        "distance of the result's Gram matrices to the style image's on conv1_1..conv5_1 of the "
+                        "run's backbone (relative, unweighted)", "lower")
+EVERY: tuple[Measure, ...] = (*MEASURES, GRAM_DISTANCE)  # every auto.* metric a finished run logs
 
 
 def measure(result: Image.Image, content: Image.Image, style: Image.Image) -> dict[str, float]:
-    """Every measure of ``result``, by metric name."""
+    """Every image measure of ``result`` (``MEASURES``), by metric name."""
     references = {"content": content, "style": style}
     return {m.name: m.function(result, references[m.reference]) for m in MEASURES}

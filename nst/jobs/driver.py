@@ -38,13 +38,13 @@ from nst.jobs import hydra_state, workers
 from nst.jobs.config import parse, tracking_spec
 from nst.messages import say
 from nst.tracking import store, tags
-from nst.tracking.recorder import NoRecording, Recording, RunRecorder
+from nst.tracking.recorder import RUN_ID, NoRecording, Recording, ReusedRun, RunRecorder
 from nst.tracking.run_folder import RunFolder
 from nst.tracking.store import TrackingSpec
 
 log = logging.getLogger(__name__)
 
-JobOutcome = RunOutcome | BaseException | None  # None: skipped by resume
+JobOutcome = RunOutcome | ReusedRun | BaseException  # ReusedRun: skipped by resume
 # What failed in this process: jobs of a multirun, and the sweep's summary (``nst.jobs.sweep_callback``,
 # which also finds in the store the failed jobs of other worker processes). The CLI exits 1 if any.
 failed_jobs: list[str] = []
@@ -87,8 +87,8 @@ class _Started:
     folder: RunFolder  # the video, progress images and printed lines, with or without tracking
 
 
-def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
-    """Run one job (recorded unless ``tracking.enabled=false``); None when resume skipped it.
+def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | ReusedRun:
+    """Run one job (recorded unless ``tracking.enabled=false``); the run resume found, when it skipped it.
 
     Whatever happens, its MLflow run ends FINISHED, FAILED or KILLED, never RUNNING;
     a failure is raised after it is recorded.
@@ -100,14 +100,15 @@ def run(cfg: DictConfig, output_dir: Path) -> RunOutcome | None:
 
 
 def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
-    """Run compatible jobs as one batch; per job its ``RunOutcome``, None (skipped) or its error.
+    """Run compatible jobs as one batch; per job its ``RunOutcome``, the ``ReusedRun`` resume skipped it
+    for, or its error.
 
     Only errors that stop the whole batch (an unusable store, an interrupt) are raised, and
     then every run this batch created has ended (FAILED or KILLED) first. The store is opened
     once the first job's inputs are checked, before any heavy work.
     """
     recording: Recording | NoRecording | None = None
-    outcomes: list[JobOutcome] = [None] * len(jobs)
+    outcomes: list[JobOutcome | None] = [None] * len(jobs)
     started: list[_Started] = []
     try:
         for position, job in enumerate(jobs):
@@ -123,7 +124,9 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobOutcome]:
             recording = recording or _recording(job)
             recorder = recording.begin(job, job.tracking, inputs)
             phases.lap(phases.STORE)
-            if recorder is not None:
+            if isinstance(recorder, ReusedRun):
+                outcomes[position] = recorder
+            else:
                 folder = RunFolder.of(job.output_dir, inputs)
                 member = Member(inputs, job.output_dir, [*folder.callbacks, *recorder.callbacks], recorder.on_ready,
                                 partial(_end, folder, recorder, inputs, None if job.sweep_id else recorder.address))
@@ -200,11 +203,18 @@ def say_result(outcome: RunOutcome) -> None:
 # --- outcomes as Hydra wants them ------------------------------------------------------------
 
 
-def final_loss(outcome: JobOutcome) -> float | None:
-    """What Hydra's sweepers read: the final total loss; None for a skipped or failed job."""
-    if outcome is None or isinstance(outcome, BaseException):
-        return None
-    return outcome.optimization.final.get("total")
+def job_result(outcome: JobOutcome) -> dict[str, Any] | None:
+    """What a sweeper reads of a job (Hydra's ``JobReturn.return_value``): its final ``loss``, its automatic
+    ``measures`` (the ``auto.*`` metrics) and its MLflow ``run_id`` (None untracked); None for a failed job.
+    A job resume skipped gives the numbers of the run it found."""
+    if isinstance(outcome, ReusedRun):
+        metrics = outcome.metrics
+        return {"loss": metrics.get("total"), "run_id": outcome.run_id,
+                "measures": {key: value for key, value in metrics.items() if key.startswith("auto.")}}
+    if isinstance(outcome, RunOutcome):
+        return {"loss": outcome.optimization.final.get("total"), "run_id": outcome.record.get(RUN_ID),
+                "measures": dict(outcome.record.get("measures", {}))}
+    return None
 
 
 def report_error(error: BaseException) -> None:
@@ -212,7 +222,7 @@ def report_error(error: BaseException) -> None:
     say(f"nst: error: {error}", log, logging.ERROR, sys.stderr)
 
 
-def run_hydra_job(cfg: DictConfig) -> float | None:
+def run_hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra's task function: run the current job, in a single run or as one job of a multirun.
 
     A single run's user error exits with status 2; in a multirun a failing job is
@@ -236,7 +246,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
         log.exception("job %s failed", hydra_state.job_number())
         failed_jobs.append(f"job {hydra_state.job_number()}")
         return None
-    return final_loss(outcome)
+    return job_result(outcome)
 
 
 HYDRAS_FILES = {".hydra", "cli.log"}  # what Hydra writes in a run folder before the job starts
@@ -248,8 +258,8 @@ def _remove_if_only_hydras(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_group(jobs: list[Job]) -> list[float | None]:
-    """The batched launcher's group: per job the final total loss, or None when it failed or was skipped.
+def run_group(jobs: list[Job]) -> list[dict[str, Any] | None]:
+    """The batched launcher's group: per job its ``job_result``, None when it failed.
 
     Like the CLI in a multirun, a failing job is reported (and recorded FAILED in
     MLflow) without stopping the sweep.
@@ -269,4 +279,4 @@ def run_group(jobs: list[Job]) -> list[float | None]:
         if isinstance(outcome, BaseException):
             report_error(outcome)
             failed_jobs.append(number)
-    return [final_loss(outcome) for outcome in outcomes]
+    return [job_result(outcome) for outcome in outcomes]

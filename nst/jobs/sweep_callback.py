@@ -50,7 +50,10 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
             check_launch(config)  # values from conf/local or a sweep file, which the CLI's pre-flight cannot see
-            check_job_count(swept_values(list(config.hydra.overrides.task), sweeper_params(config)))
+            if search_space(config) is None:
+                check_job_count(swept_values(list(config.hydra.overrides.task), sweeper_params(config)))
+            else:
+                check_trial_count(OmegaConf.select(config, "hydra.sweeper.n_trials"))
             tracking = tracking_spec(config)
             if tracking.enabled:
                 phases.lap(phases.CONFIG)
@@ -70,8 +73,13 @@ class SweepCallback(Callback):
         sweep_dir = str(config.hydra.sweep.dir)
         params = sweeper_params(config)
         overrides = list(config.hydra.overrides.task)
-        values = swept_values(overrides, params)
-        swept = {key: labels.log_spaced(found) for key, found in values.items()}
+        space = search_space(config)
+        if space is None:
+            values = swept_values(overrides, params)
+            swept = {key: labels.log_spaced(found) for key, found in values.items()}
+        else:  # a search: its trials' values are not known yet, only the space they come from
+            values = {key: [dimension.text] for key, dimension in space.items()}
+            swept = {key: dimension.log for key, dimension in space.items()}
         name, naming_tags = sweep_naming(self.client, experiment_id, config, overrides, swept)
         run = self.client.create_run(experiment_id, run_name=name, tags={
             tags.TAG_ROLE: "sweep", tags.TAG_SWEEP: sweep_id(sweep_dir),
@@ -115,6 +123,7 @@ class SweepCallback(Callback):
             print(f"nst: sweep report {summary.page}")
             print(f"nst: sweep grid {summary.folder / 'grid.png'}\nnst: MLflow sweep {address}"
                   f"{store.served_by(self.client.tracking_uri)}")
+            self.publish_study(summary.folder)
         except Exception as exc:
             status = "FAILED"
             driver.failed_jobs.append(f"the sweep's summary: {exc}")
@@ -124,6 +133,16 @@ class SweepCallback(Callback):
         finally:
             self.client.set_terminated(self.parent, status)
             self.close()
+
+    def publish_study(self, folder: Path) -> None:
+        """A search's study (``nst.jobs.search`` wrote it in the sweep's folder): its Pareto front and page on
+        the parent."""
+        from nst.compare import pareto
+
+        study = pareto.read_study(self.sweep_dir)
+        if study is not None:
+            self.client.set_tag(self.parent, tags.TAG_STUDY, study.name)
+            print(f"nst: Pareto front {pareto.publish_study(self.client, self.parent, study, folder)}")
 
     def end_orphans(self, status: str, reason: str) -> list:
         """End the children left RUNNING with ``status`` and ``reason`` (a child whose worker process is gone:
@@ -178,6 +197,17 @@ def sweeper_params(config: DictConfig) -> dict:
     return OmegaConf.to_container(params, resolve=True) if params is not None else {}
 
 
+def search_space(config: DictConfig) -> dict | None:
+    """A search's space (``nst.jobs.search.parse_space``: the sweep file's and the command line's), None
+    for a grid."""
+    if OmegaConf.select(config, "hydra.sweeper.n_trials") is None:
+        return None
+    from nst.jobs import search
+
+    search.check_settings(OmegaConf.to_container(config.hydra.sweeper, resolve=True))
+    return search.parse_space(search.split_arguments(config.hydra.overrides.task, sweeper_params(config))[1])
+
+
 def _recorded_from_folder(run) -> bool:
     """Whether ``run``, left RUNNING by a worker that died after writing its result, was recorded from its folder
     (``nst-report --relog``'s way): its run.json says FINISHED, so the store must not say FAILED."""
@@ -230,6 +260,13 @@ def check_job_count(values: dict[str, list]) -> None:
                           f"at most {max_jobs()} jobs in one sweep (NST_MAX_JOBS=<n> raises the limit)")
 
 
+def check_trial_count(trials) -> None:
+    """A search of more trials than ``max_jobs`` is refused before anything runs."""
+    if isinstance(trials, int) and trials > max_jobs():
+        raise ConfigError("hydra.sweeper.n_trials", trials,
+                          f"at most {max_jobs()} trials in one command (NST_MAX_JOBS=<n> raises the limit)")
+
+
 def sweep_naming(client, experiment_id: str, config: DictConfig, overrides: list[str],
                  swept: dict[str, bool]) -> tuple[str, dict[str, str]]:
     """The parent's name (``naming.sweep_name``) and the tags that name the sweep's runs: its readable name,
@@ -256,11 +293,15 @@ def sweep_naming(client, experiment_id: str, config: DictConfig, overrides: list
 
 def describe(config: DictConfig, values: dict[str, list]) -> str:
     """The parent run's description (MLflow shows it on the run's page): pair, backbone, size, epochs,
-    and what the sweep varies."""
+    and what the sweep varies (a search: the space its trials come from, its sampler and trials)."""
     pair = " + ".join(str(OmegaConf.select(config, key, default="?")) for key in ("content", "style"))
     varied = "; ".join(f"{labels.name(key)} ({key.lstrip('+~')}) in {', '.join(labels.short(v) for v in found)}"
                        for key, found in values.items())
-    return tags.literal(f"Sweep of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
+    what = "Sweep"
+    if OmegaConf.select(config, "hydra.sweeper.n_trials") is not None:
+        sweeper = config.hydra.sweeper
+        what = f"Optuna search ({sweeper.sampler}, {sweeper.n_trials} trials)"
+    return tags.literal(f"{what} of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
                         f"{OmegaConf.select(config, 'image.size')} px, {OmegaConf.select(config, 'epochs')} epochs. "
                         f"Varied: {varied or 'nothing'}.")
 

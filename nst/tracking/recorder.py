@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +35,6 @@ from nst.figures import labels
 from nst.figures.grid import triptych
 from nst.figures.plots import loss_curve
 from nst.files import is_partial
-from nst.images import measures
 from nst.images.files import tensor_to_pil
 from nst.messages import say
 from nst.tracking import store, tags
@@ -43,6 +43,8 @@ from nst.tracking.steps import PROGRESS, StepGrid
 from nst.tracking.store import TrackingSpec
 
 log = logging.getLogger(__name__)
+
+RUN_ID = "mlflow_run_id"  # in run.json: the run's MLflow run
 
 
 class JobInfo(Protocol):
@@ -119,6 +121,7 @@ class RunRecorder:
         """The backbone actually used, the device and the batch as ``run.*`` params (the whole record is
         run.json, logged with the run's folder)."""
         self.weights = dict(record.get("loss_weights", {}))
+        record[RUN_ID] = self.run_id  # the folder's run.json names its MLflow run
         params = store.flatten({key: record[key] for key in store.CORE_RECORD if key in record}, "run.")
         self.write(lambda: store.log_params(self.client, self.run_id, params))
 
@@ -178,7 +181,7 @@ class RunRecorder:
         """The result, its loss curve (and the content-style-result overview), the folder, and the final
         values at step 0 (a single value at step 0 is a bar chart in MLflow, not a lone point on a step axis):
         the evaluation count, ``converged`` (1: stopped by the convergence test, 0: ran out of budget) and
-        the automatic measures (``nst.images.measures``)."""
+        the automatic measures (the run record's ``measures``)."""
         from mlflow.entities import Metric
 
         self.log_picture(last or tensor_to_pil(image), "result/result.png")  # last: the same picture
@@ -200,7 +203,7 @@ class RunRecorder:
         result = outcome.optimization
         overview = triptych(inputs.content, inputs.style, result.image)
         last = tensor_to_pil(result.image)
-        measured = measures.measure(last, tensor_to_pil(inputs.content), tensor_to_pil(inputs.style))  # 1st style
+        measured = outcome.record.get("measures")
         stuck = outcome.record.get("stuck_layers")
 
         def record() -> None:
@@ -323,26 +326,34 @@ class Recording:
         """A job whose values or files were refused: a FAILED run saying why."""
         self.start(job, tracking, {tags.TAG_FAILURE: str(error)[:5000]}).end_with(lambda: None, "FAILED")
 
-    def reuse(self, job: JobInfo, tracking: TrackingSpec, config_hash: str) -> bool:
-        """Resume: whether a sweep job with this fingerprint already FINISHED (then the parent notes it)."""
+    def reuse(self, job: JobInfo, tracking: TrackingSpec, config_hash: str) -> ReusedRun | None:
+        """Resume: the run of a sweep job whose fingerprint already FINISHED (then the parent notes it), else
+        None."""
         self.open(job)
         if job.sweep_id is None or not tracking.resume:
-            return False
+            return None
         existing = store.find_finished(self.client, self.experiment_id, config_hash)
         if not existing:
-            return False
+            return None
         say(f"nst: skipped, identical config already FINISHED as run {existing}", log)
         parent = store.sweep_parent(self.client, self.experiment_id, job.sweep_id)
         if parent is not None and tags.TAG_JOB in job.tags:
             self.client.set_tag(parent.info.run_id, tags.TAG_REUSED + job.tags[tags.TAG_JOB], existing)
-        return True
+        return ReusedRun(existing, dict(self.client.get_run(existing).data.metrics))
 
-    def begin(self, job: JobInfo, tracking: TrackingSpec, inputs: Inputs) -> RunRecorder | None:
-        """The job's recorder, or None when resume found it already FINISHED."""
+    def begin(self, job: JobInfo, tracking: TrackingSpec, inputs: Inputs) -> RunRecorder | ReusedRun:
+        """The job's recorder, or the run resume found already FINISHED with its config."""
         config_hash = store.fingerprint(inputs.spec.config, inputs.input_files())
-        if self.reuse(job, tracking, config_hash):
-            return None
-        return self.start(job, tracking, {tags.TAG_HASH: config_hash}, inputs)
+        return self.reuse(job, tracking, config_hash) or self.start(job, tracking, {tags.TAG_HASH: config_hash},
+                                                                   inputs)
+
+
+@dataclass(frozen=True)
+class ReusedRun:
+    """A sweep job resume skipped: the FINISHED run of the same config, and that run's latest metrics."""
+
+    run_id: str
+    metrics: dict[str, float]
 
 
 class Writer:

@@ -122,7 +122,8 @@ def _record(client, experiment_id: str, folder: Path, frame_every: int) -> tuple
         image = pil_to_tensor(load_image(result_png(folder, record), "result"))
         inputs = _logged_inputs(client, run_id)
         overview = triptych(*inputs, image) if inputs else None
-        measured = measures.measure(tensor_to_pil(image), *map(tensor_to_pil, inputs)) if inputs else None
+        measured = record.get("measures") or (measures.measure(tensor_to_pil(image), *map(tensor_to_pil, inputs))
+                                              if inputs else None)
         recorder.end_with(lambda: recorder.log_result(image, history, int(record["evaluations"]), overview,
                                                       measured=measured, stopped=record.get("stopped")),
                           "FINISHED")

@@ -531,6 +531,18 @@ def sweep_parents(mlflow_client, experiment_id: str) -> list:
                                      order_by=["attributes.start_time DESC"], max_results=10000)
 
 
+def study_parents(mlflow_client, parent_id: str) -> list[str]:
+    """The parent runs of every command that added to the Optuna study of the search ``parent_id`` (itself
+    first); ``[parent_id]`` for a grid."""
+    parent = mlflow_client.get_run(parent_id)
+    study = parent.data.tags.get(tags.TAG_STUDY)
+    if study is None:
+        return [parent_id]
+    found = mlflow_client.search_runs([parent.info.experiment_id], max_results=10000, filter_string=(
+        f"tags.`{tags.TAG_ROLE}` = 'sweep' and tags.`{tags.TAG_STUDY}` = '{study}'"))
+    return [parent_id, *(run.info.run_id for run in found if run.info.run_id != parent_id)]
+
+
 def swept(parent) -> dict[str, bool]:
     """What a sweep's parent says it varies: swept key -> whether its values are log-spaced."""
     return json.loads(parent.data.tags.get(tags.TAG_SWEPT, "{}"))

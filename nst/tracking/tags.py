@@ -13,6 +13,7 @@ import re
 TAG_ROLE = "nst.role"  # "run" | "sweep" | nst-review's home run (nst.compare.review.ROLE)
 TAG_SWEEP = "nst.sweep_id"  # the multirun's id, on its parent and on each child
 TAG_SWEEP_NAME = "nst.sweep"  # the sweep's readable name (its parent's run name), on its parent and each child
+TAG_STUDY = "nst.study"  # on a search's parent: its Optuna study, which several commands may have added to
 TAG_JOB = "nst.job_num"  # the job's number within its multirun
 TAG_HASH = "nst.config_hash"  # the run's fingerprint (resume finds a FINISHED twin by it)
 TAG_OVERRIDES = "nst.overrides"  # the command line's overrides (JSON list; on a sweep's parent, Python's repr)

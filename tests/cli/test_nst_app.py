@@ -93,7 +93,7 @@ def test_preflight_lets_good_command_lines_through(args):
 MODELS = "one of auto, random, vgg16_hed, vgg19, vgg19_caffe (conf/model/)"
 
 
-SWEEPS = "one of content_layer, controls, epochs, examples, learning_rate, ratio, style_layers, null (conf/sweep/)"
+SWEEPS = "one of content_layer, controls, epochs, examples, learning_rate, pareto, ratio, style_layers, null (conf/sweep/)"
 
 
 @pytest.mark.parametrize("args, message", [

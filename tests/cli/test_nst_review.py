@@ -90,3 +90,14 @@ def test_no_store_names_nst_reviews_own_option(tmp_path, capsys):
     assert err.startswith(f"nst-review: error: no MLflow store at {missing}") and "\n" not in err
     assert "--tracking-uri" in err and "--uri" not in err.replace("--tracking-uri", "")
     assert not missing.parent.exists()  # nothing created
+
+
+def test_a_pareto_front_too_small_to_review_is_one_line(review_world, capsys):
+    """The synthetic sweep has no style distances: its front is empty, and the line says it was the
+    front."""
+    argv = ["--tracking-uri", review_world["uri"], "--sweep", review_world["parent"], "--pareto"]
+    assert nst_review.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nst-review: error: a review compares at least two FINISHED runs; "
+                          "the Pareto front")
+    assert err.endswith("has 0") and "\n" not in err

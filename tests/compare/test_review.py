@@ -4,7 +4,7 @@ logs them) keeps these fast; tests/system/test_review_browser.py drives the page
 
 import pytest
 
-from nst.compare import ranking, review, review_app
+from nst.compare import pareto, ranking, review, review_app
 from nst.images import measures
 from nst.tracking import tags
 from tests.helpers.reviews import judge, picture, synthetic_sweep
@@ -41,7 +41,7 @@ def test_runs_logged_before_the_measures_get_them_when_reviewed(review_world, tm
     chosen = review.prepare(client, review.select(client, "nst", [parent]), tmp_path)
     for run in children:
         logged = client.get_run(run).data.metrics
-        assert set(review.MEASURE_NAMES) <= set(logged)
+        assert set(review.IMAGE_MEASURES) <= set(logged)
         assert logged == pytest.approx({**logged, **chosen.candidate(run).metrics})
     assert client.get_run(children[0]).data.metrics["auto.ssim_content"] == pytest.approx(
         measures.ssim_to_content(picture(0), picture(100)))
@@ -79,3 +79,42 @@ def test_runs_picked_by_a_filter_keep_their_judgements_on_one_review_run(review_
     assert len(both.runs) == 4 and both.home != first.home
     with pytest.raises(review.TrackingError, match="at least two FINISHED runs"):
         review.select(client, "nst", filter_string="params.content = 'nowhere'")
+
+
+def _measured_sweep(client, experiment_id: str, values) -> tuple[str, list[str]]:
+    """A finished sweep whose runs have the content-style measures ``values`` ((ssim, gram
+    distance), None for one not logged)."""
+    betas = tuple(f"1e{k}" for k in range(len(values)))
+    parent, children = synthetic_sweep(client, experiment_id, betas=betas, measured=False)
+    names = (pareto.SSIM_CONTENT, pareto.GRAM_DISTANCE_STYLE)
+    for run, measured in zip(children, values, strict=True):
+        for name, value in zip(names, measured, strict=True):
+            if value is not None:
+                client.log_metric(run, name, value)
+    return parent, children
+
+
+def test_a_pareto_review_keeps_the_runs_no_other_beats_on_both_measures(review_world):
+    client = review_world["client"]
+    # c is beaten by b (less content kept, less style taken); d has no style distance; f equals b
+    parent, (a, b, c, d, e, f) = _measured_sweep(client, review_world["experiment"], [
+        (0.9, 2.0), (0.5, 0.5), (0.4, 0.6), (0.95, None), (0.7, 1.0), (0.5, 0.5)])
+    chosen = review.select(client, "nst", [parent], pareto=True)
+    assert set(chosen.ids) == {a, b, e, f}
+    assert chosen.title.startswith("Pareto front of ")
+    home = client.get_run(chosen.home)
+    assert chosen.home != parent and home.data.tags[tags.TAG_ROLE] == review.ROLE
+    assert "the Pareto front of" in home.data.tags[tags.TAG_DESCRIPTION]
+    assert review.select(client, "nst", [parent], pareto=True).home == chosen.home  # found again
+    everything = review.select(client, "nst", [parent])  # without the flag: as before
+    assert everything.home == parent and set(everything.ids) == {a, b, c, d, e, f}
+
+
+def test_a_front_of_one_run_is_too_few_to_review(review_world):
+    client = review_world["client"]
+    parent, _ = _measured_sweep(client, review_world["experiment"],
+                                [(0.9, 0.1), (0.5, 0.5), (0.4, None)])
+    expected = (r"at least two FINISHED runs; the Pareto front \(auto.ssim_content higher, "
+                rf"auto.gram_distance_style lower\) of 3 runs of sweep {parent} has 1$")
+    with pytest.raises(review.TrackingError, match=expected):
+        review.select(client, "nst", [parent], pareto=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from nst.compare import pareto
 from nst.tracking import ownership, tags
 from tests.helpers.cli import run_nst_process
 from tests.helpers.overrides import PAIR
@@ -153,3 +154,22 @@ def slurm_job_of(out: Path, number: str) -> str:
     """The SLURM array task that runs sweep job ``number`` of the (only) sweep under ``out``."""
     [sweep_dir] = sweep_dirs(out)
     return wait_for(lambda: next((job for job in submitted(sweep_dir) if job.endswith(f"_{number}")), None))
+
+
+def test_a_search_sends_each_round_of_trials_to_slurm(cluster, tmp_path):
+    """sweep=pareto through SLURM: two rounds of two trials, each round one array job; Optuna is told what each
+    job's run logged in the server."""
+    out = tmp_path / "outputs"
+    done = sweep(cluster, out, "slurm_search", "sweep=pareto", *RATIO[1:], "hydra.sweeper.n_trials=4",
+                 "hydra.sweeper.n_jobs=2", "hydra.sweeper.startup_trials=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    [sweep_dir] = sweep_dirs(out)
+    study = pareto.read_study(sweep_dir)
+    assert list(study.table["state"]) == ["COMPLETE"] * 4
+    client = MlflowClient(cluster.tracking_uri)
+    for row in study.table.to_dict("records"):
+        logged = client.get_run(row["run_id"])
+        assert logged.info.status == "FINISHED"
+        assert [logged.data.metrics[name] for name in study.objectives] == [row[name] for name in study.objectives]
+    jobs = submitted(sweep_dir)
+    assert len(jobs) == 4 and len({job.split("_")[0] for job in jobs}) == 2  # two arrays of two tasks
