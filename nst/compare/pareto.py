@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from nst.compare import pareto_page, sweep_report
+from nst.compare.pareto_page import COMPLETE, PARAMS_PREFIX
 from nst.figures import labels
 from nst.images import measures
 from nst.tracking import store, tags
@@ -36,8 +37,6 @@ MAXIMIZE, MINIMIZE = "maximize", "minimize"
 OBJECTIVES: dict[str, str] = {SSIM_CONTENT: MAXIMIZE, GRAM_DISTANCE_STYLE: MINIMIZE}
 # what a better value of a known objective means, for the page's axes
 MEANINGS = {SSIM_CONTENT: "more of the content kept", GRAM_DISTANCE_STYLE: "more of the style taken"}
-COMPLETE = "COMPLETE"
-PARAMS_PREFIX = "params."
 STUDY_FOLDER = "study"  # in the sweep folder, and on the parent run
 TRIALS_CSV, STUDY_JSON = "trials.csv", "study.json"
 FRONT_CSV, FRONT_HTML = "pareto.csv", "pareto.html"

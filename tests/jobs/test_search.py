@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
 from pathlib import Path
 
 import optuna
@@ -15,9 +16,10 @@ from nst.compare import pareto, review
 from nst.errors import ConfigError
 from nst.jobs import search
 from nst.tracking import store, tags
-from tests.helpers.cli import one_line_error
+from tests.helpers.cli import one_line_error, start_nst
 from tests.helpers.overrides import PAIR
-from tests.helpers.store import runs, store_client
+from tests.helpers.store import all_runs, running_with_metrics, runs, store_client
+from tests.helpers.waiting import wait_for
 
 # a trial: 2 epochs of 3 L-BFGS iterations at 32 px (about a second)
 TRIAL = [*PAIR, "model=random", "image.size=32", "epochs=2", "optimizer.max_iter=3", "progress=false"]
@@ -193,3 +195,27 @@ def test_trials_go_through_the_configured_launcher(tmp_path, nst, nst_process, l
         assert [float(row[name]) for name in OBJECTIVES] == [by_id[row["run_id"]].data.metrics[n] for n in OBJECTIVES]
     if launcher == "batched":
         assert {run.data.params.get("run.batch_size") for run in by_id.values()} == {"2"}
+
+
+@pytest.mark.slow  # 30-60 s
+def test_ctrl_c_mid_search_and_the_same_command_asks_for_the_interrupted_trial_again(tmp_path, nst_process):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    # trials that optimise for 20 s or so, so that the signal lands in one
+    command = [*SEARCH, "image.size=64", "epochs=40", "optimizer.convergence_tolerance=null",
+               "hydra.sweeper.n_trials=2"]
+    process = start_nst(out, *command)
+    victim = wait_for(lambda: running_with_metrics(out, min_step=5))
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert all(run.info.status != "RUNNING" for run in all_runs(out) + all_runs(out, "sweep"))
+    interrupted = trials(sweep_dirs(out)[0])
+    assert [row["state"] for row in interrupted] == ["FAIL", "WAITING"]  # failed, and queued to be asked again
+
+    again = nst_process(out, *command[:-1], "hydra.sweeper.n_trials=1", timeout=600)  # the same study
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = trials(sweep_dirs(out)[-1])
+    params = [key for key in rows[0] if key.startswith("params.")]
+    assert rows[1]["state"] == "COMPLETE" and [rows[1][k] for k in params] == [rows[0][k] for k in params]
+    assert store_client(out).get_run(victim.info.run_id).info.status == "KILLED"
