@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from nst.compare import pareto_page, sweep_report
-from nst.compare.pareto_page import COMPLETE, PARAMS_PREFIX
+from nst.compare.pareto_page import COMPLETE, PARAMS_PREFIX, key_of
 from nst.figures import labels
 from nst.images import measures
 from nst.tracking import store, tags
@@ -233,11 +233,6 @@ def hypervolume_by_trial(table: pd.DataFrame, objectives: Mapping[str, str],
 
 
 # --- publishing -------------------------------------------------------------------------------
-
-
-def key_of(column: str) -> str:
-    """A params column's searched key (``params.loss.style_weight`` -> ``loss.style_weight``)."""
-    return column.removeprefix(PARAMS_PREFIX)
 
 
 def shown(value) -> str:

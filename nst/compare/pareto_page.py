@@ -34,29 +34,20 @@ def _e(value) -> str:
 def _number(value) -> str:
     """A value as the page shows it: a number as the seed writes weights (``1e4``, else 4
     significant digits), '–' for a missing one, text as it is."""
-    found = _finite(value)
+    found = labels.finite_number(value)
     if found is not None:
         return labels.compact(found)
     return "–" if value is None or isinstance(value, float) else str(value)
 
 
-def _finite(value) -> float | None:
-    if isinstance(value, bool | str) or value is None:
-        return None
-    try:
-        found = float(value)
-    except (TypeError, ValueError):
-        return None
-    return found if math.isfinite(found) else None
-
-
-def _key(column: str) -> str:
+def key_of(column: str) -> str:
+    """A params column's searched key (``params.loss.style_weight`` -> ``loss.style_weight``)."""
     return column.removeprefix(PARAMS_PREFIX)
 
 
 def _plotted(row: Mapping, objectives: Sequence[str]) -> bool:
     """Whether a trial is on the scatter plot: COMPLETE, with a finite value of every objective."""
-    values = [_finite(row.get(name)) for name in objectives]
+    values = [labels.finite_number(row.get(name)) for name in objectives]
     return row.get("state") == COMPLETE and all(value is not None for value in values)
 
 
@@ -173,7 +164,7 @@ def _legend(width: int, extra_label: str | None) -> str:
 
 def _placed(points: Sequence[Mapping]) -> list[Mapping]:
     """The extra points with a finite x and y (the others cannot be drawn)."""
-    return [p for p in points if all(_finite(p.get(axis)) is not None for axis in ("x", "y"))]
+    return [p for p in points if all(labels.finite_number(p.get(axis)) is not None for axis in ("x", "y"))]
 
 
 def extra_legend(points: Sequence[Mapping]) -> str:
@@ -239,7 +230,7 @@ def hypervolume_svg(trials: Sequence[int], volumes: Sequence[float]) -> str | No
 
 
 def _settings(row: Mapping, params: Sequence[str], objectives: Sequence[str]) -> str:
-    items = [("trial", str(int(row["trial"])))] + [(_key(c), _number(row.get(c))) for c in params]
+    items = [("trial", str(int(row["trial"])))] + [(key_of(c), _number(row.get(c))) for c in params]
     items += [(name, _number(row.get(name))) for name in objectives]
     items += [("on the front", "yes" if row.get("front") else "no"),
               ("MLflow run", row.get("run_id") or "–")]
@@ -269,12 +260,12 @@ def importances_table(importances: Mapping[str, Mapping[str, float]], params: Se
     if not any(importances.values()):
         return (f'{note}<p class="note">Optuna could not compute importances (it needs at least '
                 f'two complete trials).</p>')
-    keys = list(dict.fromkeys([*(_key(c) for c in params),
+    keys = list(dict.fromkeys([*(key_of(c) for c in params),
                                *(k for found in importances.values() for k in found)]))
     head = "".join(f"<th>{_e(name)}</th>" for name in objectives)
     body = []
     for key in keys:
-        shares = [_finite(importances.get(name, {}).get(key)) for name in objectives]
+        shares = [labels.finite_number(importances.get(name, {}).get(key)) for name in objectives]
         cells = "".join(f'<td class="num">{"–" if share is None else f"{100 * share:.0f} %"}</td>'
                         for share in shares)
         body.append(f"<tr><th>{_e(key)}</th>{cells}</tr>")
@@ -285,7 +276,7 @@ def importances_table(importances: Mapping[str, Mapping[str, float]], params: Se
 def trials_table(rows: Sequence[Mapping], params: Sequence[str], objectives: Sequence[str]) -> str:
     """Every trial in order: number, state, searched values, objectives, whether it is on the
     front; a plotted trial's row shows its panel when clicked."""
-    columns = ["trial", "state", *(_key(p) for p in params), *objectives, "front"]
+    columns = ["trial", "state", *(key_of(p) for p in params), *objectives, "front"]
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = []
     for row in rows:

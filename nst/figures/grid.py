@@ -15,6 +15,8 @@ from nst.images.files import tensor_to_pil
 
 TILE = 192  # px: the smallest side of a tile, wide enough for its label
 CAPTION = 28  # px below each tile for its label
+SMALLEST_FONT = 9  # px: a caption that would need a smaller font on one line is wrapped
+WRAPPED_FONT, WRAPPED_LINE = 11, 14  # px: a wrapped caption's font and line height
 TITLE = 36  # px above the grid for its title line
 GAP = 6
 
@@ -30,10 +32,29 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def tile(picture: Image.Image | None, caption: str, box: tuple[int, int] = (TILE, TILE)) -> Image.Image:
-    """A tile: the picture fitted in a ``box`` (width, height) px, the caption below it."""
+def caption_lines(caption: str, width: int) -> list[str]:
+    """``caption`` as one line when it fits ``width`` px at ``SMALLEST_FONT`` or larger, else broken at its
+    `` · `` separators into lines that fit at ``WRAPPED_FONT`` (a search's trial names several values)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    if draw.textlength(caption, font=_font(SMALLEST_FONT)) <= width - 4:
+        return [caption]
+    lines: list[str] = []
+    for part in caption.split(" · "):
+        joined = f"{lines[-1]} · {part}" if lines else part
+        if lines and draw.textlength(joined, font=_font(WRAPPED_FONT)) <= width - 4:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return lines
+
+
+def tile(picture: Image.Image | None, caption: str, box: tuple[int, int] = (TILE, TILE),
+         lines: int = 1) -> Image.Image:
+    """A tile: the picture fitted in a ``box`` (width, height) px, the caption below it, on one line or
+    wrapped on up to ``lines`` lines (tiles of one grid share it, to be one size)."""
     width, height = box
-    canvas = Image.new("RGB", (width, height + CAPTION), "white")
+    wrapped = caption_lines(caption, width) if lines > 1 else [caption]
+    canvas = Image.new("RGB", (width, height + caption_height(lines)), "white")
     if picture is not None:
         scale = min(width / picture.width, height / picture.height)
         fitted = picture if scale == 1 else picture.resize(
@@ -41,8 +62,17 @@ def tile(picture: Image.Image | None, caption: str, box: tuple[int, int] = (TILE
         canvas.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
     else:
         ImageDraw.Draw(canvas).text((width // 2, height // 2), "no image", fill="grey", anchor="mm", font=_font(14))
-    _centred(canvas, caption, height + CAPTION // 2, 14)
+    if len(wrapped) == 1:
+        _centred(canvas, caption, height + caption_height(lines) // 2, 14)
+    else:
+        for number, line in enumerate(wrapped[:lines]):
+            _centred(canvas, line, height + 6 + WRAPPED_LINE * number + WRAPPED_LINE // 2, WRAPPED_FONT)
     return canvas
+
+
+def caption_height(lines: int) -> int:
+    """The px below a tile for a caption of ``lines`` lines."""
+    return CAPTION if lines <= 1 else 12 + WRAPPED_LINE * lines
 
 
 def _centred(canvas: Image.Image, text: str, y: int, largest: int) -> None:
@@ -64,13 +94,15 @@ def comparison_grid(content: Image.Image | None, style: Image.Image | None,
     With ``rows``/``columns``/``cell`` (two swept parameters) the jobs form a 2-D
     grid and content and style sit in an extra first column.
     """
+    lines = max((len(caption_lines(caption, box[0])) for caption, _ in tiles), default=1)
     if rows and columns and cell:
         grid = [[None] * (len(columns) + 1) for _ in range(max(2, len(rows)))]
-        grid[0][0], grid[1][0] = tile(content, "content", box), tile(style, "style", box)
+        grid[0][0], grid[1][0] = tile(content, "content", box, lines), tile(style, "style", box, lines)
         for (r, c), index in cell.items():
-            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0], box)
+            grid[rows.index(r)][columns.index(c) + 1] = tile(tiles[index][1], tiles[index][0], box, lines)
     else:
-        flat = [tile(content, "content", box), tile(style, "style", box)] + [tile(p, t, box) for t, p in tiles]
+        flat = [tile(content, "content", box, lines), tile(style, "style", box, lines)] + [
+            tile(p, t, box, lines) for t, p in tiles]
         width = min(4, len(flat))
         grid = [flat[i:i + width] for i in range(0, len(flat), width)]
     return layout(grid, title)

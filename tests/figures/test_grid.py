@@ -18,3 +18,15 @@ def test_the_grid_has_a_title_line_and_tiles_of_the_chosen_size():
     assert grid.crop((x, y, x + 256, y + 192)).tobytes() == results[0].tobytes()
     untitled = pictures.comparison_grid(None, None, tiles)
     assert untitled.height == 2 * (pictures.TILE + caption + gap) + gap
+
+
+def test_a_caption_too_long_for_one_line_is_wrapped_at_its_separators_and_every_tile_grows_alike():
+    results = result_images(3, 64)
+    long = " · ".join(["β=316", "content_layers=conv4_2", "style_layers=conv1_1..conv5_1", "lr=0.1513",
+                       "tv_weight=10", "init=content"])
+    lines = pictures.caption_lines(long, pictures.TILE)
+    assert len(lines) > 1 and " · ".join(lines) == long
+    grid = pictures.comparison_grid(None, None, [("β=1", results[0]), (long, results[1])])
+    tall = pictures.TILE + pictures.caption_height(len(lines)) + pictures.GAP
+    assert grid.size == (4 * (pictures.TILE + pictures.GAP) + pictures.GAP, tall + pictures.GAP)
+    assert pictures.caption_lines("β=1", pictures.TILE) == ["β=1"]
