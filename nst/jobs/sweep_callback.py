@@ -50,14 +50,15 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
             check_launch(config)  # values from conf/local or a sweep file, which the CLI's pre-flight cannot see
-            if search_space(config) is None:
+            space = search_space(config)
+            if space is None:
                 check_job_count(swept_values(list(config.hydra.overrides.task), sweeper_params(config)))
             else:
                 check_trial_count(OmegaConf.select(config, "hydra.sweeper.n_trials"))
             tracking = tracking_spec(config)
             if tracking.enabled:
                 phases.lap(phases.CONFIG)
-                self.open_parent(config, tracking)
+                self.open_parent(config, tracking, space)
                 phases.lap(phases.STORE)  # the first job's
         except NSTError as exc:
             # Hydra turns an exception raised by a callback into a warning and runs every job anyway
@@ -67,13 +68,13 @@ class SweepCallback(Callback):
         if self.parent is not None:
             log.info("sweep %s: MLflow parent run %s", self.sweep_dir, self.parent)
 
-    def open_parent(self, config: DictConfig, tracking) -> None:
-        """The store, the experiment and the sweep's parent run, kept alive by this process's heartbeat."""
+    def open_parent(self, config: DictConfig, tracking, space: dict | None = None) -> None:
+        """The store, the experiment and the sweep's parent run, kept alive by this process's heartbeat;
+        ``space`` is a search's (``search_space``), None for a grid."""
         self.client, experiment_id = store.connect(tracking)
         sweep_dir = str(config.hydra.sweep.dir)
         params = sweeper_params(config)
         overrides = list(config.hydra.overrides.task)
-        space = search_space(config)
         if space is None:
             values = swept_values(overrides, params)
             swept = {key: labels.log_spaced(found) for key, found in values.items()}
@@ -89,7 +90,7 @@ class SweepCallback(Callback):
         self.parent, self.experiment_id = run.info.run_id, experiment_id
         report = store.run_address(None, experiment_id, self.parent, store.SWEEP_REPORT)
         self.client.set_tag(self.parent, tags.TAG_DESCRIPTION,
-                            f"{describe(config, values)}\n\nCompare the results: [the sweep's report]({report}).")
+                            f"{describe(config, values, space is not None)}\n\nCompare the results: [the sweep's report]({report}).")
         self.sweep_dir = Path(sweep_dir)
         store.keep_alive(self.client, self.parent)
         store.log_params(self.client, self.parent, {
@@ -291,16 +292,14 @@ def sweep_naming(client, experiment_id: str, config: DictConfig, overrides: list
     return name, naming_tags
 
 
-def describe(config: DictConfig, values: dict[str, list]) -> str:
+def describe(config: DictConfig, values: dict[str, list], searched: bool = False) -> str:
     """The parent run's description (MLflow shows it on the run's page): pair, backbone, size, epochs,
     and what the sweep varies (a search: the space its trials come from, its sampler and trials)."""
     pair = " + ".join(str(OmegaConf.select(config, key, default="?")) for key in ("content", "style"))
     varied = "; ".join(f"{labels.name(key)} ({key.lstrip('+~')}) in {', '.join(labels.short(v) for v in found)}"
                        for key, found in values.items())
-    what = "Sweep"
-    if OmegaConf.select(config, "hydra.sweeper.n_trials") is not None:
-        sweeper = config.hydra.sweeper
-        what = f"Optuna search ({sweeper.sampler}, {sweeper.n_trials} trials)"
+    sweeper = config.hydra.sweeper
+    what = f"Optuna search ({sweeper.sampler}, {sweeper.n_trials} trials)" if searched else "Sweep"
     return tags.literal(f"{what} of {pair} with backbone {OmegaConf.select(config, 'model.name')}, "
                         f"{OmegaConf.select(config, 'image.size')} px, {OmegaConf.select(config, 'epochs')} epochs. "
                         f"Varied: {varied or 'nothing'}.")
