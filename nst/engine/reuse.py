@@ -36,9 +36,12 @@ class Kept(Generic[T]):
 
 backbones: Kept = Kept()  # the calibrated backbone of the last batch
 targets: Kept = Kept()  # the loss (its content features and style Grams) of the last batch, per scale
+# the style yardstick's backbone when the run's own does not compute it, and the style's Grams it measures against
+yardstick_backbones: Kept = Kept()
+yardstick_grams: Kept = Kept()
 
 
 def forget() -> None:
     """Nothing kept: a new command builds its own (files may have changed since the last one)."""
-    backbones.forget()
-    targets.forget()
+    for kept in (backbones, targets, yardstick_backbones, yardstick_grams):
+        kept.forget()

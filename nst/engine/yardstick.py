@@ -14,6 +14,8 @@ looks good; and it is only comparable between runs of the same backbone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from nst.engine import reuse
@@ -30,14 +32,18 @@ POOLING = "max"
 CALIBRATION = "rms_activation"
 
 
-def gram_distance(backbone: Backbone, image: torch.Tensor, style: torch.Tensor) -> float:
-    """The mean over ``LAYERS`` of ``|G(image) - G(style)|_F / |G(style)|_F`` (Frobenius norms) on
-    ``backbone``, which must compute those layers."""
+def grams(backbone: Backbone, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Gram matrices of ``image`` on ``LAYERS`` of ``backbone``, which must compute them."""
     with torch.no_grad():
-        ours = backbone.extractor(image.to(torch.float32))
-        theirs = backbone.extractor(style.to(torch.float32))
-        distances = [torch.linalg.norm(gram(ours[k]) - gram(theirs[k])) / torch.linalg.norm(gram(theirs[k]))
-                     for k in LAYERS]
+        features = backbone.extractor(image.to(torch.float32))
+        return {k: gram(features[k]) for k in LAYERS}
+
+
+def gram_distance(backbone: Backbone, image: torch.Tensor, style: Mapping[str, torch.Tensor]) -> float:
+    """The mean over ``LAYERS`` of ``|G(image) - G(style)|_F / |G(style)|_F`` (Frobenius norms) on
+    ``backbone``, against the style's Grams ``style`` (``grams``)."""
+    ours = grams(backbone, image)
+    distances = [torch.linalg.norm(ours[k] - style[k]) / torch.linalg.norm(style[k]) for k in LAYERS]
     return float(torch.stack(distances).mean())
 
 
@@ -48,8 +54,8 @@ def backbone_for(inputs: Inputs, run_backbone: Backbone) -> Backbone:
     if (set(LAYERS) <= set(extractor.layers) and extractor.pooling == POOLING
             and run_backbone.calibration.get("calibration") == CALIBRATION):
         return run_backbone
-    key = ("yardstick", inputs.backbone_name, inputs.spec.member.seed, str(inputs.device))
-    return reuse.backbones.get(key, lambda: _build(inputs))
+    key = (inputs.backbone_name, inputs.spec.member.seed, str(inputs.device))
+    return reuse.yardstick_backbones.get(key, lambda: _build(inputs))
 
 
 def _build(inputs: Inputs) -> Backbone:
@@ -60,5 +66,9 @@ def _build(inputs: Inputs) -> Backbone:
 
 
 def measure(inputs: Inputs, run_backbone: Backbone, image: torch.Tensor) -> dict[str, float]:
-    """The yardstick of a run's result ``image`` against its (first) style image, by metric name."""
-    return {METRIC: gram_distance(backbone_for(inputs, run_backbone), image, inputs.style)}
+    """The yardstick of a run's result ``image`` against its (first) style image, by metric name; the style's
+    Grams are computed once for the runs of a process that share the style and the backbone."""
+    backbone = backbone_for(inputs, run_backbone)
+    key = (backbone.extractor, str(inputs.style_path), tuple(inputs.style.shape))  # the extractor itself
+    style = reuse.yardstick_grams.get(key, lambda: grams(backbone, inputs.style))
+    return {METRIC: gram_distance(backbone, image, style)}
