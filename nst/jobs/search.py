@@ -200,7 +200,7 @@ class ParetoSweeper(Sweeper):
         storage = self.storage or default_storage(self.config.paths.output_dir)
         study = open_study(storage, name, self.objectives)
         study.sampler = make_sampler(self.sampler, self.seed + len(study.trials), self.startup_trials)
-        say(f"nst: study {name} in {storage}: {len(study.trials)} trials so far, {self.n_trials} more "
+        say(f"nst: study {name} in {storage}: {len(study.trials)} trial(s) so far, {self.n_trials} more "
             f"({self.sampler}, {self.n_jobs} at a time)", log)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def test_running_the_command_again_adds_trials_and_redoes_none(tmp_path, nst):
     assert first.returncode == 0, first.stderr[-3000:]
     again = nst(out, *SEARCH, "hydra.sweeper.n_trials=3")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 trials so far, 3 more" in again.stdout
+    assert "3 trial(s) so far, 3 more" in again.stdout
     earlier, latest = (trials(folder) for folder in sweep_dirs(out))
     assert len(latest) == 6 and latest[:3] == earlier  # the first three kept as they were
     client = store_client(out)
